@@ -1,0 +1,32 @@
+# make setup  -> .venv with the pinned CPU stack (re-runs only when setup.cfg or the constraints change)
+# make demo   -> tiny Qwen LLaVA: pretrain, finetune, export, caption
+# make test   -> the test suite
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.setup-done
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints-cpu.txt
+export DS_BUILD_OPS := 0
+
+.PHONY: setup demo test clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[deepspeed,test]'
+	# CPU torch: the registry's only torchvision for torch 2.13 is a CUDA build that breaks
+	# transformers' CLIP image processor, so it goes (compat stands in for xtuner's one user).
+	$(PY) -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' && $(PY) -m pip uninstall -y -q torchvision || true
+	$(PY) -m xtuner_llava_swap install-startup
+	touch $@
+
+demo: setup
+	$(PY) tools/demo.py
+
+test: setup
+	$(PY) -m pytest tests
+
+clean:
+	rm -rf $(VENV) work_dirs .pytest_cache

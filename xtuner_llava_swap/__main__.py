@@ -1,0 +1,28 @@
+"""`python -m xtuner_llava_swap COMMAND`: environment helpers (doctor, install-startup, cpu-cfg-options)."""
+import argparse
+import sys
+
+from . import compat
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xtuner_llava_swap")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("doctor", help="list the compatibility patches and whether this machine needed them")
+    sub.add_parser("install-startup",
+                   help=f"write {compat.STARTUP_PTH} into site-packages so that `xtuner train` "
+                        "applies the patches (needed on CPU-only machines)")
+    sub.add_parser("cpu-cfg-options", help="print the --cfg-options that run this project's configs on a CPU")
+    args = parser.parse_args(argv)
+    if args.command == "install-startup":
+        print(f"wrote {compat.install_startup()}")
+    elif args.command == "cpu-cfg-options":
+        print(" ".join(compat.cpu_cfg_options_args()))
+    else:
+        for patch in compat.PATCHES:
+            print(f"{patch.name:30s} {'applied' if patch.name in compat.APPLIED else 'not needed here'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tiny real-architecture models and data for tests, the demo and the benches."""
