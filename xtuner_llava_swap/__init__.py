@@ -8,4 +8,6 @@ from . import compat
 
 compat.apply_all()
 
+from . import data  # noqa: E402  (registers the data map functions in xtuner's MAP_FUNC)
+
 __version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""``LLaVASwapDataset``: a drop-in for xtuner's ``LLaVADataset`` in ``xtuner train`` configs.
+
+Same constructor shape (``image_folder, image_processor, data_path, tokenizer,
+dataset_map_fn, template_map_fn, max_length, pad_image_to_square``, ...) and the same
+items (``input_ids``, ``labels``, ``pixel_values``), so ``LLaVAModel``,
+``default_collate_fn`` and ``LengthGroupedSampler(length_property="modality_length")``
+work unchanged. What differs:
+
+* ``max_length`` is the whole LLM sequence *with the image tokens* (e.g. 2048, not
+  ``2048 - 576``); the image token count comes from the vision encoder's config;
+  over-long samples follow ``length_policy`` (``drop`` | ``truncate`` | ``error``) and
+  no sample ever loses its image token or all of its trained tokens;
+* bad samples are skipped and counted (a table is logged), or raise with
+  ``strict=True``; an image that fails to load during training is replaced by another
+  sample (same modality) and counted in :attr:`load_failures`;
+* text preprocessing is batched and cached (see :mod:`.cache`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+
+import numpy as np
+import torch
+from mmengine import print_log
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .image_tokens import resolve_image_token_count
+from .preprocess import PreparedText, drop_bad_images, prepare_text
+
+# xtuner's LLaVAModel pairs one pixel_values per sample with the sample's <image> tokens:
+# a sample with more images is rejected (reason too_many_images), never mangled.
+MAX_IMAGES = 1
+MAX_REPLACEMENTS = 50  # consecutive unreadable images before the run is stopped
+
+
+class LLaVASwapDataset(Dataset):
+    """LLaVA data for xtuner's ``LLaVAModel``; see the module docstring.
+
+    Extra options (keyword): ``image_token_count`` (int, overrides the config),
+    ``vision_config`` (vision encoder folder / config; default: the folder the
+    ``image_processor`` dict loads from), ``select_feature`` (``"patch"``: CLS dropped,
+    as xtuner's LLaVAModel does), ``length_policy``, ``strict``, ``check_images`` (``open`` | ``exists`` |
+    ``none``), ``system`` (system prompt for samples without one), ``cache``,
+    ``cache_dir``, ``progress``.
+    """
+
+    def __init__(self, image_folder, image_processor, data_path=None, tokenizer=None,
+                 offline_processed_text_folder=None, max_dataset_length=None,
+                 dataset_map_fn=None, template_map_fn=None, max_length=2048,
+                 pad_image_to_square=False, *, image_token_count=None, vision_config=None,
+                 select_feature="patch", length_policy="drop", strict=False,
+                 check_images="open", system=None, cache=True, cache_dir=None,
+                 progress=False):
+        super().__init__()
+        if offline_processed_text_folder is not None:
+            raise ValueError("offline_processed_text_folder is not used by LLaVASwapDataset: "
+                             "pass data_path; processed text is cached automatically")
+        if data_path is None or tokenizer is None:
+            raise ValueError("LLaVASwapDataset needs data_path and tokenizer")
+        self.image_folder = image_folder
+        self.pad_image_to_square = pad_image_to_square
+        self.image_tokens = resolve_image_token_count(image_token_count, vision_config,
+                                                      image_processor, select_feature)
+        self.image_processor = _build(image_processor)
+        prepared = _prepare_once_per_node(
+            data_path, tokenizer, image_tokens=self.image_tokens, dataset_map_fn=dataset_map_fn,
+            template_map_fn=template_map_fn, max_length=max_length, length_policy=length_policy,
+            strict=strict, max_images=MAX_IMAGES, system=system,
+            max_dataset_length=max_dataset_length, cache=cache, cache_dir=cache_dir,
+            progress=progress)
+        prepared = drop_bad_images(prepared, data_path, image_folder, check_images, strict,
+                                   progress)
+        self.prepared: PreparedText = prepared
+        self.problems = prepared.problems
+        self.load_failures: Counter = Counter()
+        self._unloadable: set[int] = set()
+        self._log_summary(data_path, max_length)
+        if not len(prepared):
+            raise ValueError(f"{data_path}: no usable sample left (see the table of skipped "
+                             "samples above)")
+
+    # ------------------------------------------------------------------ xtuner API
+    @property
+    def modality_length(self) -> list[int]:
+        """Sequence length with the image tokens, negative for text-only samples (what
+        xtuner's ``LengthGroupedSampler`` groups by)."""
+        positions = self.prepared.positions()
+        has_image = np.fromiter((bool(f) for f in self.prepared.images), dtype=bool,
+                                count=len(positions))
+        return np.where(has_image, positions, -positions).tolist()
+
+    @property
+    def length(self) -> list[int]:
+        return self.prepared.positions().tolist()
+
+    def __len__(self) -> int:
+        return len(self.prepared)
+
+    def __getitem__(self, index: int) -> dict:
+        for _ in range(MAX_REPLACEMENTS):
+            try:
+                return self._item(index)
+            except _UnloadableImage as failure:
+                index = self._replace(index, failure)
+        raise RuntimeError(f"{MAX_REPLACEMENTS} images in a row could not be loaded from "
+                           f"{self.image_folder!r}; stopping (failures: {dict(self.load_failures)})")
+
+    # ------------------------------------------------------------------- internals
+    def _item(self, index: int) -> dict:
+        input_ids, labels = self.prepared.encoded.sample(index)
+        files = self.prepared.images[index]
+        item = {"input_ids": input_ids, "labels": labels}
+        if files:
+            item["pixel_values"] = self._pixels(files[0])
+        else:
+            size = getattr(self.image_processor, "crop_size", None) or self.image_processor.size
+            item["pixel_values"] = torch.zeros(3, size["height"], size["width"])
+        return item
+
+    def _pixels(self, name: str) -> torch.Tensor:
+        from xtuner.dataset.utils import expand2square
+
+        path = os.path.join(self.image_folder or "", name)
+        try:
+            with Image.open(path) as opened:
+                image = opened.convert("RGB")
+        except Exception as exc:  # missing, truncated, corrupt: PIL raises many kinds
+            raise _UnloadableImage(path, exc) from None
+        if self.pad_image_to_square:
+            background = tuple(int(x * 255) for x in self.image_processor.image_mean)
+            image = expand2square(image, background)
+        return self.image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
+
+    def _replace(self, index: int, failure: "_UnloadableImage") -> int:
+        """Another sample with an image (the next one in order that has not failed)."""
+        self._unloadable.add(index)
+        self.load_failures[type(failure.cause).__name__] += 1
+        total = sum(self.load_failures.values())
+        print_log(f"LLaVASwapDataset: sample {index} (file index "
+                  f"{int(self.prepared.source_index[index])}): cannot load {failure.path} "
+                  f"({failure.cause}); replaced by another sample ({total} replaced so far in "
+                  f"this process: {dict(self.load_failures)})", logger="current",
+                  level=logging.WARNING)
+        n = len(self)
+        for step in range(1, n):
+            candidate = (index + step) % n
+            if candidate not in self._unloadable and self.prepared.images[candidate]:
+                return candidate
+        raise RuntimeError(f"no loadable image left in {self.image_folder!r}")
+
+    def _log_summary(self, data_path, max_length) -> None:
+        prepared = self.prepared
+        source = f"cache {prepared.cache_path}" if prepared.from_cache else "preprocessed now"
+        print_log(f"LLaVASwapDataset {data_path}: {len(prepared)} of {prepared.n_raw} samples "
+                  f"kept ({source}); {self.image_tokens} tokens per image, max_length "
+                  f"{max_length} with the image tokens", logger="current")
+        if prepared.problems.total:
+            print_log("LLaVASwapDataset skipped samples:\n"
+                      + prepared.problems.table(prepared.n_raw), logger="current",
+                      level=logging.WARNING)
+
+
+class _UnloadableImage(Exception):
+    def __init__(self, path: str, cause: Exception):
+        super().__init__(f"{path}: {cause}")
+        self.path, self.cause = path, cause
+
+
+def _build(obj):
+    if hasattr(obj, "get") and "type" in obj:
+        from xtuner.registry import BUILDER
+
+        return BUILDER.build(obj)
+    return obj
+
+
+def _prepare_once_per_node(*args, **kwargs) -> PreparedText:
+    """In a multi-rank run rank 0 preprocesses first and fills the cache; the other
+    ranks then read it (without a cache each rank preprocesses on its own)."""
+    import torch.distributed as dist
+
+    shared = (kwargs.get("cache", True) and dist.is_available() and dist.is_initialized()
+              and dist.get_world_size() > 1)
+    if shared and dist.get_rank() != 0:
+        dist.barrier()
+    prepared = prepare_text(*args, **kwargs)
+    if shared and dist.get_rank() == 0:
+        dist.barrier()
+    return prepared

@@ -1,0 +1,286 @@
+"""Data file -> checked, tokenized, length-fitted samples (with the cache in front).
+
+:func:`prepare_text` reads a LLaVA-style json/jsonl file, maps every sample with the
+dataset map function, applies the rules of :mod:`.validate`, encodes the survivors
+in bulk (:mod:`.encode`) and fits them into ``max_length`` (image tokens included).
+:func:`drop_bad_images` then removes samples whose image files are missing or
+unreadable. Both collect what they skip in a :class:`~.validate.ProblemLog`, or raise
+:class:`~.validate.DataError` naming the file and sample index when ``strict``.
+The dataset class, ``tools/check_data.py`` and the bench all go through here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .cache import TextCache, cache_key, callable_fingerprint, file_sha256, tokenizer_fingerprint
+from .encode import BatchEncoder, EncodedTexts, TemplateSpec, Turn, apply_length_policy, \
+    turns_from_template_fn
+from .map_fns import MAP_FNS, any_format_map_fn, image_list
+from .validate import DataError, ProblemLog, SampleError, check_conversation, \
+    check_image_count, find_bad_images
+
+logger = logging.getLogger(__name__)
+
+ENCODE_CHUNK = 20_000  # samples tokenized per batched call (bounds the Python lists)
+
+
+@dataclass
+class PreparedText:
+    """The samples that survived, in file order, and what was skipped."""
+
+    encoded: EncodedTexts
+    images: list[list[str]]  # per kept sample, relative to the image folder
+    source_index: np.ndarray  # index of each kept sample in the data file
+    problems: ProblemLog
+    n_raw: int
+    image_tokens: int
+    from_cache: bool = False
+    cache_path: str | None = None
+    key_parts: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def positions(self) -> np.ndarray:
+        """LLM sequence length of each sample with every image expanded."""
+        return self.encoded.lengths() + self.encoded.image_counts() * (self.image_tokens - 1)
+
+
+# ----------------------------------------------------------------- resolving config
+_FUNCTION_REPR = re.compile(r"^<function (\w+) at 0x[0-9a-fA-F]+>$")
+
+
+def resolve_map_fn(map_fn: Any) -> Callable[[dict], dict]:
+    """A map function from an object, a registered name, a dotted path, or the
+    ``<function name at 0x...>`` string xtuner's train tool writes into dumped configs."""
+    if map_fn is None:
+        return any_format_map_fn
+    if hasattr(map_fn, "build") and not callable(map_fn):  # mmengine LazyObject
+        map_fn = map_fn.build()
+    if callable(map_fn):
+        return map_fn
+    if isinstance(map_fn, str):
+        from mmengine.utils.misc import get_object_from_string
+        from xtuner.registry import MAP_FUNC
+
+        found = MAP_FUNC.get(map_fn) if map_fn in MAP_FUNC else None
+        repr_match = _FUNCTION_REPR.match(map_fn)
+        if found is None and repr_match:
+            import xtuner.dataset.map_fns as xtuner_map_fns
+
+            name = repr_match.group(1)
+            found = MAP_FNS.get(name) or getattr(xtuner_map_fns, name, None)
+        if found is None and not repr_match:
+            found = MAP_FNS.get(map_fn) or get_object_from_string(map_fn)
+        if callable(found):
+            return found
+    raise TypeError(f"dataset_map_fn {map_fn!r} is neither a function nor the name of one "
+                    f"registered in xtuner's MAP_FUNC (ours: {sorted(MAP_FNS)})")
+
+
+def resolve_turn_builder(template_map_fn: Any) -> tuple[Callable[[list[dict]], list[Turn]], str]:
+    """``(conversation -> templated turns, fingerprint)`` from what xtuner configs pass as
+    ``template_map_fn``: ``dict(type=template_map_fn_factory, template=...)``, the built
+    partial, ``None`` (no template), or any other template function."""
+    if template_map_fn is None:
+        spec = TemplateSpec()
+        return spec.turns, spec.fingerprint()
+    if hasattr(template_map_fn, "get") and "template" in template_map_fn \
+            and "template_map_fn_factory" in str(template_map_fn.get("type")):
+        spec = TemplateSpec.from_template(template_map_fn["template"])
+        return spec.turns, spec.fingerprint()
+    keywords = getattr(template_map_fn, "keywords", None) or {}
+    if getattr(getattr(template_map_fn, "func", None), "__name__", "") == "template_map_fn" \
+            and "template" in keywords:
+        spec = TemplateSpec.from_template(keywords["template"])
+        return spec.turns, spec.fingerprint()
+    if hasattr(template_map_fn, "get"):
+        from xtuner.registry import BUILDER
+
+        template_map_fn = BUILDER.build(template_map_fn)
+        return resolve_turn_builder(template_map_fn)
+    if isinstance(template_map_fn, str) or (hasattr(template_map_fn, "build")
+                                            and not callable(template_map_fn)):
+        return resolve_turn_builder(resolve_map_fn(template_map_fn))
+    return turns_from_template_fn(template_map_fn), callable_fingerprint(template_map_fn)
+
+
+def build_tokenizer(tokenizer: Any):
+    if hasattr(tokenizer, "get") and "type" in tokenizer:
+        from xtuner.registry import BUILDER
+
+        return BUILDER.build(tokenizer)
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- reading
+def read_samples(path: str | Path) -> list:
+    """Samples of a ``.json`` (a list) or ``.jsonl`` file; a jsonl line that does not
+    parse becomes a :class:`SampleError` in its place."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        samples = []
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle):
+                if not line.strip():
+                    continue
+                try:
+                    samples.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    samples.append(SampleError("invalid_json", f"line {number + 1}: {exc}"))
+        return samples
+    if path.suffix != ".json":
+        raise ValueError(f"{path}: expected a .json or .jsonl data file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: a .json data file must hold a list of samples, "
+                         f"found {type(data).__name__}")
+    return data
+
+
+# ----------------------------------------------------------------------- the pipeline
+def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
+                 dataset_map_fn: Any = None, template_map_fn: Any = None,
+                 max_length: int = 2048, length_policy: str = "drop", strict: bool = False,
+                 max_images: int = 1, system: str | None = None,
+                 max_dataset_length: int | None = None, cache: bool = True,
+                 cache_dir: str | Path | None = None, progress: bool = False) -> PreparedText:
+    """Map, check, encode and length-fit every sample of ``data_path`` (see module doc)."""
+    tokenizer = build_tokenizer(tokenizer)
+    map_fn = resolve_map_fn(dataset_map_fn)
+    build_turns, template_print = resolve_turn_builder(template_map_fn)
+    key_parts = dict(data=file_sha256(data_path), tokenizer=tokenizer_fingerprint(tokenizer),
+                     template=template_print, map_fn=callable_fingerprint(map_fn),
+                     max_length=max_length, image_tokens=image_tokens, policy=length_policy,
+                     max_images=max_images, system=system, strict=strict,
+                     max_dataset_length=max_dataset_length)
+    store = TextCache(cache_dir) if cache else None
+    key = cache_key(key_parts)
+    if store is not None and (hit := store.load(key)) is not None:
+        encoded, meta = hit
+        problems = ProblemLog()
+        problems.merge_counts(meta["problems"])
+        problems.examples = {k: [tuple(e) for e in v] for k, v in meta["examples"].items()}
+        logger.info("%s: preprocessed text loaded from cache %s", data_path, store.path(key))
+        return PreparedText(encoded, meta["images"], np.asarray(meta["source_index"]), problems,
+                            meta["n_raw"], image_tokens, True, str(store.path(key)), key_parts)
+
+    raw = read_samples(data_path)
+    indices = np.arange(len(raw))
+    if max_dataset_length is not None and max_dataset_length < len(raw):
+        indices = np.sort(np.random.default_rng(0).choice(len(raw), max_dataset_length,
+                                                          replace=False))
+    problems = ProblemLog()
+    ours = map_fn in MAP_FNS.values()
+    kept_index, kept_images, kept_turns = [], [], []
+    iterator = indices
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(indices, desc="mapping samples", unit="sample", mininterval=1)
+    for index in iterator:
+        index = int(index)
+        try:
+            turns, images = _map_one(raw[index], map_fn, ours, build_turns, max_images, system)
+        except SampleError as error:
+            if strict:
+                raise DataError(data_path, index, error) from None
+            problems.add(index, error)
+            continue
+        kept_index.append(index)
+        kept_images.append(images)
+        kept_turns.append(turns)
+    del raw
+
+    encoder = BatchEncoder(tokenizer)
+    chunks = range(0, len(kept_turns), ENCODE_CHUNK)
+    if progress:
+        from tqdm import tqdm
+
+        chunks = tqdm(chunks, desc="tokenizing", unit="chunk")
+    encoded = EncodedTexts.concatenate(
+        [encoder.encode(kept_turns[start:start + ENCODE_CHUNK]) for start in chunks])
+    del kept_turns
+
+    try:
+        encoded, kept, removed = apply_length_policy(encoded, image_tokens, max_length,
+                                                     length_policy)
+    except SampleError as error:  # policy "error": name the sample
+        raise DataError(data_path, kept_index[error.position], error) from None
+    for position, error in sorted(removed.items()):
+        if strict and error.reason == "no_supervised_tokens":
+            raise DataError(data_path, kept_index[position], error)
+        problems.add(kept_index[position], error)
+    source_index = np.asarray(kept_index, dtype=np.int64)[kept]
+    images = [kept_images[i] for i in kept]
+
+    prepared = PreparedText(encoded, images, source_index, problems, len(indices), image_tokens,
+                            key_parts=key_parts)
+    if store is not None:
+        meta = dict(images=images, source_index=source_index.tolist(),
+                    problems=dict(problems.counts), examples=problems.examples,
+                    n_raw=len(indices), key_parts=key_parts)
+        prepared.cache_path = str(store.save(key, encoded, meta))
+    return prepared
+
+
+def _map_one(sample: Any, map_fn, ours: bool, build_turns, max_images: int,
+             system: str | None) -> tuple[list[Turn], list[str]]:
+    if isinstance(sample, SampleError):
+        raise sample
+    if not isinstance(sample, dict):
+        raise SampleError("not_an_object", f"sample is {type(sample).__name__}")
+    if ours:
+        mapped = map_fn(sample)
+    else:  # a foreign map function (xtuner's llava_map_fn...) gets the same rules after it
+        try:
+            mapped = map_fn(sample)
+        except SampleError:
+            raise
+        except Exception as exc:
+            raise SampleError("map_fn_error", f"{type(exc).__name__}: {exc}") from None
+        images = mapped.get("images")
+        if images is None:
+            images = image_list(sample.get("image"))
+        mapped = {**mapped, "images": images}
+        check_conversation(mapped["conversation"], images)
+    conversation = mapped["conversation"]
+    if system and not conversation[0].get("system"):
+        conversation = [{**conversation[0], "system": system}, *conversation[1:]]
+    check_image_count(mapped["images"], max_images)
+    return build_turns(conversation), mapped["images"]
+
+
+def drop_bad_images(prepared: PreparedText, data_path: str | Path, image_folder: str | None,
+                    check: str = "open", strict: bool = False,
+                    progress: bool = False) -> PreparedText:
+    """Remove the samples whose image files are missing or unreadable (each file
+    checked once); strict raises on the first such sample in file order."""
+    bad = find_bad_images((f for files in prepared.images for f in files), image_folder,
+                          check, progress)
+    if not bad:
+        return prepared
+    keep = []
+    for position, files in enumerate(prepared.images):
+        error = next((bad[f] for f in files if f in bad), None)
+        if error is None:
+            keep.append(position)
+            continue
+        index = int(prepared.source_index[position])
+        if strict:
+            raise DataError(data_path, index, error)
+        prepared.problems.add(index, error)
+    return PreparedText(prepared.encoded.select(keep), [prepared.images[i] for i in keep],
+                        prepared.source_index[keep], prepared.problems, prepared.n_raw,
+                        prepared.image_tokens, prepared.from_cache, prepared.cache_path,
+                        prepared.key_parts)
