@@ -20,6 +20,11 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 * ``bos_none_tokenizers``: xtuner's ``get_bos_eos_token_ids`` returns ``None`` as the
   bos of any tokenizer without one that it does not know by class name (slow
   ``Qwen2Tokenizer``, Phi-3 exports...), and ``encode_fn`` crashes on ``+= None``.
+* ``mmengine_paths_without_pkg_resources``: setuptools >= 81 no longer ships
+  ``pkg_resources``; mmengine's ``get_installed_path``/``is_installed`` import it, so a
+  lazy-import config that inherits an installed package's config
+  (``with read_base(): from xtuner.configs... import *``) failed to load. Both now use
+  ``importlib`` when ``pkg_resources`` is missing.
 * ``cfg_options_rebind``: xtuner configs substitute their top-level variables when the
   file is parsed, so ``--cfg-options llm_name_or_path=...`` changed nothing else.
   Overriding such a variable now re-binds every place the config used its old value.
@@ -234,6 +239,48 @@ def _install_rebind() -> None:
     Config.merge_from_dict = merge_from_dict
 
 
+# ------------------------------------------------------------- mmengine (packaging)
+def _pkg_resources_missing() -> bool:
+    import mmengine.utils.package_utils as package_utils
+
+    return (importlib.util.find_spec("pkg_resources") is None
+            and not getattr(package_utils.get_installed_path, "_importlib_based", False))
+
+
+def installed_package_path(package: str) -> str:
+    """Folder of an installed (or importable) package, found without ``pkg_resources``."""
+    from importlib import metadata
+
+    try:
+        top_level = (metadata.distribution(package).read_text("top_level.txt") or "").split()
+    except metadata.PackageNotFoundError:
+        top_level = []
+    for module_name in [package.replace("-", "_"), *top_level]:
+        spec = importlib.util.find_spec(module_name)
+        if spec is not None and spec.origin is not None:
+            return str(Path(spec.origin).parent)
+    raise ModuleNotFoundError(f"cannot find the installed path of package {package!r}")
+
+
+def _package_importable(package: str) -> bool:
+    try:
+        installed_package_path(package)
+    except ModuleNotFoundError:
+        return False
+    return True
+
+
+def _mmengine_package_paths_use_importlib() -> None:
+    import mmengine.config.config as config_module
+    import mmengine.utils as mmengine_utils
+    import mmengine.utils.package_utils as package_utils
+
+    installed_package_path._importlib_based = True
+    for module in (package_utils, mmengine_utils, config_module):
+        module.get_installed_path = installed_package_path
+        module.is_installed = _package_importable
+
+
 PATCHES = [
     Patch("torch_cpu_bf16_query", _bf16_query_missing, _add_cpu_bf16_query),
     Patch("internvl_without_torchvision", _internvl_stand_in_needed, _register_internvl_stand_in),
@@ -241,6 +288,8 @@ PATCHES = [
     Patch("safe_checkpoint_globals", _safe_loader_rejects_mmengine, _allow_mmengine_checkpoint_globals),
     Patch("bos_none_tokenizers", _bos_none_crashes, _bos_none_means_no_bos),
     Patch("cfg_options_rebind", _rebind_not_installed, _install_rebind),
+    Patch("mmengine_paths_without_pkg_resources", _pkg_resources_missing,
+          _mmengine_package_paths_use_importlib),
 ]
 
 
