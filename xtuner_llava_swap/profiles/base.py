@@ -1,0 +1,172 @@
+"""The LLM profile type and the registry that holds one profile per supported model.
+
+A profile is data: everything that differs between chat LLMs when they sit inside
+XTuner's LLaVA (prompt template, end-of-turn and stop tokens, default system prompt,
+bos/eos/pad policy of the tokenizer, remote code, LoRA target modules, export facts).
+Family modules (``qwen.py``, ``qwen2.py``...) create :class:`LLMProfile` objects and
+:func:`register_profile` them; the rest of the package only asks the profile.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterator, Mapping
+
+# Keys of an xtuner prompt template dict (``xtuner.utils.PROMPT_TEMPLATE``).
+TEMPLATE_KEYS = ("SYSTEM", "INSTRUCTION", "SUFFIX", "SUFFIX_AS_EOS", "SEP", "STOP_WORDS")
+# Extra key carried in the template dict: the system prompt the model's own chat template
+# inserts when none is given. xtuner ignores it; this package's template map fn applies it.
+DEFAULT_SYSTEM_KEY = "DEFAULT_SYSTEM"
+
+FAMILIES = ("qwen", "qwen2", "llama", "phi3", "internlm2")
+WEIGHT_LAYOUTS = ("qwen_v1", "native")
+
+
+class UnknownProfileError(KeyError):
+    """Raised for a profile name that is not registered; the message lists known names."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class LLMProfile:
+    """How one chat LLM is trained and exported inside XTuner's LLaVA.
+
+    ``prompt`` holds the xtuner template keys (SYSTEM, INSTRUCTION, SUFFIX, SUFFIX_AS_EOS,
+    SEP, STOP_WORDS); :attr:`template` returns it as the ``ConfigDict`` xtuner's
+    ``template_map_fn_factory`` and ``EvaluateChatHook`` accept. ``reply_prefix`` is text
+    the chat template writes between the assistant header and the reply where training
+    has none: a sentencepiece tokenizer starts the separately encoded reply with ``▁``,
+    which is the space Vicuna's ``ASSISTANT: reply`` has in the text.
+    """
+
+    name: str
+    family: str
+    prompt: Mapping
+    default_system: str
+    has_bos: bool
+    reply_prefix: str = ""
+    tokenizer_kwargs: Mapping = field(default_factory=dict)
+    trust_remote_code: bool = False
+    lora_target_modules: tuple = ()
+    hf_text_model_type: str = "llama"
+    official_llava_class: str | None = None
+    weight_layout: str = "native"
+    hf_example: str = ""
+    notes: str = ""
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ValueError(f"profile {self.name!r}: family {self.family!r} is not one of {FAMILIES}")
+        if self.weight_layout not in WEIGHT_LAYOUTS:
+            raise ValueError(f"profile {self.name!r}: weight_layout {self.weight_layout!r} "
+                             f"is not one of {WEIGHT_LAYOUTS}")
+        unknown = set(self.prompt) - set(TEMPLATE_KEYS)
+        if unknown:
+            raise ValueError(f"profile {self.name!r}: unknown template keys {sorted(unknown)}")
+        for key in ("INSTRUCTION", "SUFFIX", "STOP_WORDS"):
+            if not self.prompt.get(key):
+                raise ValueError(f"profile {self.name!r}: template key {key} is required")
+        if "{input}" not in self.prompt["INSTRUCTION"] or "{round}" in self.prompt["INSTRUCTION"]:
+            raise ValueError(f"profile {self.name!r}: INSTRUCTION must contain {{input}} "
+                             "and no {round}")
+        if not self.prompt.get("SUFFIX_AS_EOS"):
+            # xtuner's encode_fn appends eos AND re-adds bos before the next turn otherwise.
+            raise ValueError(f"profile {self.name!r}: SUFFIX_AS_EOS must be True (the end-of-turn "
+                             "token is written by SUFFIX, so bos is added only once)")
+        if self.prompt["SUFFIX"] not in self.prompt["STOP_WORDS"]:
+            raise ValueError(f"profile {self.name!r}: the end-of-turn SUFFIX must be a stop word")
+        object.__setattr__(self, "prompt", MappingProxyType(dict(self.prompt)))
+        object.__setattr__(self, "tokenizer_kwargs", MappingProxyType(dict(self.tokenizer_kwargs)))
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+
+    # ----------------------------------------------------------------- template
+    @property
+    def template(self):
+        """A fresh xtuner prompt template ``ConfigDict`` (plus ``DEFAULT_SYSTEM``)."""
+        from mmengine.config import ConfigDict
+
+        values = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.prompt.items()}
+        values[DEFAULT_SYSTEM_KEY] = self.default_system
+        return ConfigDict(values)
+
+    @property
+    def end_of_turn(self) -> str:
+        """The token that ends every assistant reply (supervised with the reply)."""
+        return self.prompt["SUFFIX"]
+
+    @property
+    def stop_words(self) -> tuple:
+        return tuple(self.prompt["STOP_WORDS"])
+
+    def stop_token_ids(self, tokenizer) -> list:
+        """Ids of :attr:`stop_words`; each must be exactly one token of ``tokenizer``."""
+        from ..tokenizers import single_token_id
+
+        return [single_token_id(tokenizer, word, what=f"stop word of profile {self.name!r}")
+                for word in self.stop_words]
+
+    def chat_template(self) -> str:
+        """Jinja chat template rendering exactly the training format (see ``chat_template.py``)."""
+        from .chat_template import build_chat_template
+
+        return build_chat_template(self)
+
+    def render(self, messages, add_generation_prompt: bool = False, bos_token: str = "") -> str:
+        """The text :meth:`chat_template` renders for ``messages`` (role/content dicts)."""
+        from .chat_template import render
+
+        return render(self, messages, add_generation_prompt=add_generation_prompt,
+                      bos_token=bos_token)
+
+    @property
+    def config_key(self) -> str:
+        """The attribute name of this profile's template in ``profiles.PROMPT_TEMPLATE``."""
+        return self.name.replace(".", "_").replace("-", "_")
+
+
+class ProfileRegistry(Mapping):
+    """Name -> :class:`LLMProfile`; registering a taken name is an error."""
+
+    def __init__(self):
+        self._profiles: dict[str, LLMProfile] = {}
+
+    def register(self, profile: LLMProfile) -> LLMProfile:
+        if profile.name in self._profiles:
+            raise ValueError(f"profile {profile.name!r} is already registered")
+        self._profiles[profile.name] = profile
+        return profile
+
+    def __getitem__(self, name: str) -> LLMProfile:
+        try:
+            return self._profiles[name]
+        except KeyError:
+            raise UnknownProfileError(
+                f"unknown LLM profile {name!r}; known profiles: {', '.join(self._profiles)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._profiles)
+
+    def __len__(self) -> int:
+        return len(self._profiles)
+
+
+PROFILES = ProfileRegistry()
+
+
+def register_profile(profile: LLMProfile) -> LLMProfile:
+    """Add ``profile`` to :data:`PROFILES` (a family module calls this once per variant)."""
+    return PROFILES.register(profile)
+
+
+def get_profile(name) -> LLMProfile:
+    """The profile registered as ``name`` (an :class:`LLMProfile` is returned as is)."""
+    if isinstance(name, LLMProfile):
+        return name
+    return PROFILES[name]
+
+
+def list_profiles() -> list:
+    """Registered profile names, in registration order."""
+    return list(PROFILES)

@@ -1,0 +1,83 @@
+"""The Jinja chat template of a profile: the training format, written for Hugging Face.
+
+:func:`build_chat_template` turns a profile's xtuner template dict into a chat template
+that renders, for the same conversation, exactly the text the training pipeline builds
+(xtuner ``llava_map_fn`` -> this package's template map fn -> ``encode_fn``):
+
+* a ``system`` first message replaces the profile's default system prompt; without one
+  the default is used; an empty system prompt renders no system block;
+* bos (when the profile has one) is written once, at the start;
+* a user message renders the whole INSTRUCTION, which already ends with the assistant
+  header, so ``add_generation_prompt`` adds nothing;
+* an assistant message renders ``reply_prefix + reply + SUFFIX (end-of-turn) + SEP``;
+* ``<image>`` is moved to the front of its user message followed by a newline, as
+  ``llava_map_fn`` does; content given as a list of ``{"type": "image"}`` /
+  ``{"type": "text", "text": ...}`` items renders the same way.
+"""
+from __future__ import annotations
+
+import json
+
+IMAGE_TOKEN = "<image>"
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Jinja string literal (JSON escapes are valid Jinja escapes)."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+def _split(fmt: str, field: str) -> tuple:
+    head, sep, tail = fmt.partition("{" + field + "}")
+    if not sep:
+        raise ValueError(f"template part {fmt!r} has no {{{field}}}")
+    return head, tail
+
+
+def build_chat_template(profile) -> str:
+    prompt = profile.prompt
+    sys_head, sys_tail = _split(prompt.get("SYSTEM") or "{system}", "system")
+    ins_head, ins_tail = _split(prompt["INSTRUCTION"], "input")
+    reply_tail = prompt["SUFFIX"] + (prompt.get("SEP") or "")
+    image = _literal(IMAGE_TOKEN)
+    parts = [
+        "{#- Training format of the xtuner-llava-swap profile " + profile.name + " -#}",
+        "{%- if messages and messages[0]['role'] == 'system' -%}",
+        "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
+        "{%- else -%}",
+        "{%- set system = " + _literal(profile.default_system) + " -%}{%- set turns = messages -%}",
+        "{%- endif -%}",
+        "{{- bos_token -}}" if profile.has_bos else "",
+        "{%- set ns = namespace(first_user=true) -%}",
+        "{%- for message in turns -%}",
+        "{%- if message['content'] is string -%}{%- set raw = message['content'] -%}",
+        "{%- else -%}{%- set item = namespace(images='', text='') -%}",
+        "{%- for part in message['content'] -%}",
+        "{%- if part['type'] == 'image' -%}{%- set item.images = item.images + " + image + " -%}",
+        "{%- elif part['type'] == 'text' -%}{%- set item.text = item.text + part['text'] -%}",
+        "{%- endif -%}{%- endfor -%}",
+        "{%- set raw = item.images + item.text -%}",
+        "{%- endif -%}",
+        "{%- if message['role'] == 'user' -%}",
+        "{%- if " + image + " in raw -%}",
+        "{%- set raw = (" + _literal(IMAGE_TOKEN + "\n") + " + (raw | replace(" + image
+        + ", '') | trim)) | trim -%}",
+        "{%- endif -%}",
+        "{%- if ns.first_user and system -%}{{- " + _literal(sys_head) + " + system + "
+        + _literal(sys_tail) + " -}}{%- endif -%}",
+        "{%- set ns.first_user = false -%}",
+        "{{- " + _literal(ins_head) + " + raw + " + _literal(ins_tail) + " -}}",
+        "{%- elif message['role'] == 'assistant' -%}",
+        "{{- " + _literal(profile.reply_prefix) + " + raw + " + _literal(reply_tail) + " -}}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+    ]
+    return "".join(parts)
+
+
+def render(profile, messages, *, add_generation_prompt: bool = False, bos_token: str = "") -> str:
+    """Render ``messages`` with :func:`build_chat_template` the way transformers does."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    compiled = _compile_jinja_template(build_chat_template(profile))
+    return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                           bos_token=bos_token)

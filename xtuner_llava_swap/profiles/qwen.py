@@ -1,0 +1,37 @@
+"""Qwen (first generation, Qwen-7B / Qwen-7B-Chat): remote code, tiktoken ``QWenTokenizer``.
+
+``QWenTokenizer`` has no bos, eos or pad at all: eos is injected (the end-of-turn token)
+and pad is ``<|endoftext|>``. Weights use the v1 names (``transformer.h.N.attn.c_attn``),
+mapped onto Qwen2 names on export.
+"""
+from .base import LLMProfile, register_profile
+from .formats import chatml
+
+_COMMON = dict(
+    family="qwen",
+    has_bos=False,
+    trust_remote_code=True,
+    lora_target_modules=("c_attn", "c_proj", "w1", "w2"),
+    hf_text_model_type="qwen2",
+    official_llava_class="LlavaQwenForCausalLM",
+    weight_layout="qwen_v1",
+)
+
+QWEN_CHAT = register_profile(LLMProfile(
+    name="qwen",
+    prompt=chatml("<|im_end|>", ("<|im_end|>", "<|endoftext|>")),
+    default_system="You are a helpful assistant.",
+    tokenizer_kwargs=dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
+    hf_example="Qwen/Qwen-7B-Chat",
+    **_COMMON,
+))
+
+QWEN_BASE = register_profile(LLMProfile(
+    name="qwen-base",
+    prompt=chatml("<|endoftext|>", ("<|endoftext|>",)),
+    default_system="",
+    tokenizer_kwargs=dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
+    hf_example="Qwen/Qwen-7B",
+    notes="base model: ChatML turns that end with <|endoftext|>, no default system",
+    **_COMMON,
+))

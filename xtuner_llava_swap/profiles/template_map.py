@@ -1,0 +1,55 @@
+"""Template map function: xtuner's ``template_map_fn`` plus the profile's default system.
+
+xtuner's LLaVA data has no system prompt, so its ``template_map_fn`` renders none, while
+Qwen's chat templates insert one whenever the conversation has none. This factory is a
+drop-in replacement for ``xtuner.dataset.map_fns.template_map_fn_factory`` that puts the
+default system prompt on the first turn before xtuner's own ``template_map_fn`` runs::
+
+    from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory
+    prompt_template = PROMPT_TEMPLATE.qwen2_5
+    template_map_fn = dict(type=template_map_fn_factory, template=prompt_template)
+
+Precedence: a system prompt already set by the dataset map fn on the first turn, then
+the factory's ``system`` argument (``""`` for none), then the template's
+``DEFAULT_SYSTEM``. ``template`` may be a template dict, a profile name (``"qwen2.5"``)
+or a dotted path string (what a dumped config holds after ``xtuner train``; it is
+resolved on resume like xtuner's own factory does).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+from .base import DEFAULT_SYSTEM_KEY, PROFILES
+
+
+def resolve_template(template):
+    """A template dict from a dict, a profile name or a dotted path string."""
+    if isinstance(template, str):
+        if template in PROFILES:
+            return PROFILES[template].template
+        from mmengine.utils.misc import get_object_from_string
+
+        resolved = get_object_from_string(template)
+        if resolved is None:
+            raise ValueError(f"template {template!r} is neither a profile name ("
+                             f"{', '.join(PROFILES)}) nor an importable dotted path")
+        return resolved
+    return template
+
+
+def template_map_fn(example, template, system=None):
+    """Apply ``template`` to ``example['conversation']`` with the system-prompt rule above."""
+    from xtuner.dataset.map_fns.template_map_fn import template_map_fn as xtuner_template_map_fn
+
+    conversation = example.get("conversation") or []
+    if conversation:
+        chosen = conversation[0].get("system") or (
+            template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
+        for index, turn in enumerate(conversation):
+            turn["system"] = chosen if index == 0 else ""
+    return xtuner_template_map_fn(example, template)
+
+
+def template_map_fn_factory(template, system=None):
+    """``partial(template_map_fn, template=..., system=...)`` for ``LLaVADataset``."""
+    return partial(template_map_fn, template=resolve_template(template), system=system)
