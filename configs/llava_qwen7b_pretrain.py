@@ -1,21 +1,33 @@
-# LLaVA pretrain (projector only) with Qwen-7B-Chat (first generation) and CLIP ViT-L/14-336.
-# Same structure as xtuner's shipped InternLM2 LLaVA pretrain config.
-# Tiny CPU run: see README ("Train on a CPU") for the --cfg-options that override the paths.
+# LLaVA pretrain (projector only) with Qwen-7B-Chat (first generation, remote code) and
+# CLIP ViT-L/14-336. The LLM (4-bit nf4, frozen) and the vision encoder (frozen) are not
+# trained. Same structure as xtuner's shipped
+# llava_internlm2_chat_7b_clip_vit_large_p14_336_e1_gpu8_pretrain, with the plugin's Qwen
+# profile: tokenizer with eos/pad injected and checked, ChatML template with Qwen's default
+# system prompt, EvaluateChatHook that stops on <|im_end|>/<|endoftext|> ids.
+#
+#   xtuner train configs/llava_qwen7b_pretrain.py --deepspeed deepspeed_zero2
+#
+# Then finetune with configs/llava_qwen7b_qlora.py (pretrained_pth = the last iter_*.pth).
+# Paths are the variables of PART 1; override them with --cfg-options (every place that
+# uses a path follows), e.g. --cfg-options llm_name_or_path=/models/Qwen-7B-Chat
 import torch
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
                             LoggerHook, ParamSchedulerHook)
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from torch.optim import AdamW
-from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
+from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, CLIPImageProcessor,
+                          CLIPVisionModel)
 
 from xtuner.dataset import LLaVADataset
 from xtuner.dataset.collate_fns import default_collate_fn
-from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
-from xtuner.engine.hooks import DatasetInfoHook, EvaluateChatHook
+from xtuner.dataset.map_fns import llava_map_fn
+from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from xtuner.model import LLaVAModel
-from xtuner.utils import PROMPT_TEMPLATE
+from xtuner_llava_swap.hooks import EvaluateChatHook
+from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory
+from xtuner_llava_swap.tokenizers import build_tokenizer
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -27,7 +39,7 @@ visual_encoder_name_or_path = "openai/clip-vit-large-patch14-336"
 # Data
 data_path = "./data/llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
 image_folder = "./data/llava_data/LLaVA-Pretrain/images"
-prompt_template = PROMPT_TEMPLATE.qwen_chat
+prompt_template = PROMPT_TEMPLATE.qwen  # profile "qwen": ChatML, stop words, default system
 max_length = int(2048 - (336 / 14) ** 2)
 
 # Scheduler & Optimizer
@@ -48,15 +60,19 @@ save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
 
 # Evaluate the generation performance during the training
 evaluation_freq = 500
-SYSTEM = ""
+# None: the profile's default system prompt ("You are a helpful assistant."), in the
+# training data and in the evaluation prompts alike; "" for none.
+SYSTEM = None
 evaluation_images = "https://llava-vl.github.io/static/images/view.jpg"
 evaluation_inputs = ["请描述一下这张照片", "Please describe this picture"]
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
+# = tokenizer_dict("qwen", llm_name_or_path): QWenTokenizer has no eos and no pad.
 tokenizer = dict(
-    type=AutoTokenizer.from_pretrained,
+    type=build_tokenizer,
+    profile="qwen",
     pretrained_model_name_or_path=llm_name_or_path,
     trust_remote_code=True,
     padding_side="right",
@@ -79,6 +95,16 @@ model = dict(
         pretrained_model_name_or_path=llm_name_or_path,
         trust_remote_code=True,
         torch_dtype=torch.float16,
+        quantization_config=dict(
+            type=BitsAndBytesConfig,
+            load_in_4bit=True,
+            load_in_8bit=False,
+            llm_int8_threshold=6.0,
+            llm_int8_has_fp16_weight=False,
+            bnb_4bit_compute_dtype=torch.float16,
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_quant_type="nf4",
+        ),
     ),
     visual_encoder=dict(
         type=CLIPVisionModel.from_pretrained,
@@ -96,7 +122,7 @@ llava_dataset = dict(
     tokenizer=tokenizer,
     image_processor=image_processor,
     dataset_map_fn=llava_map_fn,
-    template_map_fn=dict(type=template_map_fn_factory, template=prompt_template),
+    template_map_fn=dict(type=template_map_fn_factory, template=prompt_template, system=SYSTEM),
     max_length=max_length,
     pad_image_to_square=False,
 )
@@ -134,6 +160,7 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
+# Log the dialogue periodically during the training process, optional
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
     dict(
@@ -145,6 +172,8 @@ custom_hooks = [
         evaluation_images=evaluation_images,
         system=SYSTEM,
         prompt_template=prompt_template,
+        pad_image_to_square=False,  # as llava_dataset
+        generation_kwargs=dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40),
     ),
 ]
 

@@ -1,24 +1,33 @@
-# LLaVA finetune with Qwen-7B-Chat (first generation) and CLIP ViT-L/14-336: 4-bit nf4 QLoRA
-# on the LLM, LoRA on the vision encoder, projector trained, loaded from the pretrain stage.
-# Same structure as xtuner's shipped InternLM2 LLaVA QLoRA finetune config.
-# Tiny CPU run: see README ("Train on a CPU") for the --cfg-options that override the paths.
+# LLaVA finetune with Qwen-7B-Chat (first generation, remote code) and CLIP ViT-L/14-336:
+# 4-bit nf4 QLoRA on the LLM, LoRA on the vision encoder, projector trained, loaded from
+# the pretrain stage (configs/llava_qwen7b_pretrain.py). Same structure as xtuner's shipped
+# llava_internlm2_chat_7b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune, with the
+# plugin's Qwen profile: tokenizer with eos/pad injected and checked, ChatML template with
+# Qwen's default system prompt, EvaluateChatHook that stops on <|im_end|>/<|endoftext|> ids.
+#
+#   xtuner train configs/llava_qwen7b_qlora.py --deepspeed deepspeed_zero2
+#
+# Paths are the variables of PART 1; override them with --cfg-options (every place that
+# uses a path follows), e.g. --cfg-options llm_name_or_path=/models/Qwen-7B-Chat
 import torch
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
                             LoggerHook, ParamSchedulerHook)
 from mmengine.optim import AmpOptimWrapper, CosineAnnealingLR, LinearLR
 from peft import LoraConfig
 from torch.optim import AdamW
-from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig,
-                          CLIPImageProcessor, CLIPVisionModel)
+from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, CLIPImageProcessor,
+                          CLIPVisionModel)
 
 from xtuner.dataset import LLaVADataset
 from xtuner.dataset.collate_fns import default_collate_fn
-from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
+from xtuner.dataset.map_fns import llava_map_fn
 from xtuner.dataset.samplers import LengthGroupedSampler
-from xtuner.engine.hooks import DatasetInfoHook, EvaluateChatHook
+from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from xtuner.model import LLaVAModel
-from xtuner.utils import PROMPT_TEMPLATE
+from xtuner_llava_swap.hooks import EvaluateChatHook
+from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory
+from xtuner_llava_swap.tokenizers import build_tokenizer
 
 #######################################################################
 #                          PART 1  Settings                           #
@@ -32,7 +41,7 @@ pretrained_pth = "./work_dirs/llava_qwen7b_pretrain/iter_2181.pth"
 # Data
 data_path = "./data/llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json"
 image_folder = "./data/llava_data/llava_images"
-prompt_template = PROMPT_TEMPLATE.qwen_chat
+prompt_template = PROMPT_TEMPLATE.qwen  # profile "qwen": ChatML, stop words, default system
 max_length = int(2048 - (336 / 14) ** 2)
 
 # Scheduler & Optimizer
@@ -53,15 +62,19 @@ save_total_limit = 2  # Maximum checkpoints to keep (-1 means unlimited)
 
 # Evaluate the generation performance during the training
 evaluation_freq = 500
-SYSTEM = ""
+# None: the profile's default system prompt ("You are a helpful assistant."), in the
+# training data and in the evaluation prompts alike; "" for none.
+SYSTEM = None
 evaluation_images = "https://llava-vl.github.io/static/images/view.jpg"
 evaluation_inputs = ["请描述一下这张照片", "Please describe this picture"]
 
 #######################################################################
 #            PART 2  Model & Tokenizer & Image Processor              #
 #######################################################################
+# = tokenizer_dict("qwen", llm_name_or_path): QWenTokenizer has no eos and no pad.
 tokenizer = dict(
-    type=AutoTokenizer.from_pretrained,
+    type=build_tokenizer,
+    profile="qwen",
     pretrained_model_name_or_path=llm_name_or_path,
     trust_remote_code=True,
     padding_side="right",
@@ -96,8 +109,16 @@ model = dict(
             bnb_4bit_quant_type="nf4",
         ),
     ),
-    llm_lora=dict(type=LoraConfig, r=512, lora_alpha=256, lora_dropout=0.05, bias="none",
-                  task_type="CAUSAL_LM"),
+    llm_lora=dict(
+        type=LoraConfig,
+        r=512,
+        lora_alpha=256,
+        lora_dropout=0.05,
+        bias="none",
+        task_type="CAUSAL_LM",
+        # every linear layer of a QWenBlock (attn.c_attn/c_proj, mlp.w1/w2/c_proj)
+        target_modules=["c_attn", "c_proj", "w1", "w2"],
+    ),
     visual_encoder=dict(
         type=CLIPVisionModel.from_pretrained,
         pretrained_model_name_or_path=visual_encoder_name_or_path,
@@ -115,7 +136,7 @@ llava_dataset = dict(
     tokenizer=tokenizer,
     image_processor=image_processor,
     dataset_map_fn=llava_map_fn,
-    template_map_fn=dict(type=template_map_fn_factory, template=prompt_template),
+    template_map_fn=dict(type=template_map_fn_factory, template=prompt_template, system=SYSTEM),
     max_length=max_length,
     pad_image_to_square=True,
 )
@@ -157,6 +178,7 @@ train_cfg = dict(type=TrainLoop, max_epochs=max_epochs)
 #######################################################################
 #                           PART 5  Runtime                           #
 #######################################################################
+# Log the dialogue periodically during the training process, optional
 custom_hooks = [
     dict(type=DatasetInfoHook, tokenizer=tokenizer),
     dict(
@@ -168,6 +190,7 @@ custom_hooks = [
         evaluation_images=evaluation_images,
         system=SYSTEM,
         prompt_template=prompt_template,
+        generation_kwargs=dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40),
     ),
 ]
 

@@ -1,0 +1,262 @@
+"""EvaluateChatHook for any LLM profile, stopping on token ids.
+
+:class:`EvaluateChatHook` is a drop-in replacement for xtuner's
+``xtuner.engine.hooks.EvaluateChatHook`` (same arguments, same schedule: before
+training, every ``every_n_iters`` iterations, at checkpoint iterations, after
+training; outputs in the log and, at checkpoints, in ``vis_data/eval_outputs_iter_N.txt``)
+that differs where xtuner's hook is wrong for other LLMs:
+
+* the prompt is built exactly as the training data is (this package's template map fn,
+  so the profile's default system prompt is used unless ``system`` says otherwise,
+  then xtuner's ``encode_fn``: bos only where the tokenizer has one);
+* stopping is decided on token ids (:class:`StopOnTokenIds`): each step compares the
+  last generated id(s) with the stop sequences, never decodes the whole sequence;
+* ``bos_token_id`` is never passed as ``None`` to ``generate``;
+* no shared mutable defaults (xtuner's ``stop_words=[]`` grows with every instance);
+* each prompt may come with an image or without one (``evaluation_images`` entries may
+  be ``None``), and both kinds run through the same path on Qwen-7B (remote code,
+  ``QWenLMHeadModel``) and Qwen2-family models alike.
+
+Each sample is logged as ``Sample output:`` + prompt + reply (special tokens kept,
+so the stop word is visible), followed by one line
+``EvaluateChatHook: N new tokens, stopped by '<|im_end|>'`` (or ``reached max_new_tokens``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
+
+# xtuner's sampling defaults for its EvaluateChatHook.
+DEFAULT_GENERATION_KWARGS = dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40)
+
+
+class StopOnTokenIds(StoppingCriteria):
+    """Stop a sequence when its last tokens equal one of ``stop_sequences`` (lists of ids).
+
+    The cost per generated token depends only on the stop sequences, never on the
+    length of what was generated. Returns one flag per batch row.
+    """
+
+    def __init__(self, stop_sequences: Sequence[Sequence[int]]):
+        sequences = [tuple(int(i) for i in seq) for seq in stop_sequences]
+        if not sequences or any(len(seq) == 0 for seq in sequences):
+            raise ValueError(f"stop_sequences must be non-empty id sequences, got {stop_sequences!r}")
+        by_length: dict[int, list] = {}
+        for seq in dict.fromkeys(sequences):
+            by_length.setdefault(len(seq), []).append(seq)
+        self.stop_sequences = list(dict.fromkeys(sequences))
+        self._by_length = {n: torch.tensor(seqs, dtype=torch.long) for n, seqs in by_length.items()}
+
+    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for length, sequences in self._by_length.items():
+            if input_ids.shape[1] < length:
+                continue
+            tail = input_ids[:, -length:]
+            sequences = sequences.to(input_ids.device)
+            done |= (tail[:, None, :] == sequences[None, :, :]).all(dim=-1).any(dim=-1)
+        return done
+
+    def matched(self, token_ids: Sequence[int]) -> tuple | None:
+        """The stop sequence ``token_ids`` ends with, or ``None``."""
+        token_ids = list(token_ids)
+        return next((seq for seq in self.stop_sequences
+                     if len(token_ids) >= len(seq) and tuple(token_ids[-len(seq):]) == seq), None)
+
+
+def stop_word_sequences(tokenizer, stop_words: Sequence[str]) -> list:
+    """Token id sequence of each stop word (as the tokenizer encodes the word alone)."""
+    sequences = []
+    for word in stop_words:
+        ids = tokenizer.encode(word, add_special_tokens=False)
+        if not ids:
+            raise ValueError(f"stop word {word!r} encodes to no token with {type(tokenizer).__name__}")
+        sequences.append(ids)
+    return sequences
+
+
+@dataclass(frozen=True)
+class ChatSample:
+    """One evaluation generation: the prompt, the new token ids and their text."""
+
+    prompt: str
+    token_ids: tuple
+    reply: str
+    stop_word: str | None  # the stop word the reply ends with, None when max_new_tokens was reached
+
+    def log_text(self) -> str:
+        ending = (f"stopped by {self.stop_word!r}" if self.stop_word is not None
+                  else "reached max_new_tokens")
+        return (f"Sample output:\n{self.prompt}{self.reply}\n"
+                f"EvaluateChatHook: {len(self.token_ids)} new tokens, {ending}\n")
+
+
+class EvaluateChatHook(XtunerEvaluateChatHook):
+    """Generate replies to ``evaluation_inputs`` during training (see the module docstring).
+
+    Args:
+        tokenizer: tokenizer config dict (or a built tokenizer).
+        evaluation_inputs: a prompt or a list of prompts.
+        evaluation_images: ``None`` (text-only prompts), one image for every prompt, or a
+            list with one entry per prompt, ``None`` for a text-only prompt. Paths or URLs.
+        image_processor: image processor config dict; required when there are images.
+        system: ``None`` uses the template's ``DEFAULT_SYSTEM`` (what the training data
+            gets from :func:`xtuner_llava_swap.profiles.template_map_fn_factory` without
+            a ``system``); ``""`` means no system prompt; any other text is used as is.
+        prompt_template: template dict, profile name or dotted path; defaults to the
+            template of ``profile``.
+        profile: an LLM profile name (``"qwen"``, ``"qwen2.5"``...) or object.
+        every_n_iters, max_new_tokens: as in xtuner's hook.
+        stop_words: defaults to the template's ``STOP_WORDS``.
+        generation_kwargs: ``GenerationConfig`` fields that override xtuner's sampling
+            defaults (``do_sample=True, temperature=0.1, top_p=0.75, top_k=40``).
+        pad_image_to_square: pad images like ``LLaVADataset(pad_image_to_square=True)``.
+    """
+
+    def __init__(self, tokenizer, evaluation_inputs, evaluation_images=None, image_processor=None,
+                 system=None, prompt_template=None, every_n_iters=None, max_new_tokens=600,
+                 stop_words=None, generation_kwargs=None, profile=None,
+                 pad_image_to_square=True):
+        from xtuner.registry import BUILDER
+
+        from .profiles import get_profile
+        from .profiles.template_map import resolve_template
+
+        if prompt_template is None and profile is None:
+            raise ValueError("EvaluateChatHook needs a profile (e.g. profile='qwen') or a "
+                             "prompt_template")
+        template = resolve_template(prompt_template if prompt_template is not None
+                                    else get_profile(profile).template)
+        self.template = template
+        self.system = system
+        self.evaluation_inputs = ([evaluation_inputs] if isinstance(evaluation_inputs, str)
+                                  else list(evaluation_inputs))
+        self.evaluation_images = self._load_images(evaluation_images, len(self.evaluation_inputs))
+        self.every_n_iters = every_n_iters
+        self.max_new_tokens = max_new_tokens
+        self.pad_image_to_square = pad_image_to_square
+        self.tokenizer = BUILDER.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
+        self.image_processor = None
+        if image_processor is not None:
+            self.image_processor = (BUILDER.build(image_processor)
+                                    if isinstance(image_processor, dict) else image_processor)
+        if self.image_processor is None and any(img is not None for img in self.evaluation_images):
+            raise ValueError("EvaluateChatHook: evaluation_images are given but image_processor is not")
+
+        self.stop_words = tuple(stop_words if stop_words is not None
+                                else template.get("STOP_WORDS", ()))
+        if not self.stop_words:
+            raise ValueError("EvaluateChatHook: no stop words (neither stop_words nor the "
+                             "template's STOP_WORDS)")
+        sequences = stop_word_sequences(self.tokenizer, self.stop_words)
+        self._stop_word_of = {}
+        for word, seq in zip(self.stop_words, sequences):
+            self._stop_word_of.setdefault(tuple(seq), word)
+        self.stop_criteria = StoppingCriteriaList([StopOnTokenIds(sequences)])
+        self.gen_config = GenerationConfig(**self._generation_kwargs(generation_kwargs or {}))
+        self.is_first_run = True
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _load_images(evaluation_images, n_inputs: int) -> list:
+        from xtuner.dataset.utils import load_image
+
+        if evaluation_images is None:
+            return [None] * n_inputs
+        images = ([evaluation_images] if isinstance(evaluation_images, str)
+                  else list(evaluation_images))
+        if len(images) == 1:
+            images = images * n_inputs
+        if len(images) != n_inputs:
+            raise ValueError(f"EvaluateChatHook: {len(images)} evaluation_images for "
+                             f"{n_inputs} evaluation_inputs (give 1 or one per input)")
+        loaded = {}
+        for image in images:
+            if image is not None and image not in loaded:
+                try:
+                    loaded[image] = load_image(image)
+                except Exception as error:
+                    raise ValueError(f"EvaluateChatHook: cannot load evaluation image {image!r}: "
+                                     f"{error}") from error
+        return [None if image is None else loaded[image] for image in images]
+
+    def _generation_kwargs(self, overrides: dict) -> dict:
+        tokenizer = self.tokenizer
+        first_stop = self.stop_criteria[0].stop_sequences[0][-1]
+        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else first_stop
+        kwargs = dict(DEFAULT_GENERATION_KWARGS, max_new_tokens=self.max_new_tokens,
+                      eos_token_id=eos,
+                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+        if tokenizer.bos_token_id is not None:
+            kwargs["bos_token_id"] = tokenizer.bos_token_id
+        kwargs.update(overrides)
+        if kwargs.get("bos_token_id", 0) is None:
+            del kwargs["bos_token_id"]
+        return kwargs
+
+    # ------------------------------------------------------------- generation
+    def prompt_ids(self, text: str, with_image: bool) -> tuple[str, list]:
+        """The prompt text and ids for ``text``, built like a training sample's first turn."""
+        from xtuner.dataset.utils import encode_fn
+        from xtuner.utils import DEFAULT_IMAGE_TOKEN
+
+        from .profiles import template_map_fn_factory
+
+        user_input = f"{DEFAULT_IMAGE_TOKEN}\n{text}" if with_image else text
+        example = {"conversation": [{"input": user_input, "output": ""}]}
+        example = template_map_fn_factory(self.template, system=self.system)(example)
+        prompt = example["conversation"][0]["input"]
+        ids = encode_fn(example, self.tokenizer, max_length=1 << 30,
+                        input_ids_with_output=False, with_image_token=True)["input_ids"]
+        return prompt, ids
+
+    def _pixel_values(self, model, image):
+        from xtuner.dataset.utils import expand2square
+
+        if self.pad_image_to_square:
+            image = expand2square(image, tuple(int(x * 255) for x in self.image_processor.image_mean))
+        pixels = self.image_processor.preprocess(image, return_tensors="pt")["pixel_values"]
+        device = next(model.visual_encoder.parameters()).device
+        visual_outputs = model.visual_encoder(pixels.to(device, model.visual_encoder.dtype),
+                                              output_hidden_states=True)
+        return model.projector(visual_outputs.hidden_states[model.visual_select_layer][:, 1:])
+
+    @torch.no_grad()
+    def generate_sample(self, model, text: str, image=None, max_new_tokens: int | None = None,
+                        logits_processor=None) -> ChatSample:
+        """Generate the reply of ``model`` (an xtuner ``LLaVAModel``) to one prompt."""
+        from xtuner.model.utils import prepare_inputs_labels_for_multimodal
+
+        prompt, ids = self.prompt_ids(text, with_image=image is not None)
+        device = next(model.llm.parameters()).device
+        input_ids = torch.tensor([ids], device=device)
+        pixel_values = None if image is None else self._pixel_values(model, image)
+        mm_inputs = prepare_inputs_labels_for_multimodal(llm=model.llm, input_ids=input_ids,
+                                                         pixel_values=pixel_values)
+        inputs = ({"inputs_embeds": mm_inputs["inputs_embeds"]} if pixel_values is not None
+                  else {"input_ids": mm_inputs["input_ids"]})
+        output = model.llm.generate(
+            **inputs, generation_config=self.gen_config,
+            max_new_tokens=max_new_tokens or self.max_new_tokens,
+            stopping_criteria=self.stop_criteria, logits_processor=logits_processor)
+        # generate returns the prompt ids too when it was given ids, only new ids for embeddings
+        new_ids = output[0, input_ids.shape[1]:] if "input_ids" in inputs else output[0]
+        new_ids = tuple(new_ids.tolist())
+        stop_word = self._stop_word_of.get(self.stop_criteria[0].matched(new_ids))
+        reply = self.tokenizer.decode(list(new_ids), skip_special_tokens=False)
+        return ChatSample(prompt=prompt, token_ids=new_ids, reply=reply, stop_word=stop_word)
+
+    def _eval_images(self, runner, model, device, max_new_tokens=None, save_eval_output=False):
+        """Every prompt, with its image or text-only. xtuner's ``_generate_samples`` calls
+        this one (``evaluation_images`` is always a list here, never ``None``)."""
+        outputs = []
+        for text, image in zip(self.evaluation_inputs, self.evaluation_images):
+            sample = self.generate_sample(model, text, image, max_new_tokens)
+            runner.logger.info(sample.log_text())
+            outputs.append(sample.prompt + sample.reply + "\n")
+        if save_eval_output:
+            self._save_eval_output(runner, outputs)
