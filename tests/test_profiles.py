@@ -77,8 +77,10 @@ def test_profile_definition_is_validated():
         LLMProfile(name="x", prompt={**chatml, "SUFFIX_AS_EOS": False}, **base)
     with pytest.raises(ValueError, match="must be a stop word"):
         LLMProfile(name="x", prompt={**chatml, "STOP_WORDS": ["<|endoftext|>"]}, **base)
-    with pytest.raises(ValueError, match="family 'gpt'"):
-        LLMProfile(name="x", prompt=chatml, **{**base, "family": "gpt"})
+    with pytest.raises(ValueError, match="weight_layout 'gpt'"):
+        LLMProfile(name="x", prompt=chatml, weight_layout="gpt", **base)
+    with pytest.raises(ValueError, match="INSTRUCTION must contain"):
+        LLMProfile(name="x", prompt={**chatml, "INSTRUCTION": "{round}: {input}"}, **base)
     registry = ProfileRegistry()
     registry.register(LLMProfile(name="x", prompt=chatml, **base))
     with pytest.raises(ValueError, match="already registered"):
@@ -87,17 +89,23 @@ def test_profile_definition_is_validated():
 
 def test_adding_a_family_is_one_small_definition():
     """The worked example of docs/profiles.md (in a private registry)."""
+    from xtuner_llava_swap.profiles.formats import chatml
+    from xtuner_llava_swap.profiles.llama import LLAMA_LORA_TARGETS
+
     registry = ProfileRegistry()
     yi = registry.register(LLMProfile(
-        name="yi-chat", family="llama", has_bos=False, default_system="",
-        prompt=dict(SYSTEM="<|im_start|>system\n{system}<|im_end|>\n",
-                    INSTRUCTION="<|im_start|>user\n{input}<|im_end|>\n<|im_start|>assistant\n",
-                    SUFFIX="<|im_end|>", SUFFIX_AS_EOS=True, SEP="\n",
-                    STOP_WORDS=["<|im_end|>"]),
+        name="yi-chat",
+        family="llama",
+        prompt=chatml("<|im_end|>", ("<|im_end|>",)),
+        default_system="",
+        has_bos=False,
         tokenizer_kwargs=dict(eos_token="<|im_end|>", pad_token="<unk>"),
-        lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-        hf_text_model_type="llama", official_llava_class="LlavaLlamaForCausalLM"))
-    assert registry["yi-chat"] is yi
+        lora_target_modules=LLAMA_LORA_TARGETS,
+        hf_text_model_type="llama",
+        official_llava_class="LlavaLlamaForCausalLM",
+        hf_example="01-ai/Yi-6B-Chat",
+    ))
+    assert registry["yi-chat"] is yi and "yi-chat" not in PROFILES
     assert yi.render([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]) == (
         "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n")
 

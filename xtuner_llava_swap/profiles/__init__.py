@@ -10,7 +10,8 @@ xtuner configs, in the style of ``xtuner.utils.PROMPT_TEMPLATE``.
 """
 from mmengine.config import ConfigDict
 
-from . import internlm2, llama, phi3, qwen, qwen2  # noqa: F401  (each registers its profiles)
+# Each family module registers its profiles; this order is the order of list_profiles().
+from . import qwen, qwen2, internlm2, llama, phi3  # noqa: F401,I001
 from .base import (DEFAULT_SYSTEM_KEY, PROFILES, LLMProfile, ProfileRegistry, UnknownProfileError,
                    get_profile, list_profiles, register_profile)
 from .template_map import template_map_fn, template_map_fn_factory
