@@ -1,0 +1,16 @@
+"""Export of xtuner LLaVA runs: Hugging Face ``LlavaForConditionalGeneration`` (``hf``) and
+official LLaVA (``llava``) folders, LoRA/QLoRA merged, from any checkpoint form, verified.
+
+Command line: ``tools/convert_to_hf.py`` / ``xtuner-llava-swap-convert`` (:mod:`.cli`).
+Python: :func:`convert`. Modules, in data-flow order: :mod:`.run_config` (CONFIG),
+:mod:`.readers` / :mod:`.deepspeed_reader` (CHECKPOINT, base folders), :mod:`.lora`
+(updates and merge), :mod:`.layouts` (key tables), :mod:`.weights` (the checked stream),
+:mod:`.text_config`, :mod:`.tokenizer`, :mod:`.shards`, :mod:`.hf_writer`,
+:mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`.
+"""
+from .convert import DTYPES, FORMATS, convert
+from .errors import ExportError
+from .readers import read_checkpoint
+from .verify import verify_export
+
+__all__ = ["DTYPES", "FORMATS", "ExportError", "convert", "read_checkpoint", "verify_export"]

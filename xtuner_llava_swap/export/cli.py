@@ -1,0 +1,65 @@
+"""Command line of the export (``tools/convert_to_hf.py``, ``xtuner-llava-swap-convert``).
+
+Argument parsing and printing only; the work is :func:`xtuner_llava_swap.export.convert`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .convert import DTYPES, FORMATS, convert
+from .errors import ExportError
+
+DESCRIPTION = """\
+Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directory, or an
+`xtuner convert pth_to_hf` folder) as a Hugging Face LlavaForConditionalGeneration folder
+(--format hf) or an official LLaVA folder (--format llava: LlavaLlamaForCausalLM /
+LlavaQwenForCausalLM). LoRA and QLoRA adapters are merged in fp32 into the base weights read
+from the base model path CONFIG names. OUT_DIR is written through a temporary folder beside
+it and appears only when complete."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mmengine.config import DictAction
+
+    parser = argparse.ArgumentParser(prog="convert_to_hf", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="the xtuner config the run was trained with")
+    parser.add_argument("checkpoint", help="iter_N.pth file or directory, or pth_to_hf folder")
+    parser.add_argument("out_dir", help="folder to create (refused if it exists, see --force)")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="hf",
+                        help="hf: transformers LLaVA (default); llava: official LLaVA layout")
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default=None,
+                        help="weight dtype of the export (default: the base LLM's torch_dtype)")
+    parser.add_argument("--max-shard-size", default="2GB",
+                        help="largest safetensors shard, e.g. 2GB, 500MB (default 2GB)")
+    parser.add_argument("--verify", action="store_true",
+                        help="compare logits and greedy tokens with xtuner's model of the run")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing OUT_DIR (only once the new one is complete)")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow the base LLM's remote code (also allowed when the "
+                             "profile says so, e.g. Qwen-7B)")
+    parser.add_argument("--profile", default=None,
+                        help="LLM profile name when CONFIG does not name one")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
+                        help="override CONFIG settings, key=value (as in xtuner train)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = convert(args.config, args.checkpoint, args.out_dir, fmt=args.fmt,
+                          dtype=args.dtype, max_shard_size=args.max_shard_size,
+                          verify=args.verify, force=args.force,
+                          trust_remote_code=args.trust_remote_code,
+                          cfg_options=args.cfg_options, profile=args.profile,
+                          progress=not args.no_progress)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2, default=str))
+    return 0

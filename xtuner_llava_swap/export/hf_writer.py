@@ -1,0 +1,85 @@
+"""``--format hf``: a folder that ``LlavaForConditionalGeneration`` and ``AutoProcessor`` load.
+
+Writes ``config.json`` (``LlavaConfig``: the text model's type and config, the CLIP vision
+config, ``image_token_index``, ``vision_feature_layer`` = the run's
+``visual_select_layer``, strategy ``default`` = CLS dropped as xtuner does,
+``image_seq_length``), sharded safetensors with an index (on-disk names
+``language_model.*``, ``vision_tower.*``, ``multi_modal_projector.*``), the tokenizer with
+``<image>`` and the profile's chat template, the processor (``patch_size``,
+``num_additional_image_tokens=1``, ``LlavaImageProcessor`` padding to square like
+training when the run did) and ``generation_config.json`` whose eos ids are the profile's
+stop token ids.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .shards import ShardWriter
+from .text_config import text_config
+
+
+def vision_config_of(run):
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig.from_pretrained(run.visual_encoder_path)
+
+
+def image_seq_length(vision_config) -> int:
+    return (vision_config.image_size // vision_config.patch_size) ** 2
+
+
+def write_weights(out: Path, plan, fmt: str, dtype: torch.dtype, max_shard_bytes: int,
+                  progress: bool) -> ShardWriter:
+    from tqdm import tqdm
+
+    writer = ShardWriter(out, max_shard_bytes)
+    for name, tensor in tqdm(plan.stream(fmt, dtype), total=plan.count(), unit="tensor",
+                             desc=f"writing {fmt} weights", disable=not progress):
+        writer.add(name, tensor)
+    writer.close()
+    return writer
+
+
+def generation_config(run, tokenizer):
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                            eos_token_id=run.profile.stop_token_ids(tokenizer),
+                            pad_token_id=tokenizer.pad_token_id)
+
+
+def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_bytes: int,
+             progress: bool = True) -> None:
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
+
+    from xtuner_llava_swap.models.pad_image_processor import LlavaImageProcessor
+    from .tokenizer import IMAGE_TOKEN
+
+    vision = vision_config_of(run)
+    text = text_config(plan.llm.config(), run.profile.weight_layout, plan.vocab_rows,
+                       run.llm_path)
+    config = LlavaConfig(text_config=text, vision_config=vision.to_dict(),
+                         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                         projector_hidden_act="gelu",
+                         vision_feature_layer=run.visual_select_layer,
+                         vision_feature_select_strategy="default",
+                         image_seq_length=image_seq_length(vision),
+                         tie_word_embeddings=plan.tie_word_embeddings,
+                         torch_dtype=dtype, architectures=["LlavaForConditionalGeneration"])
+    config.save_pretrained(out)
+    write_weights(out, plan, "hf", dtype, max_shard_bytes, progress)
+
+    base_processor = CLIPImageProcessor.from_pretrained(run.image_processor_path)
+    settings = {k: v for k, v in base_processor.to_dict().items()
+                if k not in ("image_processor_type", "processor_class", "do_pad")}
+    image_processor = LlavaImageProcessor(do_pad=run.pad_image_to_square, **settings)
+    tokenizer.chat_template = run.profile.chat_template()
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               patch_size=vision.patch_size,
+                               vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
+                               chat_template=run.profile.chat_template())
+    processor.save_pretrained(out)
+    generation_config(run, tokenizer).save_pretrained(out)

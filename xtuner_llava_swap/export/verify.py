@@ -1,0 +1,185 @@
+"""``--verify``: the exported folder must behave like xtuner's own model of the run.
+
+The reference is xtuner's ``LLaVAModel`` built from CONFIG (fp32, unquantized base, LoRA
+adapters live, not merged) with CHECKPOINT loaded. Both models get the same image and
+prompt: the reference through xtuner's own path (pad-to-square with ``expand2square``,
+CONFIG's image processor, template text encoded in chunks around ``IMAGE_TOKEN_INDEX``,
+``prepare_inputs_labels_for_multimodal``); the export through its own files (processor or
+image processor, chat template, model class). Checked, in this order:
+
+1. the export's token ids are the reference's with the image place expanded;
+2. the export's pixel values equal the reference's;
+3. fp32 logits at every position agree within ``atol`` (1e-4 relative to the logit
+   scale for a float32 export; 2e-2 for 16-bit exports, whose weights were rounded);
+4. greedy decoding gives the same tokens (``max_new_tokens``, the profile's stop ids).
+
+Any failure raises :class:`ExportError` with the numbers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .errors import ExportError
+from .tokenizer import IMAGE_TOKEN
+
+VERIFY_PROMPT = "Describe the image briefly."
+IMAGE_TOKEN_INDEX = -200
+
+
+def default_image():
+    """A non-square test image (so padding to square is exercised)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (96, 56), (250, 250, 240))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle([8, 8, 40, 44], fill=(200, 30, 30))
+    draw.ellipse([50, 10, 88, 48], fill=(30, 60, 200))
+    return image
+
+
+def _reference_model(run, checkpoint, trust_remote_code: bool):
+    from xtuner.registry import BUILDER
+
+    from .tokenizer import remote_code_allowed
+
+    model_cfg = run.cfg.model.copy()
+    model_cfg.pretrained_pth = None
+    model_cfg.llm = model_cfg.llm.copy()
+    model_cfg.llm.pop("quantization_config", None)
+    model_cfg.llm.torch_dtype = torch.float32
+    if model_cfg.llm.get("trust_remote_code") and not remote_code_allowed(run, trust_remote_code):
+        raise ExportError("--verify builds the run's LLM, which needs remote code; pass "
+                          "--trust-remote-code")
+    model = BUILDER.build(model_cfg).float().eval()
+    state = {k: v.to(torch.float32) for k, v in checkpoint.tensors.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise ExportError(f"{checkpoint.path}: keys xtuner's LLaVAModel does not have: "
+                          f"{result.unexpected_keys[:5]}")
+    return model
+
+
+def _reference_prompt(run, prompt: str) -> str:
+    template = run.profile.template
+    system = run.system if run.system is not None else template.get("DEFAULT_SYSTEM", "")
+    head = template["SYSTEM"].format(system=system) if system else ""
+    return head + template["INSTRUCTION"].format(input=f"{IMAGE_TOKEN}\n{prompt}", round=1)
+
+
+def _reference_ids(tokenizer, text: str) -> list:
+    from xtuner_llava_swap.tokenizers import training_bos_ids
+
+    before, after = text.split(IMAGE_TOKEN)
+    return (training_bos_ids(tokenizer) + tokenizer.encode(before, add_special_tokens=False)
+            + [IMAGE_TOKEN_INDEX] + tokenizer.encode(after, add_special_tokens=False))
+
+
+def _messages(run, prompt: str) -> list:
+    system = [{"role": "system", "content": run.system}] if run.system is not None else []
+    return system + [{"role": "user", "content": f"{IMAGE_TOKEN}\n{prompt}"}]
+
+
+@torch.no_grad()
+def _reference(run, model, tokenizer, image, prompt, stop_ids, max_new_tokens):
+    from xtuner.dataset.utils import expand2square
+    from xtuner.model.utils import prepare_inputs_labels_for_multimodal
+    from xtuner.registry import BUILDER
+
+    image_processor = BUILDER.build(run.cfg.image_processor)
+    picture = image.convert("RGB")
+    if run.pad_image_to_square:
+        picture = expand2square(picture, tuple(int(x * 255) for x in image_processor.image_mean))
+    pixels = image_processor.preprocess(picture, return_tensors="pt")["pixel_values"]
+    ids = _reference_ids(tokenizer, _reference_prompt(run, prompt))
+    visual = model.visual_encoder(pixels, output_hidden_states=True)
+    features = model.projector(visual.hidden_states[model.visual_select_layer][:, 1:])
+    data = prepare_inputs_labels_for_multimodal(
+        llm=model.llm, input_ids=torch.tensor([ids]), pixel_values=features)
+    logits = model.llm(inputs_embeds=data["inputs_embeds"]).logits[0]
+    generated = model.llm.generate(inputs_embeds=data["inputs_embeds"], do_sample=False,
+                                   max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                   pad_token_id=tokenizer.pad_token_id or stop_ids[0],
+                                   num_beams=1)
+    return ids, pixels, logits, generated[0].tolist(), features.shape[1]
+
+
+@torch.no_grad()
+def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(folder)
+    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    text = processor.tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
+                                                   add_generation_prompt=True)
+    inputs = processor(images=image, text=text, return_tensors="pt", add_special_tokens=False)
+    logits = model(**inputs).logits[0]
+    output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
+                            eos_token_id=stop_ids, num_beams=1)
+    new = output[0, inputs["input_ids"].shape[1]:].tolist()
+    return (inputs["input_ids"][0].tolist(), inputs["pixel_values"], logits, new,
+            model.config.image_token_index)
+
+
+@torch.no_grad()
+def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
+    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+
+    from xtuner_llava_swap.models import process_images, tokenizer_image_token
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    image_processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    ids = tokenizer_image_token(text, tokenizer).unsqueeze(0)
+    pixels = process_images([image], image_processor, model.config)
+    logits = model(input_ids=ids, images=pixels).logits[0]
+    new = model.generate(ids, images=pixels, do_sample=False, max_new_tokens=max_new_tokens,
+                         eos_token_id=stop_ids, num_beams=1)[0].tolist()
+    return ids[0].tolist(), pixels, logits, new, None
+
+
+def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.float32,
+                  trust_remote_code: bool = False, image=None, prompt: str = VERIFY_PROMPT,
+                  max_new_tokens: int = 8) -> dict:
+    """Compare the export in ``folder`` with xtuner's model of the run; return the numbers."""
+    image = image if image is not None else default_image()
+    stop_ids = run.profile.stop_token_ids(tokenizer)
+    model = _reference_model(run, checkpoint, trust_remote_code)
+    ref_ids, ref_pixels, ref_logits, ref_tokens, n_image = _reference(
+        run, model, tokenizer, image, prompt, stop_ids, max_new_tokens)
+    del model
+    exported = _exported_hf if fmt == "hf" else _exported_llava
+    ids, pixels, logits, tokens, image_token_index = exported(
+        run, Path(folder), image, prompt, stop_ids, max_new_tokens)
+
+    expected_ids = []
+    for token in ref_ids:
+        if token == IMAGE_TOKEN_INDEX and image_token_index is not None:
+            expected_ids += [image_token_index] * n_image
+        else:
+            expected_ids.append(token)
+    if ids != expected_ids:
+        raise ExportError(f"verify: the export's prompt ids differ from training's\n export: "
+                          f"{ids}\n training: {expected_ids}")
+    if pixels.shape != ref_pixels.shape or not torch.allclose(pixels, ref_pixels, atol=1e-6):
+        raise ExportError("verify: the export's image preprocessing differs from training's")
+    vocab = ref_logits.shape[-1]
+    if logits.shape[0] != ref_logits.shape[0]:
+        raise ExportError(f"verify: {logits.shape[0]} positions in the export, "
+                          f"{ref_logits.shape[0]} in xtuner's model")
+    diff = (logits[:, :vocab] - ref_logits).abs().max().item()
+    scale = ref_logits.abs().max().item()
+    tolerance = (1e-4 if dtype == torch.float32 else 2e-2) * max(1.0, scale)
+    report = {"max_abs_logit_diff": diff, "logit_scale": scale, "tolerance": tolerance,
+              "positions": int(ref_logits.shape[0]), "tokens": tokens,
+              "reference_tokens": ref_tokens}
+    if diff > tolerance:
+        raise ExportError(f"verify: logits differ by up to {diff:.3g} (tolerance "
+                          f"{tolerance:.3g}, logit scale {scale:.3g})")
+    if tokens != ref_tokens:
+        raise ExportError(f"verify: greedy decoding differs: export {tokens}, xtuner "
+                          f"{ref_tokens}")
+    return report

@@ -1,0 +1,140 @@
+"""The export's weights as a stream: one ``(name, tensor)`` at a time, in the target layout.
+
+:class:`WeightPlan` joins the base LLM folder, the base vision folder and the trained
+updates of a checkpoint, checks them against each other BEFORE anything is written
+(missing projector, trained weights the base model does not have, shape mismatches), and
+then yields every output tensor: base tensor read lazily -> trained update applied (LoRA
+merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2) -> embedding rows added for
+``<image>`` when the vocabulary has no spare row -> cast -> target name. Only one layer's
+tensors are alive at a time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+
+from .errors import ExportError
+from .layouts import guess_family, text_table, to_target
+from .lora import apply_update, component_updates
+from .readers import WeightFolder
+
+PROJECTOR_KEYS = ("model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias")
+VISION_PREFIX = "vision_model."  # a CLIPModel folder also holds text_model.*: not exported
+EMBEDDING_ROWS = ("model.embed_tokens.weight", "lm_head.weight")
+
+
+@dataclass
+class WeightPlan:
+    """Everything needed to stream the weights of one export."""
+
+    run: object
+    checkpoint: object
+    llm: WeightFolder
+    vision: WeightFolder
+    updates: dict
+    tie_word_embeddings: bool
+    vocab_rows: int  # rows of the exported embedding (>= the base's)
+
+    @classmethod
+    def build(cls, run, checkpoint) -> "WeightPlan":
+        llm = WeightFolder(run.llm_path)
+        vision = WeightFolder(run.visual_encoder_path)
+        llm_config = llm.config()
+        plan = cls(run, checkpoint, llm, vision, component_updates(checkpoint, run),
+                   bool(llm_config.get("tie_word_embeddings", False)),
+                   int(llm_config["vocab_size"]))
+        plan._check()
+        return plan
+
+    # ------------------------------------------------------------------ checks
+    def _check(self) -> None:
+        run, source = self.run, self.checkpoint.path
+        if run.projector_depth != 2:
+            raise ExportError(f"{run.config_path}: projector_depth={run.projector_depth}; the "
+                              "LLaVA formats have a 2-layer (mlp2x_gelu) projector")
+        projector = self.updates["projector"].full
+        missing = [k for k in PROJECTOR_KEYS if k not in projector]
+        if missing:
+            raise ExportError(f"{source}: no projector weights (missing keys "
+                              f"{', '.join('projector.' + k for k in missing)}); is this an "
+                              "xtuner LLaVA checkpoint?")
+        extra = sorted(set(projector) - set(PROJECTOR_KEYS))
+        if extra:
+            raise ExportError(f"{source}: unexpected projector keys {extra}")
+        self._check_component("llm", self.llm, run.llm_path)
+        self._check_component("visual_encoder", self.vision, run.visual_encoder_path)
+
+    def _check_component(self, component: str, base: WeightFolder, base_path: str) -> None:
+        update = self.updates[component]
+        names = [*update.full, *update.lora]
+        known = set(base.keys())
+        if component == "llm" and self.tie_word_embeddings:
+            known.add("lm_head.weight")  # a tied model's state dict names it too
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            seen = guess_family(unknown)
+            model_type = base.config().get("model_type", "?")
+            raise ExportError(
+                f"{self.checkpoint.path}: {len(unknown)} trained {component} weights are not "
+                f"in the base model {base_path} (model_type {model_type}), e.g. "
+                f"{component}.{unknown[0]}. The checkpoint comes from another model than "
+                f"{self.run.config_path} names"
+                + (f" (its weights look like {seen})." if seen else "."))
+        for name, tensor in update.full.items():
+            if name in base:
+                shape = self._shape(base, name)
+                if tuple(tensor.shape) != shape:
+                    raise ExportError(f"{self.checkpoint.path}: trained {component}.{name} has "
+                                      f"shape {tuple(tensor.shape)}, {base_path} has {shape} "
+                                      "(shape mismatch)")
+
+    @staticmethod
+    def _shape(base: WeightFolder, name: str) -> tuple:
+        return tuple(base.get(name).shape)
+
+    # ------------------------------------------------------------------ stream
+    def count(self) -> int:
+        """Number of base tensors the stream walks (for progress bars)."""
+        return (len(self.llm.keys()) + len(PROJECTOR_KEYS)
+                + sum(k.startswith(VISION_PREFIX) for k in self.vision.keys()))
+
+    def stream(self, fmt: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(target name, tensor in dtype)`` for every exported weight."""
+        for name in self.vision.keys():
+            if name.startswith(VISION_PREFIX):
+                value = apply_update(name, self.vision.get(name), self.updates["visual_encoder"],
+                                     str(self.checkpoint.path))
+                yield to_target(fmt, "visual_encoder", name), _cast(value, dtype)
+        for name in PROJECTOR_KEYS:
+            yield to_target(fmt, "projector", name), _cast(self.updates["projector"].full[name],
+                                                           dtype)
+        table = text_table(self.run.profile.weight_layout)
+        for name in self.llm.keys():
+            value = apply_update(name, self.llm.get(name), self.updates["llm"],
+                                 str(self.checkpoint.path))
+            if table is None:
+                parts = ((name, value),)
+            else:
+                targets = table.forward(name)
+                if targets is None:
+                    raise ExportError(f"{self.run.llm_path}: weight {name!r} has no place in the "
+                                      f"{self.run.profile.weight_layout} -> Qwen2 mapping")
+                parts = tuple(zip(targets, torch.chunk(value, len(targets), dim=0)))
+            for text_name, tensor in parts:
+                if text_name == "lm_head.weight" and self.tie_word_embeddings:
+                    continue
+                if text_name in EMBEDDING_ROWS and tensor.shape[0] < self.vocab_rows:
+                    tensor = _add_mean_rows(tensor, self.vocab_rows)
+                yield to_target(fmt, "llm", text_name), _cast(tensor, dtype)
+
+
+def _add_mean_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
+    """``matrix`` grown to ``rows`` rows, the new ones set to the mean of the trained rows."""
+    extra = matrix.to(torch.float32).mean(dim=0, keepdim=True).expand(rows - matrix.shape[0], -1)
+    return torch.cat([matrix.to(torch.float32), extra], dim=0)
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype).contiguous()
