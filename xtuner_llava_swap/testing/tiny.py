@@ -49,6 +49,25 @@ class TinyLLaVA:
     image_folder: Path
     uses_real_tokenizer: bool
 
+    def cfg_options(self, stage: str = "finetune", **extra) -> dict:
+        """``--cfg-options`` that run a project config on these parts on a CPU.
+
+        Path variables point here, the CPU switches of :mod:`xtuner_llava_swap.compat`
+        apply, batches are small, the warm-up spans half an epoch (``warmup_ratio *
+        max_epochs`` would round to zero iterations on tiny data), generations are short
+        and the seed is fixed. ``extra`` adds or overrides options.
+        """
+        from xtuner_llava_swap.compat import cpu_cfg_options
+
+        image = next(p for p in sorted(self.image_folder.rglob("*")) if p.is_file())
+        data = self.pretrain_data_path if stage == "pretrain" else self.data_path
+        return {**cpu_cfg_options(), "llm_name_or_path": self.llm,
+                "visual_encoder_name_or_path": self.visual_encoder, "data_path": data,
+                "image_folder": self.image_folder, "evaluation_images": image,
+                "train_dataloader.batch_size": 2, "param_scheduler.0.end": 0.5,
+                "param_scheduler.1.begin": 0.5, "custom_hooks.1.max_new_tokens": 8,
+                "randomness.seed": 0, **extra}
+
 
 # ----------------------------------------------------------------------------- LLMs
 def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | None = None,
@@ -74,7 +93,21 @@ def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | N
     return out
 
 
+def _zero_rows_beyond_tokenizer(model, n_tokens: int) -> None:
+    """Zero the embedding/lm_head rows no token maps to, like a real model's padding rows.
+
+    A random tiny model would otherwise sample those ids, which the tokenizer cannot decode.
+    """
+    import torch
+
+    with torch.no_grad():
+        for emb in {id(e): e for e in (model.get_input_embeddings(),
+                                       model.get_output_embeddings())}.values():
+            emb.weight[n_tokens:] = 0
+
+
 def _finish(model, tokenizer, out: Path) -> None:
+    _zero_rows_beyond_tokenizer(model, len(tokenizer))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
@@ -101,6 +134,7 @@ def _build_qwen(out: Path, fixtures: Path | None, tie: bool) -> None:
     cfg = AutoConfig.from_pretrained(out, trust_remote_code=True)
     model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=True)
     tokenizer = AutoTokenizer.from_pretrained(out, trust_remote_code=True)
+    _zero_rows_beyond_tokenizer(model, len(tokenizer))
     model.save_pretrained(out, safe_serialization=True)
     # QWenTokenizer has no bos/eos/pad: keep its files exactly as shipped.
     for name in ("tokenization_qwen.py", "qwen.tiktoken", "tokenizer_config.json"):

@@ -1,0 +1,210 @@
+"""Each compatibility patch: applied where its problem is present, a no-op where it is absent.
+
+Every case runs in a fresh interpreter, since the patches act on imported modules.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from support import REPO, requires_fixtures
+
+
+def run_python(code: str, tmp_path, extra_path: str | None = None) -> str:
+    env_path = [str(REPO)] + ([extra_path] if extra_path else [])
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(env_path)}
+    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_bf16_query_added_when_missing(tmp_path):
+    out = run_python("""
+        import torch
+        print("before", hasattr(torch.cpu, "is_bf16_supported"))
+        from xtuner_llava_swap import compat
+        print("after", torch.cpu.is_bf16_supported(), "torch_cpu_bf16_query" in compat.APPLIED)
+    """, tmp_path)
+    assert "before False" in out and "after True True" in out
+
+
+def test_bf16_query_left_alone_when_present(tmp_path):
+    out = run_python("""
+        import torch
+        torch.cpu.is_bf16_supported = lambda: "theirs"
+        from xtuner_llava_swap import compat
+        print(torch.cpu.is_bf16_supported(), "torch_cpu_bf16_query" in compat.APPLIED)
+    """, tmp_path)
+    assert out.split() == ["theirs", "False"]
+
+
+def test_internvl_stand_in_when_torchvision_cannot_import(tmp_path):
+    out = run_python("""
+        import importlib.util
+        print("torchvision", importlib.util.find_spec("torchvision") is not None)
+        import xtuner_llava_swap
+        import xtuner.dataset  # imports the InternVL module unconditionally
+        from xtuner.dataset.internvl_dataset import InternVL_V1_5_Dataset
+        try:
+            InternVL_V1_5_Dataset()
+        except ImportError as err:
+            print("clear error:", "torchvision" in str(err))
+        from transformers import CLIPImageProcessor  # still works
+    """, tmp_path)
+    assert "torchvision False" in out and "clear error: True" in out
+
+
+def test_working_torchvision_is_never_shadowed(tmp_path):
+    fake = tmp_path / "site"
+    (fake / "torchvision" / "transforms").mkdir(parents=True)
+    (fake / "torchvision" / "__init__.py").write_text("REAL = True\n")
+    (fake / "torchvision" / "transforms" / "__init__.py").write_text("")
+    (fake / "torchvision" / "transforms" / "functional.py").write_text(
+        "class InterpolationMode:\n    BICUBIC = 'bicubic'\n")
+    out = run_python("""
+        import xtuner_llava_swap
+        from xtuner_llava_swap import compat
+        import xtuner.dataset.internvl_dataset as m
+        print("applied", "internvl_without_torchvision" in compat.APPLIED)
+        print("real module", m.__file__.endswith("xtuner/dataset/internvl_dataset.py"))
+    """, tmp_path, extra_path=str(fake))
+    assert "applied False" in out and "real module True" in out
+
+
+def test_amp_optim_wrapper_becomes_fp32_on_cpu(tmp_path):
+    out = run_python("""
+        import torch
+        import xtuner_llava_swap
+        from mmengine.optim import AmpOptimWrapper, OptimWrapper
+        w = AmpOptimWrapper(optimizer=torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1),
+                            loss_scale="dynamic", dtype="float16")
+        print(type(w).__name__)
+    """, tmp_path)
+    assert out.strip() == "OptimWrapper"
+
+
+def test_amp_optim_wrapper_untouched_with_an_accelerator(tmp_path):
+    out = run_python("""
+        import mmengine.device
+        mmengine.device.is_cuda_available = lambda: True   # pretend a GPU is present
+        from xtuner_llava_swap import compat
+        from mmengine.optim import AmpOptimWrapper
+        print("amp_optim_wrapper_on_cpu" in compat.APPLIED,
+              getattr(AmpOptimWrapper.__init__, "_cpu_fallback", False))
+    """, tmp_path)
+    assert out.split() == ["False", "False"]
+
+
+SAVE_MMENGINE_LIKE_CHECKPOINT = """
+    import numpy as np, torch
+    from mmengine.logging.history_buffer import HistoryBuffer
+    buf = HistoryBuffer(); buf.update(1.5); buf.update(np.float64(2.0))
+    torch.save({"meta": {"iter": 3, "seed": np.int64(7)}, "state_dict": {"w": torch.ones(2)},
+                "message_hub": {"log_scalars": {"train/loss": buf}}}, "ckpt.pth")
+"""
+
+
+def test_safe_loader_reads_mmengine_checkpoints_once_allowed(tmp_path):
+    out = run_python(SAVE_MMENGINE_LIKE_CHECKPOINT + """
+    import pickle
+    try:
+        torch.load("ckpt.pth")
+    except pickle.UnpicklingError:
+        print("refused before")
+    from xtuner_llava_swap import compat
+    ckpt = torch.load("ckpt.pth")            # the default: weights_only=True
+    print("loaded", ckpt["meta"]["iter"], "safe_checkpoint_globals" in compat.APPLIED)
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+    torch.save({"x": Evil()}, "evil.pth")
+    try:
+        torch.load("evil.pth")
+    except pickle.UnpicklingError:
+        print("arbitrary globals still refused")
+    """, tmp_path)
+    assert "refused before" in out and "loaded 3 True" in out
+    assert "arbitrary globals still refused" in out and "executed" not in out
+
+
+def test_safe_globals_not_added_twice(tmp_path):
+    out = run_python("""
+        import torch
+        from xtuner_llava_swap import compat
+        before = len(torch.serialization.get_safe_globals())
+        print(compat.apply_all(), len(torch.serialization.get_safe_globals()) == before)
+    """, tmp_path)
+    assert out.strip() == "[] True"
+
+
+@requires_fixtures
+def test_bos_none_tokenizer_encodes_without_bos(tmp_path):
+    out = run_python("""
+        import xtuner_llava_swap
+        from xtuner.dataset.utils import encode_fn
+        from transformers import AutoTokenizer
+        from xtuner_llava_swap.testing.tiny import fixtures_dir
+        tok = AutoTokenizer.from_pretrained(
+            fixtures_dir() / "qwen2-1.5b-instruct-finetune-export", use_fast=False)
+        print(type(tok).__name__, tok.bos_token_id)
+        out = encode_fn({"conversation": [{"input": "Hi", "output": "Yo"}]}, tok, 64)
+        print(out["input_ids"] == tok.encode("Hi", add_special_tokens=False)
+              + tok.encode("Yo", add_special_tokens=False) + [tok.eos_token_id])
+    """, tmp_path)
+    assert out.split() == ["Qwen2Tokenizer", "None", "True"]
+
+
+@requires_fixtures
+def test_bos_tokenizers_keep_their_bos(tmp_path):
+    out = run_python("""
+        import xtuner_llava_swap
+        from xtuner.dataset.utils import encode_fn
+        from transformers import LlamaTokenizer
+        from xtuner_llava_swap.testing.tiny import fixtures_dir
+        tok = LlamaTokenizer.from_pretrained(fixtures_dir() / "llama-2")
+        out = encode_fn({"conversation": [{"input": "Hi", "output": "Yo"}]}, tok, 64)
+        print(out["input_ids"][0] == tok.bos_token_id == 1)
+    """, tmp_path)
+    assert out.strip() == "True"
+
+
+def test_cfg_options_rebind_top_level_variables(tmp_path):
+    (tmp_path / "cfg.py").write_text(textwrap.dedent("""
+        llm_name_or_path = "org/big-model"
+        other = "org/other"
+        tokenizer = dict(pretrained_model_name_or_path=llm_name_or_path)
+        model = dict(llm=dict(pretrained_model_name_or_path=llm_name_or_path, other=other),
+                     hooks=[dict(tokenizer=tokenizer)])
+    """))
+    out = run_python("""
+        import xtuner_llava_swap
+        from mmengine.config import Config
+        cfg = Config.fromfile("cfg.py")
+        cfg.merge_from_dict({"llm_name_or_path": "/tiny/llm",
+                             "model.llm.other": "explicit"})
+        print(cfg.tokenizer.pretrained_model_name_or_path,
+              cfg.model.llm.pretrained_model_name_or_path,
+              cfg.model.hooks[0].tokenizer.pretrained_model_name_or_path,
+              cfg.model.llm.other, cfg.other)
+    """, tmp_path)
+    assert out.split() == ["/tiny/llm", "/tiny/llm", "/tiny/llm", "explicit", "org/other"]
+
+
+def test_startup_hook_patches_xtuner_in_a_plain_interpreter(tmp_path):
+    out = run_python("""
+        import sys
+        import xtuner_llava_swap_startup        # what the .pth line does at startup
+        assert "xtuner_llava_swap" not in sys.modules
+        import xtuner
+        print("plugin loaded:", "xtuner_llava_swap" in sys.modules)
+        import xtuner.tools.train               # needs the InternVL stand-in
+        print("train entry imported")
+    """, tmp_path)
+    assert "plugin loaded: True" in out and "train entry imported" in out
