@@ -1,0 +1,243 @@
+"""The ready configs in configs/ and swap_llm: structure checked against the profiles, the
+swap of xtuner's own InternLM2 LLaVA config, and real `xtuner train` runs on tiny models.
+
+The end-to-end runs take the REAL config files with `--cfg-options` overrides of their path
+variables plus the CPU switches of ``xtuner_llava_swap.compat``. Where bitsandbytes cannot
+quantize (0.45.0 without CUDA, see ``compat.bitsandbytes_quantizes_here``) those switches
+drop the LLM's ``quantization_config``: the LLM then runs unquantized in fp32, while
+everything else of the QLoRA configs (LoRA on the LLM with the profile's target modules,
+LoRA on the vision encoder, projector training, LengthGroupedSampler, DatasetInfoHook,
+the plugin's EvaluateChatHook) runs as configured. Where it can, the 4-bit path runs.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from support import REPO, requires_fixtures, run_train
+from xtuner_llava_swap import compat
+from xtuner_llava_swap.configs import ConfigSwapError, swap_llm
+from xtuner_llava_swap.hooks import EvaluateChatHook
+from xtuner_llava_swap.profiles import get_profile, template_map_fn_factory
+from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
+from xtuner_llava_swap.tokenizers import tokenizer_dict
+
+CONFIGS = REPO / "configs"
+XTUNER_INTERNLM2 = "llava_internlm2_chat_7b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune"
+# config file -> (profile, stage)
+READY = {
+    "llava_qwen7b_pretrain.py": ("qwen", "pretrain"),
+    "llava_qwen7b_qlora.py": ("qwen", "qlora"),
+    "llava_qwen2_5_7b_instruct_pretrain.py": ("qwen2.5", "pretrain"),
+    "llava_qwen2_5_7b_instruct_qlora.py": ("qwen2.5", "qlora"),
+    "llava_qwen7b_from_xtuner_internlm2.py": ("qwen", "qlora"),
+}
+PATH_VARIABLES = ("llm_name_or_path", "visual_encoder_name_or_path", "data_path", "image_folder",
+                  "prompt_template")
+K = 4  # the e2e runs force the stop token at this step
+
+
+def xtuner_config_path(name: str) -> str:
+    from xtuner.configs import cfgs_name_path
+
+    return cfgs_name_path[name]
+
+
+def all_dicts(node):
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        for child in node:
+            yield from all_dicts(child)
+
+
+def tokenizer_dicts(cfg) -> list:
+    return [d for d in all_dicts(cfg._cfg_dict)
+            if "type" in d and "padding_side" in d and "pretrained_model_name_or_path" in d]
+
+
+def assert_follows_profile(cfg, profile_name: str, stage: str) -> None:
+    """Every LLM-dependent part of ``cfg`` is the profile's."""
+    profile = get_profile(profile_name)
+    for name in PATH_VARIABLES + (("pretrained_pth",) if stage == "qlora" else ()):
+        assert name in cfg, name
+    expected_tokenizer = tokenizer_dict(profile_name, cfg.llm_name_or_path)
+    found = tokenizer_dicts(cfg)
+    assert len(found) >= 4  # top level, dataset (twice: llava_dataset, dataloader), hooks
+    assert all(t == expected_tokenizer for t in found), found
+    assert cfg.llava_dataset == cfg.train_dataloader.dataset
+    assert cfg.prompt_template == profile.template
+    template_map_fn = cfg.llava_dataset.template_map_fn
+    assert template_map_fn.type is template_map_fn_factory
+    assert template_map_fn.template == profile.template
+    llm = cfg.model.llm
+    assert llm.pretrained_model_name_or_path == cfg.llm_name_or_path
+    assert llm.trust_remote_code is profile.trust_remote_code
+    hooks = {h.type.__name__: h for h in cfg.custom_hooks}
+    assert set(hooks) == {"DatasetInfoHook", "EvaluateChatHook"}
+    chat = hooks["EvaluateChatHook"]
+    assert chat.type is EvaluateChatHook
+    assert chat.prompt_template == profile.template
+    assert "stop_words" not in chat and "stop_word" not in chat  # the profile's are used
+    assert chat.system == template_map_fn.system  # evaluation prompts = training prompts
+    assert chat.image_processor == cfg.llava_dataset.image_processor
+    assert chat.get("pad_image_to_square", True) == cfg.llava_dataset.pad_image_to_square
+    quantization = llm.quantization_config
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4"
+    assert cfg.model.freeze_llm and cfg.model.freeze_visual_encoder
+    if stage == "qlora":
+        assert cfg.model.llm_lora.target_modules == list(profile.lora_target_modules)
+        assert cfg.model.visual_encoder_lora.r == 64
+        assert cfg.train_dataloader.sampler.type.__name__ == "LengthGroupedSampler"
+        assert cfg.model.pretrained_pth == cfg.pretrained_pth
+    else:
+        assert "llm_lora" not in cfg.model and "visual_encoder_lora" not in cfg.model
+
+
+@pytest.mark.parametrize("name", sorted(READY))
+def test_ready_config_follows_its_profile(name):
+    profile, stage = READY[name]
+    assert_follows_profile(Config.fromfile(CONFIGS / name), profile, stage)
+
+
+@pytest.mark.parametrize("name", sorted(READY))
+def test_path_overrides_reach_every_place_that_used_the_path(name, tmp_path):
+    cfg = Config.fromfile(CONFIGS / name)
+    originals = {v: cfg[v] for v in PATH_VARIABLES[:-1]}
+    overrides = {v: str(tmp_path / v) for v in originals}
+    cfg.merge_from_dict({**compat.cpu_cfg_options(quantized=False), **overrides})
+    text = cfg.pretty_text
+    for name_, old in originals.items():
+        assert old not in text, f"{name_} still {old!r} somewhere"
+    assert cfg.model.llm.pretrained_model_name_or_path == overrides["llm_name_or_path"]
+    assert all(t["pretrained_model_name_or_path"] == overrides["llm_name_or_path"]
+               for t in tokenizer_dicts(cfg))
+    assert cfg.model.visual_encoder.pretrained_model_name_or_path == overrides[
+        "visual_encoder_name_or_path"]
+    assert cfg.train_dataloader.dataset.data_path == overrides["data_path"]
+    assert cfg.model.llm.quantization_config is None
+
+
+# ---------------------------------------------------------------------- swap_llm
+@pytest.mark.parametrize("profile,path", [("qwen", "Qwen/Qwen-7B-Chat"),
+                                          ("qwen2.5", "Qwen/Qwen2.5-7B-Instruct")])
+def test_swap_llm_rewrites_xtuner_internlm2_config(profile, path, tmp_path):
+    cfg = Config.fromfile(xtuner_config_path(XTUNER_INTERNLM2))
+    assert "internlm2" in cfg.pretty_text
+    swap_llm(cfg, profile, path, pretrained_pth=None)
+    assert_follows_profile(cfg, profile, "qlora")
+    assert "internlm" not in cfg.pretty_text.lower()
+    assert cfg.model.pretrained_pth is None and cfg.SYSTEM is None
+    # what xtuner's own config kept: vision encoder, data, schedule
+    assert cfg.visual_encoder_name_or_path == "openai/clip-vit-large-patch14-336"
+    assert cfg.batch_size == 16 and cfg.lr == 2e-4
+    # a dumped swapped config is a standalone config that loads back to the same thing
+    cfg.dump(tmp_path / "swapped.py")
+    again = Config.fromfile(tmp_path / "swapped.py")
+    assert again.tokenizer.type == "xtuner_llava_swap.tokenizers.build_tokenizer"
+    assert again.custom_hooks[1].type == "xtuner_llava_swap.hooks.EvaluateChatHook"
+    assert {k: v for k, v in again.tokenizer.items() if k != "type"} == {
+        k: v for k, v in tokenizer_dict(profile, path).items() if k != "type"}
+
+
+def test_swap_llm_without_pretrained_pth_keeps_the_configs_value():
+    cfg = Config.fromfile(xtuner_config_path(XTUNER_INTERNLM2))
+    before = cfg.model.pretrained_pth
+    swap_llm(cfg, "qwen2.5", "Qwen/Qwen2.5-7B-Instruct")
+    assert cfg.model.pretrained_pth == cfg.pretrained_pth == before
+
+
+def test_swap_llm_refuses_a_config_without_llm():
+    with pytest.raises(ConfigSwapError, match="no LLM dict"):
+        swap_llm({"model": {"type": "Foo"}}, "qwen", "Qwen/Qwen-7B-Chat")
+
+
+def test_from_xtuner_config_equals_swapping_xtuners_config_by_hand():
+    inherited = Config.fromfile(CONFIGS / "llava_qwen7b_from_xtuner_internlm2.py")
+    by_hand = swap_llm(Config.fromfile(xtuner_config_path(XTUNER_INTERNLM2)), "qwen",
+                       "Qwen/Qwen-7B-Chat",
+                       pretrained_pth="./work_dirs/llava_qwen7b_pretrain/iter_2181.pth")
+    assert inherited.pretty_text == by_hand.pretty_text  # all but the names imported
+
+
+# ------------------------------------------------------------ end to end (tiny)
+def tiny_llava(tiny_parts, family) -> TinyLLaVA:
+    pretrain, finetune, images = tiny_parts("data")
+    return TinyLLaVA(family, tiny_parts(family), tiny_parts("clip"), pretrain, finetune, images,
+                     uses_real_tokenizer=fixtures_dir() is not None)
+
+
+def forced_stop_options(tiny: TinyLLaVA) -> dict:
+    """Greedy replies of exactly K tokens: the end-of-turn token is banned for K-1 steps
+    (``min_new_tokens``) and then biased to be the argmax (``sequence_bias``). Two prompts:
+    one with an image, one text-only. 3 iterations, chat every 2: before training, at
+    iterations 2 and 3 (the checkpoint), after training."""
+    from transformers import AutoTokenizer
+
+    end_of_turn = AutoTokenizer.from_pretrained(tiny.llm, trust_remote_code=True) \
+        .convert_tokens_to_ids("<|im_end|>")
+    image = next(p for p in sorted(tiny.image_folder.rglob("*")) if p.is_file())
+    return tiny.cfg_options(**{
+        "train_cfg.max_epochs": 0.375,  # 3 of the 8 iterations of an epoch
+        "custom_hooks.1.every_n_iters": 2,
+        "custom_hooks.1.max_new_tokens": 16,
+        "evaluation_images": f"[{image},None]",
+        "custom_hooks.1.generation_kwargs.do_sample": False,
+        "custom_hooks.1.generation_kwargs.min_new_tokens": K - 1,
+        "custom_hooks.1.generation_kwargs.sequence_bias": f"[[[{end_of_turn}],1000.0]]",
+    })
+
+
+def check_training_and_chat_log(work_dir, profile_name: str, lora_module_sample: str) -> None:
+    log = (work_dir / "test_stdout.log").read_text()
+    assert "Traceback" not in log, log[-4000:]
+    assert (work_dir / "iter_3.pth").is_file(), log[-4000:]
+    losses = [float(x) for x in re.findall(r"loss: ([0-9.]+)", log)]
+    assert losses and all(0 < x < 100 for x in losses)
+    # the schedule of xtuner's hook: before training, every 2 iterations, at the checkpoint
+    # iteration (3), after training
+    assert log.count("before_train in EvaluateChatHook.") == 1
+    assert log.count("after_train_iter in EvaluateChatHook.") == 2
+    assert log.count("after_train in EvaluateChatHook.") == 1
+    samples = re.findall(r"Sample output:\n(.*?)\nEvaluateChatHook: (\d+) new tokens, ([^\n]*)",
+                         log, flags=re.S)
+    assert len(samples) == 4 * 2  # 4 evaluations x (image prompt, text-only prompt)
+    default_system = get_profile(profile_name).default_system
+    for index, (text, n_tokens, ending) in enumerate(samples):
+        assert (int(n_tokens), ending) == (K, "stopped by '<|im_end|>'"), text
+        assert text.endswith("<|im_end|>")
+        assert text.startswith(f"<|im_start|>system\n{default_system}<|im_end|>\n<|im_start|>user\n")
+        assert ("<image>\n" in text) == (index % 2 == 0)
+    state = torch.load(work_dir / "iter_3.pth", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(lora_module_sample in k and ".lora_A.default." in k for k in state), sorted(state)[:5]
+    assert any(k.startswith("visual_encoder.") and ".lora_A.default." in k for k in state)
+    assert "projector.model.0.weight" in state
+    dumped = Config.fromfile(next(work_dir.glob("*.py")))
+    quantized = compat.bitsandbytes_quantizes_here()
+    assert (dumped.model.llm.quantization_config is not None) == quantized
+
+
+@requires_fixtures
+def test_xtuner_train_qwen7b_qlora_tiny_remote_code(tiny_parts, tmp_path):
+    tiny = tiny_llava(tiny_parts, "qwen")
+    run_train(CONFIGS / "llava_qwen7b_qlora.py", tmp_path, forced_stop_options(tiny))
+    check_training_and_chat_log(tmp_path, "qwen", "llm.base_model.model.transformer.h.0.mlp.w2")
+
+
+def test_xtuner_train_qwen2_5_qlora_tiny_qwen2(tiny_parts, tmp_path):
+    tiny = tiny_llava(tiny_parts, "qwen2")
+    run_train(CONFIGS / "llava_qwen2_5_7b_instruct_qlora.py", tmp_path, forced_stop_options(tiny))
+    check_training_and_chat_log(tmp_path, "qwen2.5",
+                                "llm.base_model.model.model.layers.0.mlp.gate_proj")
+
+
+@requires_fixtures
+def test_xtuner_train_from_xtuner_internlm2_swapped_to_tiny_qwen7b(tiny_parts, tmp_path):
+    tiny = tiny_llava(tiny_parts, "qwen")
+    run_train(CONFIGS / "llava_qwen7b_from_xtuner_internlm2.py", tmp_path,
+              forced_stop_options(tiny))
+    check_training_and_chat_log(tmp_path, "qwen", "llm.base_model.model.transformer.h.1.attn.c_attn")

@@ -1,0 +1,254 @@
+"""The plugin's EvaluateChatHook on tiny real models: stops exactly at a stop token, builds
+prompts exactly like the training data, never passes bos None, no shared defaults.
+
+Generation is forced with a LogitsProcessor: the stop token is banned before step k and is
+the only choice at step k, so a correct stopping criterion ends the reply after exactly k
+tokens. ``<|endoftext|>`` is a stop word of the Qwen profiles but not the tokenizer's eos
+(``<|im_end|>``), so when it is forced only the hook's token-id criterion can stop there.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+
+import pytest
+import torch
+from mmengine.config import ConfigDict
+from transformers import (AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionModel,
+                          LogitsProcessor, LogitsProcessorList)
+
+from support import requires_fixtures
+from xtuner_llava_swap.hooks import EvaluateChatHook, StopOnTokenIds
+from xtuner_llava_swap.profiles import get_profile
+from xtuner_llava_swap.tokenizers import chat_template_ids, encode_llava_conversation, tokenizer_dict
+
+K = 4  # the step at which the stop token is forced
+MAX_NEW = 12
+# (tiny family, profile): Qwen-7B through its remote code needs the fixture files.
+MODELS = [pytest.param("qwen", "qwen", marks=requires_fixtures, id="qwen-remote-code"),
+          pytest.param("qwen2", "qwen2.5", id="qwen2")]
+
+
+class ForceTokenAtStep(LogitsProcessor):
+    """Ban ``token_id`` before step ``k`` (1-based), make it the only choice at step ``k``."""
+
+    def __init__(self, token_id: int, k: int):
+        self.token_id, self.k, self.step = token_id, k, 0
+
+    def __call__(self, input_ids, scores):
+        self.step += 1
+        scores = scores.clone()
+        if self.step == self.k:
+            scores[:] = -float("inf")
+            scores[:, self.token_id] = 0.0
+        else:
+            scores[:, self.token_id] = -float("inf")
+        return scores
+
+
+@pytest.fixture(scope="module")
+def llava(tiny_parts):
+    """``(family) -> (LLaVAModel, llm path, image processor dict)`` on tiny parts."""
+    from xtuner.model import LLaVAModel
+
+    built = {}
+
+    def get(family):
+        if family not in built:
+            llm, clip = tiny_parts(family), tiny_parts("clip")
+            model = LLaVAModel(
+                llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained,
+                               pretrained_model_name_or_path=str(llm), trust_remote_code=True,
+                               torch_dtype=torch.float32),
+                visual_encoder=ConfigDict(type=CLIPVisionModel.from_pretrained,
+                                          pretrained_model_name_or_path=str(clip)),
+                freeze_llm=True, freeze_visual_encoder=True).eval()
+            processor = dict(type=CLIPImageProcessor.from_pretrained,
+                             pretrained_model_name_or_path=str(clip))
+            built[family] = model, llm, processor
+        return built[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def image(tiny_parts):
+    _, _, images = tiny_parts("data")
+    return str(next(p for p in sorted(images.rglob("*")) if p.is_file()))
+
+
+def make_hook(llm, processor, profile, image, **kwargs):
+    return EvaluateChatHook(tokenizer=tokenizer_dict(profile, llm), image_processor=processor,
+                            evaluation_inputs=["Describe the image.", "What is the capital of France?"],
+                            evaluation_images=[image, None], profile=profile,
+                            max_new_tokens=MAX_NEW, generation_kwargs=dict(do_sample=False),
+                            **kwargs)
+
+
+# ------------------------------------------------------------------- criterion
+def test_stop_on_token_ids_flags_each_row_by_its_last_tokens():
+    criterion = StopOnTokenIds([[7], [3, 4]])
+    batch = torch.tensor([[1, 2, 7], [1, 3, 4], [3, 4, 5], [4, 3, 1]])
+    assert criterion(batch, None).tolist() == [True, True, False, False]
+    assert criterion(torch.tensor([[4]]), None).tolist() == [False]
+    assert criterion.matched([9, 3, 4]) == (3, 4) and criterion.matched([4, 3]) is None
+    with pytest.raises(ValueError, match="non-empty"):
+        StopOnTokenIds([[]])
+
+
+def test_stop_on_token_ids_cost_does_not_grow_with_length():
+    # A billion-token view over one stored id per row: anything that read, copied or decoded
+    # the whole sequence would take minutes and gigabytes; the criterion reads the tail only.
+    criterion = StopOnTokenIds([[151645], [151643]])
+    long = torch.tensor([[151645], [42]]).expand(2, 1_000_000_000)
+    start = time.perf_counter()
+    for _ in range(100):
+        flags = criterion(long, None)
+    assert flags.tolist() == [True, False]
+    assert (time.perf_counter() - start) / 100 < 0.01
+
+
+# ------------------------------------------------------------------ generation
+@pytest.mark.parametrize("family,profile", MODELS)
+@pytest.mark.parametrize("stop_word", ["<|endoftext|>", "<|im_end|>"])
+def test_generation_stops_exactly_at_the_forced_stop_token(llava, image, family, profile, stop_word):
+    model, llm, processor = llava(family)
+    hook = make_hook(llm, processor, profile, image)
+    tokenizer = hook.tokenizer
+    stop_id = tokenizer.convert_tokens_to_ids(stop_word)
+    assert tokenizer.eos_token == "<|im_end|>"
+    for text, img in zip(hook.evaluation_inputs, hook.evaluation_images):  # image+text, text-only
+        sample = hook.generate_sample(
+            model, text, img, logits_processor=LogitsProcessorList([ForceTokenAtStep(stop_id, K)]))
+        assert len(sample.token_ids) == K
+        assert sample.token_ids[-1] == stop_id and stop_id not in sample.token_ids[:-1]
+        assert sample.stop_word == stop_word
+        assert sample.reply.endswith(stop_word)
+        assert f"{K} new tokens, stopped by {stop_word!r}" in sample.log_text()
+
+
+@requires_fixtures
+def test_without_the_criterion_qwen_remote_code_generates_past_a_non_eos_stop_word(llava, image):
+    # The control for the test above: Qwen-7B's own generate does not stop at <|endoftext|>
+    # when it is not the eos, so stopping there is the hook's criterion's doing.
+    model, llm, processor = llava("qwen")
+    hook = make_hook(llm, processor, "qwen", image)
+    stop_id = hook.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    _, ids = hook.prompt_ids(hook.evaluation_inputs[1], with_image=False)
+    prompt = torch.tensor([ids])
+    output = model.llm.generate(input_ids=prompt, generation_config=hook.gen_config,
+                                max_new_tokens=MAX_NEW,
+                                logits_processor=LogitsProcessorList([ForceTokenAtStep(stop_id, K)]))
+    new = output[0, prompt.shape[1]:].tolist()
+    assert new[K - 1] == stop_id and len(new) > K
+
+
+@pytest.mark.parametrize("family,profile", MODELS)
+def test_reply_reaching_max_new_tokens_has_no_stop_word(llava, image, family, profile):
+    model, llm, processor = llava(family)
+    hook = make_hook(llm, processor, profile, image)
+    banned = [hook.tokenizer.convert_tokens_to_ids(w) for w in hook.stop_words]
+
+    class BanStopWords(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[:, banned] = -float("inf")
+            return scores
+
+    sample = hook.generate_sample(model, hook.evaluation_inputs[0], hook.evaluation_images[0],
+                                  max_new_tokens=5, logits_processor=LogitsProcessorList([BanStopWords()]))
+    assert len(sample.token_ids) == 5 and sample.stop_word is None
+    assert "5 new tokens, reached max_new_tokens" in sample.log_text()
+
+
+@pytest.mark.parametrize("family,profile", MODELS)
+def test_generate_never_gets_bos_none(llava, image, family, profile, monkeypatch):
+    model, llm, processor = llava(family)
+    hook = make_hook(llm, processor, profile, image)
+    assert hook.tokenizer.bos_token_id is None  # Qwen tokenizers have no bos
+    seen = []
+    real_generate = model.llm.generate
+
+    def recording_generate(*args, **kwargs):
+        seen.append(kwargs)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(model.llm, "generate", recording_generate)
+    for text, img in zip(hook.evaluation_inputs, hook.evaluation_images):
+        hook.generate_sample(model, text, img, max_new_tokens=2)
+    assert len(seen) == 2 and all("bos_token_id" not in kwargs for kwargs in seen)
+    assert hook.gen_config.bos_token_id is None
+    assert {"inputs_embeds"} <= set(seen[0]) and "input_ids" not in seen[0]  # image prompt
+    assert {"input_ids"} <= set(seen[1]) and "inputs_embeds" not in seen[1]  # text-only prompt
+
+
+# ---------------------------------------------------------------------- prompts
+@pytest.mark.parametrize("family,profile", MODELS)
+@pytest.mark.parametrize("system", [None, "", "Answer briefly."])
+def test_prompt_ids_are_the_training_ids_of_a_first_turn(llava, image, family, profile, system):
+    _, llm, processor = llava(family)
+    hook = make_hook(llm, processor, profile, image, system=system)
+    tokenizer = hook.tokenizer
+    question, reply = "Who is in the image?", "A woman."
+    sample = {"conversations": [{"from": "human", "value": f"<image>\n{question}"},
+                                {"from": "gpt", "value": reply}]}
+    trained = encode_llava_conversation(sample, tokenizer, profile, system=system)["input_ids"]
+    prompt_text, prompt = hook.prompt_ids(question, with_image=True)
+    reply_ids = tokenizer.encode(reply, add_special_tokens=False)
+    assert trained[:len(prompt)] == prompt
+    assert trained[len(prompt):len(prompt) + len(reply_ids)] == reply_ids
+    assert prompt.count(-200) == 1  # IMAGE_TOKEN_INDEX where the user text starts
+    # = the profile's chat template, i.e. the model's own format
+    assert prompt == chat_template_ids(tokenizer, profile, [
+        {"role": "user", "content": f"<image>\n{question}"}], system=system)
+    expected_system = get_profile(profile).default_system if system is None else system
+    if expected_system:
+        assert prompt_text.startswith(f"<|im_start|>system\n{expected_system}<|im_end|>\n")
+    else:
+        assert prompt_text.startswith("<|im_start|>user\n")
+
+
+# -------------------------------------------------------------- construction
+def test_no_mutable_defaults():
+    for name, parameter in inspect.signature(EvaluateChatHook.__init__).parameters.items():
+        assert not isinstance(parameter.default, (list, dict, set)), name
+
+
+@requires_fixtures
+def test_stop_words_do_not_leak_between_hooks(llava, image):
+    _, llm, processor = llava("qwen")
+    chat = make_hook(llm, processor, "qwen", image)
+    base = make_hook(llm, processor, "qwen-base", image)
+    again = make_hook(llm, processor, "qwen", image)
+    assert chat.stop_words == again.stop_words == ("<|im_end|>", "<|endoftext|>")
+    assert base.stop_words == ("<|endoftext|>",)
+    explicit = make_hook(llm, processor, "qwen", image, stop_words=["<|endoftext|>"])
+    assert explicit.stop_words == ("<|endoftext|>",)
+    assert make_hook(llm, processor, "qwen", image).stop_words == chat.stop_words
+
+
+def test_needs_a_profile_or_template_and_an_image_processor_for_images(tiny_parts, image):
+    llm = tiny_parts("qwen2")
+    with pytest.raises(ValueError, match="profile"):
+        EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", llm), evaluation_inputs="Hi")
+    with pytest.raises(ValueError, match="image_processor"):
+        EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", llm), evaluation_inputs="Hi",
+                         evaluation_images=image, profile="qwen2.5")
+    with pytest.raises(ValueError, match="cannot load evaluation image '/nonexistent.jpg'"):
+        EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", llm), evaluation_inputs="Hi",
+                         evaluation_images="/nonexistent.jpg", profile="qwen2.5",
+                         image_processor=dict(type=CLIPImageProcessor.from_pretrained,
+                                              pretrained_model_name_or_path=str(tiny_parts("clip"))))
+    with pytest.raises(ValueError, match="2 evaluation_images for 3 evaluation_inputs"):
+        EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", llm), evaluation_inputs=["a", "b", "c"],
+                         evaluation_images=[image, None], profile="qwen2.5",
+                         image_processor=dict(type=CLIPImageProcessor.from_pretrained,
+                                              pretrained_model_name_or_path=str(tiny_parts("clip"))))
+
+
+def test_prompt_template_may_be_given_as_a_profile_name_without_profile(tiny_parts):
+    hook = EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", tiny_parts("qwen2")),
+                            evaluation_inputs="Hi", prompt_template="qwen2.5")
+    assert hook.stop_words == get_profile("qwen2.5").stop_words
+    assert hook.evaluation_images == [None]
+    assert hook.gen_config.eos_token_id == hook.tokenizer.convert_tokens_to_ids("<|im_end|>")

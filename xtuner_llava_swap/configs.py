@@ -1,0 +1,208 @@
+"""Swap the LLM of an existing XTuner LLaVA config to another LLM profile, in one call.
+
+:func:`swap_llm` rewrites every place of an xtuner LLaVA config that depends on the LLM:
+
+* every tokenizer dict (``AutoTokenizer.from_pretrained`` or this package's
+  ``build_tokenizer``; in the dataset, the hooks, top level) becomes
+  ``tokenizer_dict(profile, llm_name_or_path)``: the profile's bos/eos/pad injection and
+  its contract check at build time;
+* the LLM dict (``AutoModelForCausalLM.from_pretrained``): path and ``trust_remote_code``;
+* the LoRA of the LLM (``llm_lora``): the profile's ``target_modules``;
+* every ``template_map_fn`` dict and the top-level ``prompt_template``: the profile's
+  template, applied by this package's ``template_map_fn_factory`` (default system prompt
+  included, unless ``system`` says otherwise);
+* every ``EvaluateChatHook`` (xtuner's or this package's): this package's hook with the
+  profile's template, stop words and the same system prompt as the training data;
+* top-level ``llm_name_or_path``, ``SYSTEM`` and, when given, ``pretrained_pth``; any
+  other string equal to the old LLM path.
+
+It works on a loaded :class:`mmengine.config.Config` (then ``cfg.dump(path)`` writes a
+standalone config) and on the namespace of a config file while mmengine parses it, so a
+config can inherit one of xtuner's own and swap it in a few lines (see
+``configs/llava_qwen7b_from_xtuner_internlm2.py``)::
+
+    from mmengine.config import read_base
+    with read_base():
+        from xtuner.configs.llava.<...>.finetune.<config name> import *
+    from xtuner_llava_swap.configs import swap_llm   # mmengine turns this into a LazyObject
+
+    llm_name_or_path = "Qwen/Qwen-7B-Chat"
+    swap_llm.build()(globals(), "qwen", llm_name_or_path)
+
+Nothing else changes (vision encoder, data, schedule, quantization, DeepSpeed settings).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_KEEP = object()
+
+# Names (last dotted parts) by which the config's ``type`` values are recognised.
+_TOKENIZER_TYPES = ("AutoTokenizer.from_pretrained", "build_tokenizer")
+_LLM_TYPES = ("AutoModelForCausalLM.from_pretrained",)
+_TEMPLATE_MAP_FN_TYPES = ("template_map_fn_factory",)
+_CHAT_HOOK_TYPES = ("EvaluateChatHook",)
+# Arguments of xtuner's EvaluateChatHook that the profile decides instead.
+_HOOK_ARGS_FROM_PROFILE = ("stop_word", "stop_words")
+
+
+class ConfigSwapError(ValueError):
+    """The config is not an xtuner LLaVA config this helper can rewrite."""
+
+
+def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
+             system: str | None = None):
+    """Rewrite the xtuner LLaVA config ``cfg`` for ``profile`` (a name or an LLMProfile).
+
+    Args:
+        cfg: an :class:`mmengine.config.Config`, or a dict of the config's top-level
+            variables (``globals()`` inside a config file).
+        profile: LLM profile name (``"qwen"``, ``"qwen2.5"``, ...).
+        llm_name_or_path: the new LLM (hub id or folder).
+        pretrained_pth: the projector checkpoint of the pretrain stage for the new LLM
+            (``None`` for none); by default the config's value is kept.
+        system: system prompt of the training data and the evaluation prompts; ``None``
+            is the profile's default (what the model's own chat template inserts).
+
+    Returns ``cfg``, changed in place.
+    """
+    from mmengine.config import Config
+
+    from .profiles import get_profile
+
+    profile = get_profile(profile)
+    namespace = cfg._cfg_dict if isinstance(cfg, Config) else cfg
+    if not isinstance(namespace, dict):
+        raise ConfigSwapError(f"swap_llm needs an mmengine Config or a dict, got {type(cfg).__name__}")
+    llm_dicts = list(_dicts_of_type(namespace, _LLM_TYPES))
+    if not llm_dicts:
+        raise ConfigSwapError("no LLM dict (type=AutoModelForCausalLM.from_pretrained) in this "
+                              "config: is it an xtuner LLaVA config?")
+    lazy = any(_is_lazy(dict.get(d, "type")) for d in llm_dicts)
+    old_path = dict.get(llm_dicts[0], "pretrained_model_name_or_path")
+    new_path = str(llm_name_or_path)
+    swapper = _Swapper(profile, new_path, system, lazy)
+
+    _replace_strings(namespace, old_path, new_path)
+    swapper.rewrite(namespace)
+    for name, value in (("llm_name_or_path", new_path), ("prompt_template", swapper.template),
+                        ("SYSTEM", system)):
+        if name in namespace:
+            namespace[name] = value
+    if pretrained_pth is not _KEEP:
+        if "pretrained_pth" in namespace:
+            namespace["pretrained_pth"] = pretrained_pth
+        for model in _dicts_with_key(namespace, "llm"):
+            model["pretrained_pth"] = pretrained_pth
+    return cfg
+
+
+class _Swapper:
+    """Rewrites the LLM-dependent dicts of one config for one profile."""
+
+    def __init__(self, profile, llm_path: str, system, lazy: bool):
+        from .hooks import EvaluateChatHook
+        from .profiles import template_map_fn_factory
+        from .tokenizers import build_tokenizer, tokenizer_dict
+
+        self.profile = profile
+        self.llm_path = llm_path
+        self.system = system
+        self.tokenizer = tokenizer_dict(profile.name, llm_path)
+        self.tokenizer["type"] = _reference(build_tokenizer, lazy)
+        self.template = (_prompt_template_reference(profile) if lazy else profile.template)
+        self.template_map_fn_type = _reference(template_map_fn_factory, lazy)
+        self.hook_type = _reference(EvaluateChatHook, lazy)
+
+    def rewrite(self, node) -> None:
+        for key, child in _children(node):
+            if not isinstance(child, dict):
+                self.rewrite(child)
+                continue
+            kind = _type_name(dict.get(child, "type"))
+            if kind.endswith(_TOKENIZER_TYPES):
+                node[key] = dict(self.tokenizer)
+                continue
+            if kind.endswith(_LLM_TYPES):
+                child["pretrained_model_name_or_path"] = self.llm_path
+                child["trust_remote_code"] = self.profile.trust_remote_code
+            elif kind.endswith(_TEMPLATE_MAP_FN_TYPES):
+                node[key] = dict(type=self.template_map_fn_type, template=self.template,
+                                 system=self.system)
+                continue
+            elif kind.endswith(_CHAT_HOOK_TYPES):
+                for name in _HOOK_ARGS_FROM_PROFILE:
+                    child.pop(name, None)
+                child.update(type=self.hook_type, prompt_template=self.template,
+                             system=self.system)
+            if isinstance(dict.get(child, "llm_lora"), dict):
+                child["llm_lora"]["target_modules"] = list(self.profile.lora_target_modules)
+            self.rewrite(child)
+
+
+def _children(node):
+    if isinstance(node, dict):
+        return list(dict.items(node))
+    if isinstance(node, list):
+        return list(enumerate(node))
+    return []
+
+
+def _dicts_of_type(node, names):
+    for _, child in _children(node):
+        if isinstance(child, dict) and _type_name(dict.get(child, "type")).endswith(names):
+            yield child
+        yield from _dicts_of_type(child, names)
+
+
+def _dicts_with_key(node, key):
+    for _, child in _children(node):
+        if isinstance(child, dict) and isinstance(dict.get(child, key), dict) and "type" in child:
+            yield child
+        yield from _dicts_with_key(child, key)
+
+
+def _replace_strings(node, old: str, new: str) -> None:
+    for key, child in _children(node):
+        if isinstance(child, str) and child == old:
+            node[key] = new
+        else:
+            _replace_strings(child, old, new)
+
+
+def _is_lazy(value) -> bool:
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    return isinstance(value, (LazyAttr, LazyObject))
+
+
+def _type_name(value) -> str:
+    """Dotted name of a config ``type`` value: a LazyObject/LazyAttr, an object or a string."""
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    if isinstance(value, LazyAttr):
+        return f"{_type_name(value.source)}.{value.name}"
+    if isinstance(value, LazyObject):
+        module = value._module if isinstance(value._module, str) else value._module[0]
+        return f"{module}.{value._imported}" if value._imported else module
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}"
+
+
+def _reference(obj, lazy: bool):
+    """``obj`` itself, or the LazyObject a lazy-import config holds for it."""
+    if not lazy:
+        return obj
+    from mmengine.config.lazy import LazyObject
+
+    return LazyObject(obj.__module__, obj.__name__)
+
+
+def _prompt_template_reference(profile):
+    """``PROMPT_TEMPLATE.<profile>`` of :mod:`xtuner_llava_swap.profiles`, as a lazy attribute."""
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    return LazyAttr(profile.config_key, LazyObject("xtuner_llava_swap.profiles", "PROMPT_TEMPLATE"))
