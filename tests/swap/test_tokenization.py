@@ -387,3 +387,20 @@ def test_phi3_tokens_without_rstrip_are_refused(tmp_path):
     save_phi3_tokenizer(tmp_path, rstrip=False)
     with pytest.raises(TokenizerContractError, match="training splits text differently"):
         build("phi3-mini", tmp_path)
+
+
+# ------------------------------------------------- without ../shared/fixtures (fresh clone)
+def test_synthetic_qwen2_tokenizer_equals_its_chat_template(tiny_parts):
+    """The tiny factory's synthetic Qwen2 tokenizer (same special tokens and chat template as
+    Qwen2's): the same equality and labels, so a clone without the fixtures still checks."""
+    from xtuner.registry import BUILDER
+
+    tok = BUILDER.build(tokenizer_dict("qwen2", tiny_parts("qwen2", real_tokenizer=False)))
+    profile = get_profile("qwen2")
+    header = tok.encode("<|im_start|>assistant\n")
+    for sample in SAMPLES.values():
+        encoded = encode_llava_conversation(sample, tok, profile)
+        assert encoded["input_ids"] == apply_with_image(tok, messages_of(sample))
+        assert encoded["input_ids"] == apply_with_image(tok, messages_of(sample),
+                                                        profile.chat_template())
+        assert_supervised_replies(tok, profile, sample, encoded, header)
