@@ -28,7 +28,7 @@ from .validate import DataError, ProblemLog, SampleError, check_conversation, \
 
 logger = logging.getLogger(__name__)
 
-ENCODE_CHUNK = 20_000  # samples tokenized per batched call (bounds the Python lists)
+ENCODE_CHUNK = 4096  # samples mapped + tokenized per batched call (bounds the peak memory)
 
 
 @dataclass
@@ -182,35 +182,35 @@ def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
                                                           replace=False))
     problems = ProblemLog()
     ours = map_fn in MAP_FNS.values()
-    kept_index, kept_images, kept_turns = [], [], []
-    iterator = indices
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(indices, desc="mapping samples", unit="sample", mininterval=1)
-    for index in iterator:
-        index = int(index)
-        try:
-            turns, images = _map_one(raw[index], map_fn, ours, build_turns, max_images, system)
-        except SampleError as error:
-            if strict:
-                raise DataError(data_path, index, error) from None
-            problems.add(index, error)
-            continue
-        kept_index.append(index)
-        kept_images.append(images)
-        kept_turns.append(turns)
-    del raw
-
     encoder = BatchEncoder(tokenizer)
-    chunks = range(0, len(kept_turns), ENCODE_CHUNK)
+    kept_index, kept_images, parts = [], [], []
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        chunks = tqdm(chunks, desc="tokenizing", unit="chunk")
-    encoded = EncodedTexts.concatenate(
-        [encoder.encode(kept_turns[start:start + ENCODE_CHUNK]) for start in chunks])
-    del kept_turns
+        bar = tqdm(total=len(indices), desc="preprocessing", unit="sample", mininterval=1)
+    for start in range(0, len(indices), ENCODE_CHUNK):  # map + encode chunk by chunk
+        chunk_turns = []
+        for index in indices[start:start + ENCODE_CHUNK].tolist():
+            sample, raw[index] = raw[index], None  # free each raw sample once mapped
+            try:
+                turns, images = _map_one(sample, map_fn, ours, build_turns, max_images, system)
+            except SampleError as error:
+                if strict:
+                    raise DataError(data_path, index, error) from None
+                problems.add(index, error)
+                continue
+            kept_index.append(index)
+            kept_images.append(images)
+            chunk_turns.append(turns)
+        parts.append(encoder.encode(chunk_turns))
+        if bar is not None:
+            bar.update(min(ENCODE_CHUNK, len(indices) - start))
+    if bar is not None:
+        bar.close()
+    del raw
+    encoded = EncodedTexts.concatenate(parts)
+    del parts
 
     try:
         encoded, kept, removed = apply_length_policy(encoded, image_tokens, max_length,
