@@ -70,6 +70,32 @@ def test_template_is_a_fresh_configdict_each_time():
     assert p.template.SEP == "\n" and "junk" not in p.stop_words
 
 
+def test_xtuner_template_map_fn_factory_accepts_profile_templates():
+    from xtuner.dataset.map_fns import template_map_fn_factory as xtuner_factory
+
+    for p in PROFILES.values():
+        turn = xtuner_factory(p.template)({"conversation": [{"input": "Hi", "output": "Yo"}]})[
+            "conversation"][0]
+        assert turn["input"] == p.prompt["INSTRUCTION"].format(input="Hi")  # no system: xtuner's
+        assert turn["output"] == "Yo" + p.end_of_turn and turn["need_eos_token"] is False
+
+
+def test_command_line_lists_and_describes(capsys):
+    import json
+
+    from xtuner_llava_swap.profiles.__main__ import main
+
+    main([])
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in PROFILES)
+    main(["qwen2.5"])
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["end_of_turn"] == "<|im_end|>" and shown["template"]["DEFAULT_SYSTEM"].startswith("You are Qwen")
+    with pytest.raises(SystemExit):
+        main(["qwen3"])
+    assert "unknown LLM profile 'qwen3'" in capsys.readouterr().err
+
+
 def test_profile_definition_is_validated():
     base = dict(family="qwen2", default_system="", has_bos=False)
     chatml = dict(get_profile("qwen2").prompt)
