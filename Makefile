@@ -1,6 +1,6 @@
-# make setup  -> .venv with the pinned CPU stack (re-runs only when setup.cfg or the constraints change)
-# make demo   -> tiny Qwen LLaVA: pretrain, finetune, export, caption
-# make test   -> the test suite
+# make setup : .venv with the pinned CPU stack; re-runs only when setup.cfg or the constraints change
+# make demo  : tiny Qwen-7B LLaVA on the CPU: pretrain, finetune, export, caption
+# make test  : the test suite (end-to-end xtuner training included)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -8,6 +8,7 @@ STAMP  := $(VENV)/.setup-done
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints-cpu.txt
 export DS_BUILD_OPS := 0
+export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test clean
 
@@ -19,6 +20,7 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
 	# CPU torch: the registry's only torchvision for torch 2.13 is a CUDA build that breaks
 	# transformers' CLIP image processor, so it goes (compat stands in for xtuner's one user).
 	$(PY) -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' && $(PY) -m pip uninstall -y -q torchvision || true
+	# Make `xtuner train` (a new python process) apply the compatibility patches.
 	$(PY) -m xtuner_llava_swap install-startup
 	touch $@
 
@@ -26,7 +28,7 @@ demo: setup
 	$(PY) tools/demo.py
 
 test: setup
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) work_dirs .pytest_cache
+	rm -rf $(VENV) work_dirs demo_output
