@@ -171,17 +171,12 @@ def vicuna_tok():
     return build("vicuna-v1.5", FIXTURES / "llama-2")
 
 
-PHI3_ADDED_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>",
-                     "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>",
-                     "<|placeholder5|>", "<|placeholder6|>", "<|user|>"]
-
-
 def save_phi3_tokenizer(out_dir, rstrip: bool = True):
     """Llama-2 sentencepiece + Phi-3-mini's added tokens 32000-32010 (in Phi-3's tokenizer
     all but <|endoftext|> strip the whitespace to their right) + its chat template."""
     from transformers import AddedToken, LlamaTokenizerFast
 
-    from xtuner_llava_swap.testing.tiny import PHI3_CHAT_TEMPLATE
+    from xtuner_llava_swap.testing.tiny import PHI3_ADDED_TOKENS, PHI3_CHAT_TEMPLATE
 
     tok = LlamaTokenizerFast.from_pretrained(FIXTURES / "llama-2", from_slow=True, legacy=True)
     tok.add_tokens([AddedToken(t, special=True, normalized=False,
@@ -235,7 +230,7 @@ def test_qwen7b_explicit_and_empty_system(qwen_tok):
 
 
 @requires_fixtures
-def test_qwen7b_base_ends_turns_with_endoftext(tmp_path):
+def test_qwen7b_base_ends_turns_with_endoftext():
     tok = build("qwen-base", FIXTURES / "qwen-7b")
     profile = get_profile("qwen-base")
     encoded = encode_llava_conversation(TEXT_SAMPLE, tok, profile)
@@ -265,11 +260,11 @@ def test_qwen2_family_equals_tokenizer_chat_template(request, kind, which, name)
 
 
 @requires_fixtures
-@pytest.mark.parametrize("name", ["qwen2", "qwen2.5"])
-def test_qwen2_family_config_system_replaces_default(qwen2_fast, name):
-    system = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-    if name == "qwen2":
-        system = "Answer the following questions about the image."
+@pytest.mark.parametrize("name, system", [
+    ("qwen2", "Answer the following questions about the image."),
+    ("qwen2.5", "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.")])
+def test_qwen2_family_config_system_replaces_default(qwen2_fast, name, system):
+    """A system set by the config equals the fixture template given that system message."""
     encoded = encode_llava_conversation(IMAGE_SAMPLE, qwen2_fast, get_profile(name), system=system)
     messages = [{"role": "system", "content": system}, *messages_of(IMAGE_SAMPLE)]
     assert encoded["input_ids"] == apply_with_image(qwen2_fast, messages)
