@@ -53,7 +53,6 @@ class LLMProfile:
     official_llava_class: str | None = None
     weight_layout: str = "native"
     hf_example: str = ""
-    notes: str = ""
 
     def __post_init__(self):
         if not self.name or not self.family:

@@ -2,7 +2,8 @@
 
 ``QWenTokenizer`` has no bos, eos or pad at all: eos is injected (the end-of-turn token)
 and pad is ``<|endoftext|>``. Weights use the v1 names (``transformer.h.N.attn.c_attn``),
-mapped onto Qwen2 names on export.
+mapped onto Qwen2 names on export. The base model (``qwen-base``) is trained on ChatML
+turns that end with ``<|endoftext|>``, the only end token it knows, without a system prompt.
 """
 from .base import LLMProfile, register_profile
 from .formats import chatml
@@ -32,6 +33,5 @@ QWEN_BASE = register_profile(LLMProfile(
     default_system="",
     tokenizer_kwargs=dict(eos_token="<|endoftext|>", pad_token="<|endoftext|>"),
     hf_example="Qwen/Qwen-7B",
-    notes="base model: ChatML turns that end with <|endoftext|>, no default system",
     **_COMMON,
 ))
