@@ -43,7 +43,7 @@ class LLaVASwapDataset(Dataset):
     ``vision_config`` (vision encoder folder / config; default: the folder the
     ``image_processor`` dict loads from), ``select_feature`` (``"patch"``: CLS dropped,
     as xtuner's LLaVAModel does), ``length_policy``, ``strict``, ``check_images`` (``open`` | ``exists`` |
-    ``none``), ``system`` (system prompt for samples without one), ``cache``,
+    ``none``), ``cache``,
     ``cache_dir``, ``progress``.
     """
 
@@ -52,7 +52,7 @@ class LLaVASwapDataset(Dataset):
                  dataset_map_fn=None, template_map_fn=None, max_length=2048,
                  pad_image_to_square=False, *, image_token_count=None, vision_config=None,
                  select_feature="patch", length_policy="drop", strict=False,
-                 check_images="open", system=None, cache=True, cache_dir=None,
+                 check_images="open", cache=True, cache_dir=None,
                  progress=False):
         super().__init__()
         if offline_processed_text_folder is not None:
@@ -68,7 +68,7 @@ class LLaVASwapDataset(Dataset):
         prepared = _prepare_once_per_node(
             data_path, tokenizer, image_tokens=self.image_tokens, dataset_map_fn=dataset_map_fn,
             template_map_fn=template_map_fn, max_length=max_length, length_policy=length_policy,
-            strict=strict, max_images=MAX_IMAGES, system=system,
+            strict=strict, max_images=MAX_IMAGES,
             max_dataset_length=max_dataset_length, cache=cache, cache_dir=cache_dir,
             progress=progress)
         prepared = drop_bad_images(prepared, data_path, image_folder, check_images, strict,

@@ -46,22 +46,20 @@ class TemplateSpec:
     suffix: str = ""
     suffix_as_eos: bool = False
     sep: str = ""
+    default_system: str = ""  # used when the first turn has no system prompt
 
     @classmethod
-    def from_template(cls, template: Any) -> "TemplateSpec":
+    def from_template(cls, template: Any, default_system: str = "") -> "TemplateSpec":
         """From an xtuner template dict (``PROMPT_TEMPLATE.qwen_chat``, a profile's
-        ``template``), or its dotted name as a string (what a dumped config holds)."""
+        ``template``), a profile name, or a dotted name (what a dumped config holds)."""
         if isinstance(template, str):
-            from mmengine.utils.misc import get_object_from_string
+            from ..profiles.template_map import resolve_template
 
-            resolved = get_object_from_string(template)
-            if resolved is None:
-                raise ValueError(f"prompt template {template!r} cannot be imported")
-            template = resolved
+            template = resolve_template(template)
         get = template.get
         return cls(system=get("SYSTEM", ""), instruction=get("INSTRUCTION", "{input}"),
                    suffix=get("SUFFIX", "") or "", suffix_as_eos=bool(get("SUFFIX_AS_EOS", False)),
-                   sep=get("SEP", "") or "")
+                   sep=get("SEP", "") or "", default_system=default_system or "")
 
     def fingerprint(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -71,7 +69,7 @@ class TemplateSpec:
         out = []
         for number, turn in enumerate(conversation):
             text = self.instruction.format(input=turn.get("input") or "", round=number + 1)
-            system = turn.get("system")
+            system = turn.get("system") or (self.default_system if number == 0 else "")
             if system:
                 text = self.system.format(system=system) + text
             out.append((text, turn.get("output", "") + self.suffix, not self.suffix_as_eos,

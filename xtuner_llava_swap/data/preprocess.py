@@ -87,29 +87,55 @@ def resolve_map_fn(map_fn: Any) -> Callable[[dict], dict]:
 
 def resolve_turn_builder(template_map_fn: Any) -> tuple[Callable[[list[dict]], list[Turn]], str]:
     """``(conversation -> templated turns, fingerprint)`` from what xtuner configs pass as
-    ``template_map_fn``: ``dict(type=template_map_fn_factory, template=...)``, the built
-    partial, ``None`` (no template), or any other template function."""
+    ``template_map_fn``: ``dict(type=template_map_fn_factory, template=...)`` of xtuner or
+    of :mod:`xtuner_llava_swap.profiles` (which adds the profile's default system), the
+    built partial, ``None`` (no template), or any other template function."""
     if template_map_fn is None:
         spec = TemplateSpec()
         return spec.turns, spec.fingerprint()
-    if hasattr(template_map_fn, "get") and "template" in template_map_fn \
-            and "template_map_fn_factory" in str(template_map_fn.get("type")):
-        spec = TemplateSpec.from_template(template_map_fn["template"])
-        return spec.turns, spec.fingerprint()
-    keywords = getattr(template_map_fn, "keywords", None) or {}
-    if getattr(getattr(template_map_fn, "func", None), "__name__", "") == "template_map_fn" \
-            and "template" in keywords:
-        spec = TemplateSpec.from_template(keywords["template"])
+    spec = _known_template_spec(template_map_fn)
+    if spec is not None:
         return spec.turns, spec.fingerprint()
     if hasattr(template_map_fn, "get"):
         from xtuner.registry import BUILDER
 
-        template_map_fn = BUILDER.build(template_map_fn)
-        return resolve_turn_builder(template_map_fn)
+        return resolve_turn_builder(BUILDER.build(template_map_fn))
     if isinstance(template_map_fn, str) or (hasattr(template_map_fn, "build")
                                             and not callable(template_map_fn)):
         return resolve_turn_builder(resolve_map_fn(template_map_fn))
     return turns_from_template_fn(template_map_fn), callable_fingerprint(template_map_fn)
+
+
+def _known_template_spec(template_map_fn: Any) -> TemplateSpec | None:
+    """The spec of xtuner's or the profiles' template map function (config dict or
+    built partial), else None."""
+    if hasattr(template_map_fn, "get") and "template" in template_map_fn:
+        kind, args = _qualified_name(template_map_fn.get("type")), template_map_fn
+    elif hasattr(template_map_fn, "func") and "template" in (template_map_fn.keywords or {}):
+        kind, args = _qualified_name(template_map_fn.func), template_map_fn.keywords
+    else:
+        return None
+    if "xtuner_llava_swap.profiles" in kind or (
+            "template_map_fn" in kind and "system" in args):  # the profiles' factory
+        from ..profiles import DEFAULT_SYSTEM_KEY
+        from ..profiles.template_map import resolve_template
+
+        template = resolve_template(args["template"])
+        system = args.get("system")
+        return TemplateSpec.from_template(
+            template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
+    if "template_map_fn" in kind:  # xtuner's own: no default system
+        return TemplateSpec.from_template(args["template"])
+    return None
+
+
+def _qualified_name(obj: Any) -> str:
+    """``module.name`` of a function, a LazyObject's target, or the string itself."""
+    if hasattr(obj, "build") and not callable(obj):  # mmengine LazyObject
+        obj = obj.build()
+    if callable(obj) and hasattr(obj, "__module__"):
+        return f"{obj.__module__}.{getattr(obj, '__name__', '')}"
+    return str(obj)
 
 
 def build_tokenizer(tokenizer: Any):
@@ -152,8 +178,7 @@ def read_samples(path: str | Path) -> list:
 def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
                  dataset_map_fn: Any = None, template_map_fn: Any = None,
                  max_length: int = 2048, length_policy: str = "drop", strict: bool = False,
-                 max_images: int = 1, system: str | None = None,
-                 max_dataset_length: int | None = None, cache: bool = True,
+                 max_images: int = 1, max_dataset_length: int | None = None, cache: bool = True,
                  cache_dir: str | Path | None = None, progress: bool = False) -> PreparedText:
     """Map, check, encode and length-fit every sample of ``data_path`` (see module doc)."""
     tokenizer = build_tokenizer(tokenizer)
@@ -162,7 +187,7 @@ def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
     key_parts = dict(data=file_sha256(data_path), tokenizer=tokenizer_fingerprint(tokenizer),
                      template=template_print, map_fn=callable_fingerprint(map_fn),
                      max_length=max_length, image_tokens=image_tokens, policy=length_policy,
-                     max_images=max_images, system=system, strict=strict,
+                     max_images=max_images, strict=strict,
                      max_dataset_length=max_dataset_length)
     store = TextCache(cache_dir) if cache else None
     key = cache_key(key_parts)
@@ -194,7 +219,7 @@ def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
         for index in indices[start:start + ENCODE_CHUNK].tolist():
             sample, raw[index] = raw[index], None  # free each raw sample once mapped
             try:
-                turns, images = _map_one(sample, map_fn, ours, build_turns, max_images, system)
+                turns, images = _map_one(sample, map_fn, ours, build_turns, max_images)
             except SampleError as error:
                 if strict:
                     raise DataError(data_path, index, error) from None
@@ -234,8 +259,8 @@ def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
     return prepared
 
 
-def _map_one(sample: Any, map_fn, ours: bool, build_turns, max_images: int,
-             system: str | None) -> tuple[list[Turn], list[str]]:
+def _map_one(sample: Any, map_fn, ours: bool, build_turns,
+             max_images: int) -> tuple[list[Turn], list[str]]:
     if isinstance(sample, SampleError):
         raise sample
     if not isinstance(sample, dict):
@@ -254,11 +279,8 @@ def _map_one(sample: Any, map_fn, ours: bool, build_turns, max_images: int,
             images = image_list(sample.get("image"))
         mapped = {**mapped, "images": images}
         check_conversation(mapped["conversation"], images)
-    conversation = mapped["conversation"]
-    if system and not conversation[0].get("system"):
-        conversation = [{**conversation[0], "system": system}, *conversation[1:]]
     check_image_count(mapped["images"], max_images)
-    return build_turns(conversation), mapped["images"]
+    return build_turns(mapped["conversation"]), mapped["images"]
 
 
 def drop_bad_images(prepared: PreparedText, data_path: str | Path, image_folder: str | None,
