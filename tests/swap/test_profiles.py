@@ -216,6 +216,10 @@ def test_template_map_fn_default_explicit_and_dataset_system():
     assert first_input(p.template, system="").startswith("<|im_start|>user\n")
     assert first_input(p.template, dataset_system="From data.").startswith(
         "<|im_start|>system\nFrom data.<|im_end|>\n")
+    example = llava_map_fn({"conversations": [dict(m) for m in TEXT_SAMPLE["conversations"]]})
+    example["conversation"][1]["system"] = "Later."
+    later = template_map_fn_factory(p.template)(example)["conversation"][1]["input"]
+    assert later.startswith("<|im_start|>system\nLater.<|im_end|>\n<|im_start|>user\n")
     with pytest.raises(ValueError, match="neither a profile name"):
         template_map_fn_factory("no.such.template")
 

@@ -45,8 +45,9 @@ def template_map_fn(example, template, system=None):
     if conversation:
         chosen = conversation[0].get("system") or (
             template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
-        for index, turn in enumerate(conversation):
-            turn["system"] = chosen if index == 0 else ""
+        conversation[0]["system"] = chosen
+        for turn in conversation[1:]:  # a system a dataset put on a later turn stays
+            turn["system"] = turn.get("system") or ""
     return xtuner_template_map_fn(example, template)
 
 
