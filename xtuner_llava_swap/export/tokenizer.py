@@ -3,7 +3,8 @@ written into the exported folder.
 
 * The training tokenizer is built from CONFIG's ``tokenizer`` dict with xtuner's BUILDER
   (profile tokens injected), exactly as training did.
-* The export tokenizer is a fast tokenizer that needs no remote code. For a remote-code
+* The export tokenizer needs no remote code: the fast tokenizer when it gives the training
+  ids, else the slow one training used (the folder then loads with ``use_fast=False``). For a remote-code
   tokenizer whose vocabulary is a tiktoken file (Qwen-7B first generation's
   ``qwen.tiktoken``) it is rebuilt from that file: byte-level BPE over the same ranks, the
   same pre-tokenization pattern, NFC normalization, and the special tokens at their ids.
@@ -11,6 +12,7 @@ written into the exported folder.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from .errors import ExportError
@@ -26,7 +28,8 @@ QWEN_V1_VOCAB_FILE = "qwen.tiktoken"
 
 # Texts compared between the training and the export tokenizer
 PROBE_TEXTS = ("Describe the image briefly.\n", "请描述一下这张照片", "  spaces\tand\n\nnew lines",
-               "<|im_start|>user\nHi<|im_end|>\n", "Numbers 12345 and émigré café")
+               "<|im_start|>user\nHi<|im_end|>\n", "Numbers 12345 and émigré café",
+               "USER: hi ASSISTANT: hello</s>\n<s>USER: again")
 
 
 def remote_code_allowed(run, flag: bool) -> bool:
@@ -51,15 +54,23 @@ def training_tokenizer(run, trust_remote_code: bool):
 
 def export_tokenizer(run, trained, add_image_token: bool = True):
     """A fast, plain-transformers tokenizer equal to ``trained`` (+ ``<image>`` if asked)."""
+    import transformers
     from transformers import AddedToken, PreTrainedTokenizerFast
 
     if isinstance(trained, PreTrainedTokenizerFast):
-        tokenizer = trained
+        tokenizer = copy.deepcopy(trained)
+    elif hasattr(transformers, type(trained).__name__ + "Fast"):
+        tokenizer = _fast_twin(run, trained)
+        if not same_ids(trained, tokenizer):
+            # e.g. Llama-2's sentencepiece model: transformers' fast conversion splits some
+            # words differently from sentencepiece itself. Keep the slow tokenizer training
+            # used; the folder then loads with use_fast=False.
+            tokenizer = copy.deepcopy(trained)
     elif (Path(run.llm_path) / QWEN_V1_VOCAB_FILE).is_file():
         tokenizer = _qwen_v1_fast(Path(run.llm_path) / QWEN_V1_VOCAB_FILE, trained)
     else:
-        raise ExportError(f"{run.llm_path}: tokenizer {type(trained).__name__} has no fast "
-                          "(tokenizer.json) form to export")
+        raise ExportError(f"{run.llm_path}: tokenizer {type(trained).__name__} needs remote code "
+                          "and has no plain-transformers form this export knows")
     check_same_ids(trained, tokenizer, run.llm_path)
     if not add_image_token:
         return tokenizer
@@ -67,6 +78,21 @@ def export_tokenizer(run, trained, add_image_token: bool = True):
         AddedToken(IMAGE_TOKEN, special=True, normalized=False)]},
         replace_additional_special_tokens=False)
     return tokenizer
+
+
+# tokenizer-dict keys that are not tokenizer settings
+_NOT_TOKENIZER_SETTINGS = ("type", "profile", "pretrained_model_name_or_path", "use_fast",
+                           "check_contract", "trust_remote_code")
+
+
+def _fast_twin(run, trained):
+    """The fast class of a slow tokenizer, converted from the same files and settings."""
+    import transformers
+
+    settings = {**run.profile.tokenizer_kwargs, **run.cfg.tokenizer}
+    settings = {k: v for k, v in settings.items() if k not in _NOT_TOKENIZER_SETTINGS}
+    fast_class = getattr(transformers, type(trained).__name__ + "Fast")
+    return fast_class.from_pretrained(run.llm_path, from_slow=True, **settings)
 
 
 def _qwen_v1_fast(vocab_file: Path, trained):
@@ -86,6 +112,11 @@ def _qwen_v1_fast(vocab_file: Path, trained):
                if getattr(trained, name, None)}
     return Qwen2TokenizerFast(tokenizer_object=backend, bos_token=None, unk_token=None,
                               errors="replace", **special)
+
+
+def same_ids(trained, exported) -> bool:
+    return all(trained.encode(text, add_special_tokens=False)
+               == exported.encode(text, add_special_tokens=False) for text in PROBE_TEXTS)
 
 
 def check_same_ids(trained, exported, where) -> None:

@@ -28,6 +28,11 @@ VERIFY_PROMPT = "Describe the image briefly."
 IMAGE_TOKEN_INDEX = -200
 
 
+def uses_fast_tokenizer(folder: Path) -> bool:
+    """Exports ship ``tokenizer.json`` only when the fast tokenizer gives the training ids."""
+    return (Path(folder) / "tokenizer.json").is_file()
+
+
 def default_image():
     """A non-square test image (so padding to square is exercised)."""
     from PIL import Image, ImageDraw
@@ -109,7 +114,7 @@ def _reference(run, model, tokenizer, image, prompt, stop_ids, max_new_tokens):
 def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    processor = AutoProcessor.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
     model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).eval()
     text = processor.tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
                                                    add_generation_prompt=True)
@@ -128,7 +133,7 @@ def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
 
     from xtuner_llava_swap.models import process_images, tokenizer_image_token
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
     image_processor = AutoImageProcessor.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,

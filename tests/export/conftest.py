@@ -1,0 +1,143 @@
+"""Checkpoints for the export tests, each made once per session.
+
+Real ``xtuner train`` runs (the lead's Qwen-7B QLoRA config on the tiny parts): a plain
+``iter_N.pth``, a DeepSpeed ZeRO-2 and a ZeRO-3 directory. Every other family/setting is
+built in-process with xtuner's ``LLaVAModel`` from the same CONFIG (paths, profile and LoRA
+targets swapped with ``--cfg-options``), its trainable weights moved off their init, and
+saved in exactly the ``iter_N.pth`` layout xtuner writes.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from support import FIXTURES, REPO, run_train
+
+QLORA_CONFIG = REPO / "configs" / "llava_qwen7b_qlora.py"
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    config: Path
+    checkpoint: Path
+    cfg_options: dict
+
+
+def _first_image(image_folder: Path) -> Path:
+    return next(p for p in sorted(Path(image_folder).rglob("*")) if p.suffix in (".jpg", ".png"))
+
+
+def swap_options(profile_name: str, llm: Path, clip: Path) -> dict:
+    """``--cfg-options`` that point CONFIG at a tiny LLM of another profile (CPU, fp32)."""
+    from xtuner_llava_swap import compat
+    from xtuner_llava_swap.profiles import get_profile
+    from xtuner_llava_swap.tokenizers import tokenizer_dict
+
+    profile = get_profile(profile_name)
+    return {**compat.cpu_cfg_options(quantized=False), "llm_name_or_path": str(llm),
+            "visual_encoder_name_or_path": str(clip), "pretrained_pth": None,
+            "tokenizer": dict(_delete_=True, **tokenizer_dict(profile_name, llm)),
+            "model.llm.trust_remote_code": profile.trust_remote_code,
+            "model.llm_lora.target_modules": list(profile.lora_target_modules)}
+
+
+def _train_options(tiny_parts) -> dict:
+    from xtuner_llava_swap import compat
+
+    _, finetune, images = tiny_parts("data")
+    return {**compat.cpu_cfg_options(), "llm_name_or_path": tiny_parts("qwen"),
+            "visual_encoder_name_or_path": tiny_parts("clip"), "data_path": finetune,
+            "image_folder": images, "pretrained_pth": None,
+            "evaluation_images": _first_image(images), "train_dataloader.batch_size": 2,
+            "param_scheduler.0.end": 0.5, "param_scheduler.1.begin": 0.5,
+            "custom_hooks.1.max_new_tokens": 8}
+
+
+def _export_options(options: dict) -> dict:
+    keep = ("llm_name_or_path", "visual_encoder_name_or_path", "pretrained_pth")
+    return {k: str(v) if v is not None else None for k, v in options.items() if k in keep}
+
+
+def _trained(config: Path, work_dir: Path, options: dict, deepspeed=None) -> TrainedRun:
+    proc = run_train(config, work_dir, options, deepspeed=deepspeed)
+    checkpoints = sorted(work_dir.glob("iter_*.pth"))
+    assert checkpoints, f"xtuner train wrote no checkpoint:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return TrainedRun(config, checkpoints[-1], _export_options(options))
+
+
+@pytest.fixture(scope="session")
+def qwen_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
+    """Real `xtuner train` of the Qwen-7B QLoRA config (LoRA on LLM and CLIP) -> iter_8.pth."""
+    return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-qlora"), _train_options(tiny_parts))
+
+
+def _config_without_quantization(folder: Path) -> Path:
+    """The QLoRA config minus its 4-bit block: xtuner's ZeRO-3 path dereferences
+    ``quantization_config`` when the key exists, even when it is None (no CPU 4-bit)."""
+    text = QLORA_CONFIG.read_text()
+    stripped = re.sub(r"\n\s*quantization_config=dict\(.*?\n\s*\),", "", text, flags=re.S)
+    assert "quantization_config" not in stripped
+    target = folder / "llava_qwen7b_lora_cpu.py"
+    target.write_text(stripped)
+    return target
+
+
+@pytest.fixture(scope="session")
+def zero2_run(tiny_parts, tmp_path_factory) -> TrainedRun:
+    return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-zero2"),
+                    _train_options(tiny_parts), deepspeed="deepspeed_zero2")
+
+
+@pytest.fixture(scope="session")
+def zero3_run(tiny_parts, tmp_path_factory) -> TrainedRun:
+    folder = tmp_path_factory.mktemp("train-zero3")
+    options = {k: v for k, v in _train_options(tiny_parts).items() if "quantization" not in k}
+    return _trained(_config_without_quantization(folder), folder, options,
+                    deepspeed="deepspeed_zero3")
+
+
+def build_inprocess_checkpoint(config: Path, cfg_options: dict, out_file: Path,
+                               seed: int = 0) -> Path:
+    """xtuner LLaVAModel of CONFIG, trainable weights moved off init, saved like iter_N.pth."""
+    from xtuner.registry import BUILDER
+
+    from xtuner_llava_swap.export.run_config import load_training_run
+
+    run = load_training_run(config, cfg_options)
+    model_cfg = run.cfg.model.copy()
+    model_cfg.llm = model_cfg.llm.copy()
+    model_cfg.llm.pop("quantization_config", None)
+    model_cfg.llm.torch_dtype = torch.float32
+    model = BUILDER.build(model_cfg)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:  # LoRA A/B (B starts at zero), projector, unfrozen parts
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    torch.save({"meta": {"seed": seed, "iter": 1}, "state_dict": model.state_dict()}, out_file)
+    return out_file
+
+
+@pytest.fixture(scope="session")
+def inprocess_run(tiny_parts, tmp_path_factory):
+    """``inprocess_run(profile, family, tie=False) -> TrainedRun`` (LoRA on LLM and CLIP)."""
+    cache = {}
+
+    def get(profile: str, family: str, tie: bool = False) -> TrainedRun:
+        key = (profile, family, tie)
+        if key not in cache:
+            llm = tiny_parts(family, tie_word_embeddings=True) if tie else tiny_parts(family)
+            options = swap_options(profile, llm, tiny_parts("clip"))
+            folder = tmp_path_factory.mktemp(f"inproc-{profile}-{tie}")
+            checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, folder / "iter_1.pth")
+            cache[key] = TrainedRun(QLORA_CONFIG, checkpoint, options)
+        return cache[key]
+
+    return get
+
+
+__all__ = ["FIXTURES"]
