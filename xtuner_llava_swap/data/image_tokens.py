@@ -44,10 +44,7 @@ def image_token_count(vision_config: Any, select_feature: str = "patch") -> int:
         raise ImageTokenConfigError(
             f"vision config has no {missing.args[0]!r} (fields: {sorted(fields)}); pass "
             "image_token_count=<int> to the dataset instead") from None
-    if image_size % patch_size:
-        raise ImageTokenConfigError(
-            f"image_size {image_size} is not a multiple of patch_size {patch_size}")
-    positions = (image_size // patch_size) ** 2
+    positions = (image_size // patch_size) ** 2  # the patch conv has stride patch_size, no padding
     if fields.get("model_type") in _CLASS_TOKEN_MODEL_TYPES:
         positions += 1
     return positions - 1 if select_feature == "patch" else positions

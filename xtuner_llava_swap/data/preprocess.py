@@ -184,21 +184,25 @@ def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
     tokenizer = build_tokenizer(tokenizer)
     map_fn = resolve_map_fn(dataset_map_fn)
     build_turns, template_print = resolve_turn_builder(template_map_fn)
-    key_parts = dict(data=file_sha256(data_path), tokenizer=tokenizer_fingerprint(tokenizer),
-                     template=template_print, map_fn=callable_fingerprint(map_fn),
-                     max_length=max_length, image_tokens=image_tokens, policy=length_policy,
-                     max_images=max_images, strict=strict,
-                     max_dataset_length=max_dataset_length)
     store = TextCache(cache_dir) if cache else None
-    key = cache_key(key_parts)
-    if store is not None and (hit := store.load(key)) is not None:
-        encoded, meta = hit
-        problems = ProblemLog()
-        problems.merge_counts(meta["problems"])
-        problems.examples = {k: [tuple(e) for e in v] for k, v in meta["examples"].items()}
-        logger.info("%s: preprocessed text loaded from cache %s", data_path, store.path(key))
-        return PreparedText(encoded, meta["images"], np.asarray(meta["source_index"]), problems,
-                            meta["n_raw"], image_tokens, True, str(store.path(key)), key_parts)
+    key_parts, key = {}, None
+    if store is not None:
+        key_parts = dict(data=file_sha256(data_path), tokenizer=tokenizer_fingerprint(tokenizer),
+                         template=template_print, map_fn=callable_fingerprint(map_fn),
+                         max_length=max_length, image_tokens=image_tokens, policy=length_policy,
+                         max_images=max_images, strict=strict,
+                         max_dataset_length=max_dataset_length)
+        key = cache_key(key_parts)
+        hit = store.load(key)
+        if hit is not None:
+            encoded, meta = hit
+            problems = ProblemLog()
+            problems.merge_counts(meta["problems"])
+            problems.examples = {k: [tuple(e) for e in v] for k, v in meta["examples"].items()}
+            logger.info("%s: preprocessed text loaded from cache %s", data_path, store.path(key))
+            return PreparedText(encoded, meta["images"], np.asarray(meta["source_index"]),
+                                problems, meta["n_raw"], image_tokens, True,
+                                str(store.path(key)), key_parts)
 
     raw = read_samples(data_path)
     indices = np.arange(len(raw))

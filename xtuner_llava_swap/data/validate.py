@@ -94,11 +94,15 @@ class ProblemLog:
 
 def check_conversation(conversation: list[dict], images: list[str]) -> None:
     """Rules on a mapped sample (xtuner's ``{"input", "output"}`` turns + its images)."""
+    if not isinstance(conversation, list):
+        raise SampleError("map_fn_error", f"'conversation' is {type(conversation).__name__}")
     if not conversation:
         raise SampleError("empty_conversation")
     placeholders = 0
     for number, turn in enumerate(conversation):
         output = turn.get("output", "")
+        if not isinstance(output, str) or not isinstance(turn.get("input") or "", str):
+            raise SampleError("non_string_value", f"turn {number} input/output is not a string")
         if not output.strip():
             raise SampleError("empty_reply", f"assistant reply of turn {number} is empty")
         if DEFAULT_IMAGE_TOKEN in output:
