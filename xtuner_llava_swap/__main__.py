@@ -1,4 +1,4 @@
-"""`python -m xtuner_llava_swap COMMAND`: environment helpers (doctor, install-startup, cpu-cfg-options)."""
+"""`python -m xtuner_llava_swap COMMAND`: doctor, install-startup, cpu-cfg-options, profiles."""
 import argparse
 import sys
 
@@ -13,7 +13,15 @@ def main(argv=None) -> int:
                    help=f"write {compat.STARTUP_PTH} into site-packages so that `xtuner train` "
                         "applies the patches (needed on CPU-only machines)")
     sub.add_parser("cpu-cfg-options", help="print the --cfg-options that run this project's configs on a CPU")
-    args = parser.parse_args(argv)
+    sub.add_parser("profiles", add_help=False,
+                   help="list the LLM profiles, or show one: profiles [NAME] (see `profiles -h`)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "profiles":
+        from .profiles.__main__ import main as profiles_main
+
+        return profiles_main(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "install-startup":
         print(f"wrote {compat.install_startup()}")
     elif args.command == "cpu-cfg-options":

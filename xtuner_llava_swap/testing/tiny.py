@@ -179,6 +179,16 @@ def _build_llama(out: Path, fixtures: Path | None, tie: bool) -> None:
 PHI3_ADDED_TOKENS = ["<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>",
                      "<|placeholder3|>", "<|placeholder4|>", "<|system|>", "<|end|>",
                      "<|placeholder5|>", "<|placeholder6|>", "<|user|>"]
+
+
+def phi3_added_tokens():
+    """Phi-3's added tokens as it ships them: the role/end tokens strip the whitespace after."""
+    from transformers import AddedToken
+
+    return [AddedToken(t, special=True, normalized=False, rstrip=t != "<|endoftext|>")
+            for t in PHI3_ADDED_TOKENS]
+
+
 PHI3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
@@ -186,12 +196,11 @@ PHI3_CHAT_TEMPLATE = (
 
 
 def _build_phi3(out: Path, fixtures: Path | None, tie: bool) -> None:
-    from transformers import AddedToken, LlamaTokenizerFast, Phi3Config, Phi3ForCausalLM
+    from transformers import LlamaTokenizerFast, Phi3Config, Phi3ForCausalLM
 
     if fixtures is not None:
         tokenizer = LlamaTokenizerFast.from_pretrained(fixtures / "llama-2", from_slow=True)
-        tokenizer.add_tokens([AddedToken(t, special=True, normalized=False)
-                              for t in PHI3_ADDED_TOKENS])
+        tokenizer.add_tokens(phi3_added_tokens())
     else:
         tokenizer = _synthetic_tokenizer("phi3")
     tokenizer.eos_token = "<|endoftext|>"
@@ -243,7 +252,7 @@ def _synthetic_tokenizer(family: str):
     tok = LlamaTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
                              unk_token="<unk>", add_bos_token=True, legacy=False)
     if family == "phi3":
-        tok.add_tokens(PHI3_ADDED_TOKENS, special_tokens=True)
+        tok.add_tokens(phi3_added_tokens())
     return tok
 
 
