@@ -14,13 +14,14 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
+# With a CPU torch, torchvision goes: the registry's only torchvision for torch 2.13 is a
+# CUDA build that breaks transformers' CLIP image processor (compat stands in for the one
+# xtuner module that imports it). install-startup makes `xtuner train`, a new python
+# process, apply the compatibility patches.
 $(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[deepspeed,test]'
-	# CPU torch: the registry's only torchvision for torch 2.13 is a CUDA build that breaks
-	# transformers' CLIP image processor, so it goes (compat stands in for xtuner's one user).
 	$(PY) -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' && $(PY) -m pip uninstall -y -q torchvision || true
-	# Make `xtuner train` (a new python process) apply the compatibility patches.
 	$(PY) -m xtuner_llava_swap install-startup
 	touch $@
 
