@@ -11,6 +11,7 @@ the plugin's EvaluateChatHook) runs as configured. Where it can, the 4-bit path 
 """
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -171,18 +172,34 @@ def tiny_llava(tiny_parts, family) -> TinyLLaVA:
                      uses_real_tokenizer=fixtures_dir() is not None)
 
 
-def forced_stop_options(tiny: TinyLLaVA) -> dict:
+def small_data(tiny: TinyLLaVA, out_dir) -> str:
+    """4 samples of the tiny finetune set (image turns, a 4-turn one, a text-only one): xtuner's
+    LLaVADataset maps with one process per sample, so fewer samples start much faster."""
+    samples = json.loads(tiny.data_path.read_text())
+    with_image = [s for s in samples if "image" in s]
+    chosen = ([with_image[0], max(with_image, key=lambda s: len(s["conversations"])),
+               with_image[1]] + [s for s in samples if "image" not in s][:1])
+    path = out_dir / "small_finetune.json"
+    path.write_text(json.dumps(chosen))
+    return str(path)
+
+
+def forced_stop_options(tiny: TinyLLaVA, data_path: str) -> dict:
     """Greedy replies of exactly K tokens: the end-of-turn token is banned for K-1 steps
     (``min_new_tokens``) and then biased to be the argmax (``sequence_bias``). Two prompts:
-    one with an image, one text-only. 3 iterations, chat every 2: before training, at
-    iterations 2 and 3 (the checkpoint), after training."""
+    one with an image, one text-only. 3 iterations (2 per epoch), chat every 2: before
+    training, at iterations 2 and 3 (the checkpoint), after training."""
     from transformers import AutoTokenizer
 
     end_of_turn = AutoTokenizer.from_pretrained(tiny.llm, trust_remote_code=True) \
         .convert_tokens_to_ids("<|im_end|>")
     image = next(p for p in sorted(tiny.image_folder.rglob("*")) if p.is_file())
     return tiny.cfg_options(**{
-        "train_cfg.max_epochs": 0.375,  # 3 of the 8 iterations of an epoch
+        "data_path": data_path,
+        "pretrained_pth": None,
+        "train_dataloader.sampler.per_device_batch_size": 2,  # LengthGroupedSampler
+        "train_cfg.max_epochs": 1.5,
+        "default_hooks.logger.interval": 1,
         "custom_hooks.1.every_n_iters": 2,
         "custom_hooks.1.max_new_tokens": 16,
         "evaluation_images": f"[{image},None]",
@@ -197,7 +214,7 @@ def check_training_and_chat_log(work_dir, profile_name: str, lora_module_sample:
     assert "Traceback" not in log, log[-4000:]
     assert (work_dir / "iter_3.pth").is_file(), log[-4000:]
     losses = [float(x) for x in re.findall(r"loss: ([0-9.]+)", log)]
-    assert losses and all(0 < x < 100 for x in losses)
+    assert len(losses) == 3 and all(0 < x < 100 for x in losses)
     # the schedule of xtuner's hook: before training, every 2 iterations, at the checkpoint
     # iteration (3), after training
     assert log.count("before_train in EvaluateChatHook.") == 1
@@ -224,13 +241,15 @@ def check_training_and_chat_log(work_dir, profile_name: str, lora_module_sample:
 @requires_fixtures
 def test_xtuner_train_qwen7b_qlora_tiny_remote_code(tiny_parts, tmp_path):
     tiny = tiny_llava(tiny_parts, "qwen")
-    run_train(CONFIGS / "llava_qwen7b_qlora.py", tmp_path, forced_stop_options(tiny))
+    run_train(CONFIGS / "llava_qwen7b_qlora.py", tmp_path,
+              forced_stop_options(tiny, small_data(tiny, tmp_path)))
     check_training_and_chat_log(tmp_path, "qwen", "llm.base_model.model.transformer.h.0.mlp.w2")
 
 
 def test_xtuner_train_qwen2_5_qlora_tiny_qwen2(tiny_parts, tmp_path):
     tiny = tiny_llava(tiny_parts, "qwen2")
-    run_train(CONFIGS / "llava_qwen2_5_7b_instruct_qlora.py", tmp_path, forced_stop_options(tiny))
+    run_train(CONFIGS / "llava_qwen2_5_7b_instruct_qlora.py", tmp_path,
+              forced_stop_options(tiny, small_data(tiny, tmp_path)))
     check_training_and_chat_log(tmp_path, "qwen2.5",
                                 "llm.base_model.model.model.layers.0.mlp.gate_proj")
 
@@ -239,5 +258,5 @@ def test_xtuner_train_qwen2_5_qlora_tiny_qwen2(tiny_parts, tmp_path):
 def test_xtuner_train_from_xtuner_internlm2_swapped_to_tiny_qwen7b(tiny_parts, tmp_path):
     tiny = tiny_llava(tiny_parts, "qwen")
     run_train(CONFIGS / "llava_qwen7b_from_xtuner_internlm2.py", tmp_path,
-              forced_stop_options(tiny))
+              forced_stop_options(tiny, small_data(tiny, tmp_path)))
     check_training_and_chat_log(tmp_path, "qwen", "llm.base_model.model.transformer.h.1.attn.c_attn")
