@@ -89,7 +89,6 @@ def test_tools_train_returns_the_real_exit_status(tiny, tmp_path):
 
 def test_deepspeed_zero2_writes_a_real_deepspeed_checkpoint(tiny, tmp_path):
     options = tiny.cfg_options("pretrain", **{"train_cfg.max_epochs": None, "train_cfg.max_iters": 2,
-                              "param_scheduler.0.end": 0.1, "param_scheduler.1.begin": 0.1,
                               "custom_hooks": "[]"})
     proc = run_train(PRETRAIN_CFG, tmp_path, options, entry="tools", deepspeed="deepspeed_zero2")
     log = log_of(tmp_path)
