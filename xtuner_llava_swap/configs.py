@@ -73,7 +73,8 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
     profile = get_profile(profile)
     namespace = cfg._cfg_dict if isinstance(cfg, Config) else cfg
     if not isinstance(namespace, dict):
-        raise ConfigSwapError(f"swap_llm needs an mmengine Config or a dict, got {type(cfg).__name__}")
+        raise ConfigSwapError("swap_llm needs an mmengine Config or a dict, "
+                              f"got {type(cfg).__name__}")
     llm_dicts = list(_dicts_of_type(namespace, _LLM_TYPES))
     if not llm_dicts:
         raise ConfigSwapError("no LLM dict (type=AutoModelForCausalLM.from_pretrained) in this "
@@ -189,7 +190,8 @@ def _type_name(value) -> str:
         return value
     if value is None:
         return ""
-    return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', type(value).__name__)}"
+    name = getattr(value, "__qualname__", type(value).__name__)
+    return f"{getattr(value, '__module__', '')}.{name}"
 
 
 def _reference(obj, lazy: bool):

@@ -44,7 +44,8 @@ class StopOnTokenIds(StoppingCriteria):
     def __init__(self, stop_sequences: Sequence[Sequence[int]]):
         sequences = [tuple(int(i) for i in seq) for seq in stop_sequences]
         if not sequences or any(len(seq) == 0 for seq in sequences):
-            raise ValueError(f"stop_sequences must be non-empty id sequences, got {stop_sequences!r}")
+            raise ValueError("stop_sequences must be non-empty id sequences, "
+                             f"got {stop_sequences!r}")
         by_length: dict[int, list] = {}
         for seq in dict.fromkeys(sequences):
             by_length.setdefault(len(seq), []).append(seq)
@@ -74,7 +75,8 @@ def stop_word_sequences(tokenizer, stop_words: Sequence[str]) -> list:
     for word in stop_words:
         ids = tokenizer.encode(word, add_special_tokens=False)
         if not ids:
-            raise ValueError(f"stop word {word!r} encodes to no token with {type(tokenizer).__name__}")
+            raise ValueError(f"stop word {word!r} encodes to no token with "
+                             f"{type(tokenizer).__name__}")
         sequences.append(ids)
     return sequences
 
@@ -145,7 +147,8 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
             self.image_processor = (BUILDER.build(image_processor)
                                     if isinstance(image_processor, dict) else image_processor)
         if self.image_processor is None and any(img is not None for img in self.evaluation_images):
-            raise ValueError("EvaluateChatHook: evaluation_images are given but image_processor is not")
+            raise ValueError("EvaluateChatHook: evaluation_images are given but "
+                             "image_processor is not")
 
         self.stop_words = tuple(stop_words if stop_words is not None
                                 else template.get("STOP_WORDS", ()))
@@ -185,12 +188,16 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         return [None if image is None else loaded[image] for image in images]
 
     def _generation_kwargs(self, overrides: dict) -> dict:
+        """xtuner's defaults (sampling ones only when sampling), the tokenizer's eos/pad
+        (the first stop id where it has no eos), its bos only when it has one, then
+        ``overrides``."""
         tokenizer = self.tokenizer
         first_stop = self.stop_criteria[0].stop_sequences[0][-1]
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else first_stop
-        kwargs = dict(DEFAULT_GENERATION_KWARGS, max_new_tokens=self.max_new_tokens,
-                      eos_token_id=eos,
-                      pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+        sampling = DEFAULT_GENERATION_KWARGS if overrides.get("do_sample", True) else {}
+        kwargs = dict(sampling, max_new_tokens=self.max_new_tokens, eos_token_id=eos,
+                      pad_token_id=pad)
         if tokenizer.bos_token_id is not None:
             kwargs["bos_token_id"] = tokenizer.bos_token_id
         kwargs.update(overrides)
@@ -218,7 +225,8 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         from xtuner.dataset.utils import expand2square
 
         if self.pad_image_to_square:
-            image = expand2square(image, tuple(int(x * 255) for x in self.image_processor.image_mean))
+            background = tuple(int(x * 255) for x in self.image_processor.image_mean)
+            image = expand2square(image, background)
         pixels = self.image_processor.preprocess(image, return_tensors="pt")["pixel_values"]
         device = next(model.visual_encoder.parameters()).device
         visual_outputs = model.visual_encoder(pixels.to(device, model.visual_encoder.dtype),
