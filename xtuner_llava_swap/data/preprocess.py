@@ -62,8 +62,7 @@ def resolve_map_fn(map_fn: Any) -> Callable[[dict], dict]:
     ``<function name at 0x...>`` string xtuner's train tool writes into dumped configs."""
     if map_fn is None:
         return any_format_map_fn
-    if hasattr(map_fn, "build") and not callable(map_fn):  # mmengine LazyObject
-        map_fn = map_fn.build()
+    map_fn = _built(map_fn)
     if callable(map_fn):
         return map_fn
     if isinstance(map_fn, str):
@@ -100,8 +99,7 @@ def resolve_turn_builder(template_map_fn: Any) -> tuple[Callable[[list[dict]], l
         from xtuner.registry import BUILDER
 
         return resolve_turn_builder(BUILDER.build(template_map_fn))
-    if isinstance(template_map_fn, str) or (hasattr(template_map_fn, "build")
-                                            and not callable(template_map_fn)):
+    if isinstance(template_map_fn, str) or _is_lazy(template_map_fn):
         return resolve_turn_builder(resolve_map_fn(template_map_fn))
     return turns_from_template_fn(template_map_fn), callable_fingerprint(template_map_fn)
 
@@ -129,10 +127,20 @@ def _known_template_spec(template_map_fn: Any) -> TemplateSpec | None:
     return None
 
 
+def _is_lazy(obj: Any) -> bool:
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    return isinstance(obj, (LazyObject, LazyAttr))
+
+
+def _built(obj: Any) -> Any:
+    """The object an mmengine lazy-import placeholder stands for (else ``obj``)."""
+    return obj.build() if _is_lazy(obj) else obj
+
+
 def _qualified_name(obj: Any) -> str:
     """``module.name`` of a function, a LazyObject's target, or the string itself."""
-    if hasattr(obj, "build") and not callable(obj):  # mmengine LazyObject
-        obj = obj.build()
+    obj = _built(obj)
     if callable(obj) and hasattr(obj, "__module__"):
         return f"{obj.__module__}.{getattr(obj, '__name__', '')}"
     return str(obj)
