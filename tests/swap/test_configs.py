@@ -145,6 +145,25 @@ def test_swap_llm_rewrites_xtuner_internlm2_config(profile, path, tmp_path):
         k: v for k, v in tokenizer_dict(profile, path).items() if k != "type"}
 
 
+def test_dumped_config_builds_the_plugins_hook_again(tiny_parts, tmp_path):
+    # what `xtuner train --resume` reads: the config xtuner dumped into the work dir
+    from mmengine.registry import HOOKS
+
+    cfg = Config.fromfile(CONFIGS / "llava_qwen2_5_7b_instruct_qlora.py")
+    _, _, images = tiny_parts("data")
+    image = next(p for p in sorted(images.rglob("*")) if p.is_file())
+    cfg.merge_from_dict({"llm_name_or_path": str(tiny_parts("qwen2")),
+                         "visual_encoder_name_or_path": str(tiny_parts("clip")),
+                         "evaluation_images": str(image)})
+    cfg.dump(tmp_path / "dumped.py")
+    hook_cfg = Config.fromfile(tmp_path / "dumped.py").custom_hooks[1]
+    assert hook_cfg.prompt_template == "xtuner_llava_swap.profiles.PROMPT_TEMPLATE.qwen2_5"
+    hook = HOOKS.build(hook_cfg)
+    assert type(hook) is EvaluateChatHook
+    assert hook.template == get_profile("qwen2.5").template
+    assert hook.stop_words == ("<|im_end|>", "<|endoftext|>")
+
+
 def test_swap_llm_without_pretrained_pth_keeps_the_configs_value():
     cfg = Config.fromfile(xtuner_config_path(XTUNER_INTERNLM2))
     before = cfg.model.pretrained_pth

@@ -252,3 +252,20 @@ def test_prompt_template_may_be_given_as_a_profile_name_without_profile(tiny_par
     assert hook.stop_words == get_profile("qwen2.5").stop_words
     assert hook.evaluation_images == [None]
     assert hook.gen_config.eos_token_id == hook.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+
+@pytest.mark.parametrize("family,profile", MODELS)
+def test_embedding_path_generates_what_the_id_path_generates(llava, image, family, profile):
+    # Image prompts are generated from inputs_embeds, text-only ones from input_ids; Qwen-7B's
+    # remote-code generate must treat both alike (its prepare_inputs_for_generation differs
+    # from transformers' own). Same text prompt both ways -> the same greedy tokens.
+    model, llm, processor = llava(family)
+    hook = make_hook(llm, processor, profile, image)
+    _, ids = hook.prompt_ids(hook.evaluation_inputs[1], with_image=False)
+    prompt = torch.tensor([ids])
+    by_ids = model.llm.generate(input_ids=prompt, generation_config=hook.gen_config,
+                                max_new_tokens=8, min_new_tokens=8)[0, prompt.shape[1]:]
+    embeds = model.llm.get_input_embeddings()(prompt)
+    by_embeds = model.llm.generate(inputs_embeds=embeds, generation_config=hook.gen_config,
+                                   max_new_tokens=8, min_new_tokens=8)[0]
+    assert by_embeds.tolist() == by_ids.tolist() and len(by_ids) == 8
