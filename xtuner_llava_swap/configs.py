@@ -190,6 +190,9 @@ def _type_name(value) -> str:
         return value
     if value is None:
         return ""
+    owner = getattr(value, "__self__", None)
+    if isinstance(owner, type):  # a classmethod bound to its class: AutoTokenizer.from_pretrained
+        return f"{_type_name(owner)}.{value.__name__}"
     name = getattr(value, "__qualname__", type(value).__name__)
     return f"{getattr(value, '__module__', '')}.{name}"
 

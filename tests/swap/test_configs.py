@@ -171,6 +171,44 @@ def test_swap_llm_without_pretrained_pth_keeps_the_configs_value():
     assert cfg.model.pretrained_pth == cfg.pretrained_pth == before
 
 
+def test_swap_llm_on_a_plain_namespace_with_real_objects():
+    # a config built in Python (no lazy imports): real objects in, real objects out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from xtuner.dataset.map_fns import template_map_fn_factory as xtuner_template_map_fn_factory
+    from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    from xtuner_llava_swap.tokenizers import build_tokenizer
+
+    tokenizer = dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path="old/llm",
+                     trust_remote_code=True, padding_side="right", bos_token="<s>")
+    namespace = dict(
+        llm_name_or_path="old/llm", prompt_template=PROMPT_TEMPLATE.vicuna, SYSTEM="",
+        model=dict(type="LLaVAModel", llm=dict(type=AutoModelForCausalLM.from_pretrained,
+                                               pretrained_model_name_or_path="old/llm"),
+                   llm_lora=dict(type="LoraConfig", r=8)),
+        llava_dataset=dict(tokenizer=tokenizer, template_map_fn=dict(
+            type=xtuner_template_map_fn_factory, template=PROMPT_TEMPLATE.vicuna)),
+        custom_hooks=[dict(type=XtunerEvaluateChatHook, tokenizer=tokenizer, stop_words=["</s>"],
+                           system="", prompt_template=PROMPT_TEMPLATE.vicuna)],
+    )
+    swap_llm(namespace, "qwen2", "Qwen/Qwen2-7B-Instruct")
+    expected_tokenizer = tokenizer_dict("qwen2", "Qwen/Qwen2-7B-Instruct")
+    assert expected_tokenizer["type"] is build_tokenizer and "bos_token" not in expected_tokenizer
+    assert namespace["llava_dataset"]["tokenizer"] == expected_tokenizer
+    assert namespace["custom_hooks"][0] == dict(type=EvaluateChatHook, tokenizer=expected_tokenizer,
+                                                system=None, prompt_template=get_profile("qwen2").template)
+    assert namespace["llava_dataset"]["template_map_fn"] == dict(
+        type=template_map_fn_factory, template=get_profile("qwen2").template, system=None)
+    assert namespace["model"]["llm"] == dict(type=AutoModelForCausalLM.from_pretrained,
+                                             pretrained_model_name_or_path="Qwen/Qwen2-7B-Instruct",
+                                             trust_remote_code=False)
+    assert namespace["model"]["llm_lora"]["target_modules"] == list(
+        get_profile("qwen2").lora_target_modules)
+    assert (namespace["llm_name_or_path"], namespace["SYSTEM"]) == ("Qwen/Qwen2-7B-Instruct", None)
+    assert namespace["prompt_template"] == get_profile("qwen2").template
+
+
 def test_swap_llm_refuses_a_config_without_llm():
     with pytest.raises(ConfigSwapError, match="no LLM dict"):
         swap_llm({"model": {"type": "Foo"}}, "qwen", "Qwen/Qwen-7B-Chat")
