@@ -50,6 +50,10 @@ def test_default_mode_skips_and_counts_every_kind(tmp_path, processor, caplog):
     assert table[-1].split() == ["skipped", "in", "all", str(len(BAD_SAMPLES)), "of",
                                  str(len(BAD_SAMPLES) + 3), "samples"]
     assert len(table) == 2 + len(BAD_SAMPLES) + 1
+    for i in range(len(ds)):  # what reaches the model: one -200 per image, something trained
+        item = ds[i]
+        assert item["input_ids"].count(-200) == len(ds.prepared.images[i])
+        assert any(label != -100 for label in item["labels"])
     # the third good sample had its image after the question: moved to the start
     ids, labels = ds[2]["input_ids"], ds[2]["labels"]
     assert ids.count(-200) == 1 and ids.index(-200) == 3  # <|im_start|> user \n <image>

@@ -84,6 +84,24 @@ def test_ids_identical_to_xtuner_slow_llama_tokenizer_vicuna_template():
     assert encoded.sample(0)[0][0] == 1  # Llama's bos opens the sequence
 
 
+def test_ids_identical_to_xtuner_qwen7b_remote_code_tokenizer(tiny_parts):
+    """Qwen-7B's QWenTokenizer (tiktoken, slow, no bos/eos of its own) via the profile's dict."""
+    from xtuner.dataset.map_fns import llava_map_fn
+    from xtuner.registry import BUILDER
+
+    from xtuner_llava_swap.profiles import template_map_fn_factory
+    from xtuner_llava_swap.tokenizers import tokenizer_dict
+
+    tokenizer = BUILDER.build(tokenizer_dict("qwen", tiny_parts("qwen")))
+    assert type(tokenizer).__name__ == "QWenTokenizer"
+    samples = single_image_llava_samples()[-6:]
+    reference = xtuner_reference(samples, llava_map_fn, template_map_fn_factory("qwen"), tokenizer)
+    encoded = ours(samples, llava_format_map_fn, dict(type=template_map_fn_factory,
+                                                      template="qwen"), tokenizer)
+    assert [encoded.sample(i) for i in range(6)] == \
+        [(r["input_ids"], r["labels"]) for r in reference]
+
+
 def test_ids_equal_the_tokenizers_own_chat_template():
     """A text-only conversation with a system prompt: the same ids as Qwen2's chat template."""
     from xtuner.dataset.map_fns import template_map_fn_factory
