@@ -5,7 +5,9 @@
 2. pretrains the projector with `configs/llava_qwen7b_pretrain.py`,
 3. finetunes (LoRA on LLM and vision encoder) with `configs/llava_qwen7b_qlora.py`,
    loading the pretrained projector through `pretrained_pth`,
-4. prints where the checkpoints are.
+4. prints where the checkpoints are,
+5. exports the finetuned checkpoint to a Hugging Face LLaVA folder (`tools/convert_to_hf.py
+   --verify`), loads it with plain transformers and prints a caption generated from an image.
 
 Each stage runs xtuner's own train entry through `tools/train.py`, the same files and
 code paths a GPU user runs, with the path variables overridden by `--cfg-options`.
@@ -47,6 +49,33 @@ def train(config: str, work_dir: Path, options: dict) -> Path:
     return Path((work_dir / "last_checkpoint").read_text().strip())
 
 
+def export_and_caption(config: str, checkpoint: Path, out: Path, options: dict, image: Path):
+    """Convert with the project's converter, then caption ``image`` with plain transformers."""
+    args = [f"{k}={'None' if v is None else v}" for k, v in options.items()]
+    cmd = [sys.executable, str(REPO / "tools" / "convert_to_hf.py"), str(REPO / config),
+           str(checkpoint), str(out), "--format", "hf", "--dtype", "float32", "--verify",
+           "--no-progress", "--cfg-options", *args]
+    print(f"\n=== export {checkpoint} -> {out}", flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"export failed:\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+    print("  verified: xtuner's model and the export agree (logits and greedy tokens)")
+
+    import xtuner_llava_swap  # noqa: F401  (pad-to-square image processor on transformers < 4.50)
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(out)
+    model = LlavaForConditionalGeneration.from_pretrained(out)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": "<image>\nDescribe the image."}], add_generation_prompt=True)
+    inputs = processor(images=Image.open(image), text=text, return_tensors="pt",
+                       add_special_tokens=False)
+    new = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    caption = processor.decode(new[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    print(f"caption of {image.name} by the exported model (random tiny weights): {caption!r}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(REPO / "demo_output"),
@@ -62,6 +91,11 @@ def main(argv=None) -> int:
     finetune = train("configs/llava_qwen7b_qlora.py", out / "finetune",
                      tiny.cfg_options(pretrained_pth=pretrain))
     print(f"\npretrain checkpoint: {pretrain}\nfinetune checkpoint: {finetune}")
+    options = tiny.cfg_options(pretrained_pth=pretrain)
+    export_and_caption("configs/llava_qwen7b_qlora.py", finetune, out / "llava-hf", options,
+                       options["evaluation_images"])
+    print(f"\npretrain checkpoint: {pretrain}\nfinetune checkpoint: {finetune}\n"
+          f"Hugging Face export: {out / 'llava-hf'}")
     return 0
 
 

@@ -87,6 +87,7 @@ def test_make_tiny_cli(tmp_path):
                            "--family", "qwen2", "--synthetic-tokenizer"],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    paths = dict(line.split("=", 1) for line in proc.stdout.splitlines())
+    paths = dict(line.split("=", 1) for line in proc.stdout.splitlines()
+                 if "=" in line and not line.startswith("["))  # skip DeepSpeed's log lines
     assert AutoConfig.from_pretrained(paths["llm_name_or_path"]).model_type == "qwen2"
     assert (tmp_path / "clip" / "preprocessor_config.json").is_file()
