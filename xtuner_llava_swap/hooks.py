@@ -23,6 +23,7 @@ so the stop word is visible), followed by one line
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -170,8 +171,9 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
 
         if evaluation_images is None:
             return [None] * n_inputs
-        images = ([evaluation_images] if isinstance(evaluation_images, str)
+        images = ([evaluation_images] if isinstance(evaluation_images, (str, os.PathLike))
                   else list(evaluation_images))
+        images = [None if image is None else os.fspath(image) for image in images]
         if len(images) == 1:
             images = images * n_inputs
         if len(images) != n_inputs:

@@ -269,3 +269,17 @@ def test_embedding_path_generates_what_the_id_path_generates(llava, image, famil
     by_embeds = model.llm.generate(inputs_embeds=embeds, generation_config=hook.gen_config,
                                    max_new_tokens=8, min_new_tokens=8)[0]
     assert by_embeds.tolist() == by_ids.tolist() and len(by_ids) == 8
+
+
+def test_one_image_path_serves_every_prompt(tiny_parts, image):
+    from pathlib import Path
+
+    from PIL import Image
+
+    hook = EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", tiny_parts("qwen2")),
+                            evaluation_inputs=["a", "b"], evaluation_images=Path(image),
+                            profile="qwen2.5",
+                            image_processor=dict(type=CLIPImageProcessor.from_pretrained,
+                                                 pretrained_model_name_or_path=str(tiny_parts("clip"))))
+    assert len(hook.evaluation_images) == 2
+    assert all(isinstance(img, Image.Image) for img in hook.evaluation_images)
