@@ -87,10 +87,10 @@ def callable_fingerprint(fn: Any) -> str:
 
 def code_fingerprint() -> str:
     """Source of the modules that decide the preprocessed output."""
-    from . import encode, map_fns, validate
+    from . import encode, map_fns, preprocess, validate
 
     digest = hashlib.sha256()
-    for module in (encode, map_fns, validate):
+    for module in (encode, map_fns, preprocess, validate):
         digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
 

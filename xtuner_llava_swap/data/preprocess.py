@@ -286,10 +286,12 @@ def _map_one(sample: Any, map_fn, ours: bool, build_turns,
             raise
         except Exception as exc:
             raise SampleError("map_fn_error", f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(mapped, dict):
+            raise SampleError("map_fn_error", f"the map function returned {type(mapped).__name__}")
         images = mapped.get("images")
         if images is None:
             images = image_list(sample.get("image"))
-        mapped = {**mapped, "images": images}
+        mapped = {"conversation": mapped.get("conversation"), "images": images}
         check_conversation(mapped["conversation"], images)
     check_image_count(mapped["images"], max_images)
     return build_turns(mapped["conversation"]), mapped["images"]
