@@ -124,14 +124,21 @@ def test_path_overrides_reach_every_place_that_used_the_path(name, tmp_path):
 
 
 # ---------------------------------------------------------------------- swap_llm
-@pytest.mark.parametrize("profile,path", [("qwen", "Qwen/Qwen-7B-Chat"),
-                                          ("qwen2.5", "Qwen/Qwen2.5-7B-Instruct")])
-def test_swap_llm_rewrites_xtuner_internlm2_config(profile, path, tmp_path):
-    cfg = Config.fromfile(xtuner_config_path(XTUNER_INTERNLM2))
-    assert "internlm2" in cfg.pretty_text
+XTUNER_VICUNA = "llava_vicuna_7b_v15_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune"
+
+
+@pytest.mark.parametrize("base,profile,path", [
+    (XTUNER_INTERNLM2, "qwen", "Qwen/Qwen-7B-Chat"),
+    (XTUNER_INTERNLM2, "qwen2.5", "Qwen/Qwen2.5-7B-Instruct"),
+    (XTUNER_VICUNA, "qwen2.5", "Qwen/Qwen2.5-7B-Instruct"),
+])
+def test_swap_llm_rewrites_xtuners_llava_configs(base, profile, path, tmp_path):
+    cfg = Config.fromfile(xtuner_config_path(base))
+    old_llm = cfg.llm_name_or_path
+    assert old_llm in cfg.pretty_text
     swap_llm(cfg, profile, path, pretrained_pth=None)
     assert_follows_profile(cfg, profile, "qlora")
-    assert "internlm" not in cfg.pretty_text.lower()
+    assert old_llm not in cfg.pretty_text
     assert cfg.model.pretrained_pth is None and cfg.SYSTEM is None
     # what xtuner's own config kept: vision encoder, data, schedule
     assert cfg.visual_encoder_name_or_path == "openai/clip-vit-large-patch14-336"
