@@ -122,17 +122,25 @@ def build_inprocess_checkpoint(config: Path, cfg_options: dict, out_file: Path,
     return out_file
 
 
+# --cfg-options of each training variant built in-process
+VARIANTS = {
+    "lora": {},  # the CONFIG's own setting: LoRA on the LLM and on CLIP, projector trained
+    "pretrain": {"model.llm_lora": None, "model.visual_encoder_lora": None},  # projector only
+    "full": {"model.llm_lora": None, "model.visual_encoder_lora": None, "model.freeze_llm": False},
+}
+
+
 @pytest.fixture(scope="session")
 def inprocess_run(tiny_parts, tmp_path_factory):
-    """``inprocess_run(profile, family, tie=False) -> TrainedRun`` (LoRA on LLM and CLIP)."""
+    """``inprocess_run(profile, family, tie=False, variant='lora') -> TrainedRun``."""
     cache = {}
 
-    def get(profile: str, family: str, tie: bool = False) -> TrainedRun:
-        key = (profile, family, tie)
+    def get(profile: str, family: str, tie: bool = False, variant: str = "lora") -> TrainedRun:
+        key = (profile, family, tie, variant)
         if key not in cache:
             llm = tiny_parts(family, tie_word_embeddings=True) if tie else tiny_parts(family)
-            options = swap_options(profile, llm, tiny_parts("clip"))
-            folder = tmp_path_factory.mktemp(f"inproc-{profile}-{tie}")
+            options = {**swap_options(profile, llm, tiny_parts("clip")), **VARIANTS[variant]}
+            folder = tmp_path_factory.mktemp(f"inproc-{profile}-{tie}-{variant}")
             checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, folder / "iter_1.pth")
             cache[key] = TrainedRun(QLORA_CONFIG, checkpoint, options)
         return cache[key]

@@ -218,6 +218,20 @@ def test_families_inprocess_checkpoints(inprocess_run, profile, family, tie, fmt
             assert config["text_config"]["vocab_size"] == 32064
 
 
+@requires_fixtures
+@pytest.mark.parametrize("variant", ["pretrain", "full"])
+def test_pretrain_and_full_finetune_checkpoints(inprocess_run, variant, tmp_path):
+    from xtuner_llava_swap.export import read_checkpoint
+
+    run = inprocess_run("qwen2.5", "qwen2", False, variant)
+    keys = set(read_checkpoint(run.checkpoint).tensors)
+    if variant == "pretrain":
+        assert keys == {f"projector.model.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")}
+    else:
+        assert "llm.model.layers.0.mlp.up_proj.weight" in keys and "llm.lm_head.weight" in keys
+    _assert_verified(_convert(run, tmp_path / "hf", verify=True))
+
+
 # ------------------------------------------------------------------ nothing lost
 @requires_fixtures
 def test_refuses_existing_out_dir_and_replaces_with_force(inprocess_run, tmp_path):

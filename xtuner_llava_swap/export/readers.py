@@ -220,6 +220,15 @@ class WeightFolder:
             raise ExportError(f"{self._where[key]}: weight {key!r} cannot be read; the file is "
                               f"truncated ({err})") from err
 
+    def shape(self, key: str) -> tuple:
+        """Shape of weight ``key`` without reading it (safetensors) or from the loaded file."""
+        if key not in self._where:
+            raise ExportError(f"{self.folder}: has no weight {key!r}")
+        handle = self._handle(self._where[key])
+        if hasattr(handle, "get_slice"):
+            return tuple(handle.get_slice(key).get_shape())
+        return tuple(handle[key].shape)
+
     def config(self) -> dict:
         config_file = self.folder / "config.json"
         if not config_file.is_file():

@@ -82,17 +82,20 @@ class WeightPlan:
                 f"{component}.{unknown[0]}. The checkpoint comes from another model than "
                 f"{self.run.config_path} names"
                 + (f" (its weights look like {seen})." if seen else "."))
+        for name, pair in update.lora.items():
+            shape = base.shape(name)
+            fits = (pair["B"].shape[0], pair["A"].shape[1]) == shape
+            if len(shape) != 2 or not fits:
+                raise ExportError(f"{self.checkpoint.path}: {component} LoRA of {name}: B "
+                                  f"{tuple(pair['B'].shape)} @ A {tuple(pair['A'].shape)} does "
+                                  f"not fit {base_path}'s {shape} (shape mismatch)")
         for name, tensor in update.full.items():
             if name in base:
-                shape = self._shape(base, name)
+                shape = base.shape(name)
                 if tuple(tensor.shape) != shape:
                     raise ExportError(f"{self.checkpoint.path}: trained {component}.{name} has "
                                       f"shape {tuple(tensor.shape)}, {base_path} has {shape} "
                                       "(shape mismatch)")
-
-    @staticmethod
-    def _shape(base: WeightFolder, name: str) -> tuple:
-        return tuple(base.get(name).shape)
 
     # ------------------------------------------------------------------ stream
     def count(self) -> int:
