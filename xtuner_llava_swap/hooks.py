@@ -257,8 +257,25 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         new_ids = output[0, input_ids.shape[1]:] if "input_ids" in inputs else output[0]
         new_ids = tuple(new_ids.tolist())
         stop_word = self._stop_word_of.get(self.stop_criteria[0].matched(new_ids))
-        reply = self.tokenizer.decode(list(new_ids), skip_special_tokens=False)
+        reply = self.decode(new_ids)
         return ChatSample(prompt=prompt, token_ids=new_ids, reply=reply, stop_word=stop_word)
+
+    def decode(self, token_ids) -> str:
+        """Text of ``token_ids``, special tokens kept. An id without a token (the embedding
+        of Qwen models has more rows than the tokenizer has tokens, and an untrained model
+        can pick one) is shown as ``<unknown token id N>`` instead of failing."""
+        vocab_size = len(self.tokenizer)
+        text, run = [], []
+        for token_id in list(token_ids) + [None]:
+            if token_id is not None and token_id < vocab_size:
+                run.append(token_id)
+                continue
+            if run:
+                text.append(self.tokenizer.decode(run, skip_special_tokens=False))
+                run = []
+            if token_id is not None:
+                text.append(f"<unknown token id {token_id}>")
+        return "".join(text)
 
     def _eval_images(self, runner, model, device, max_new_tokens=None, save_eval_output=False):
         """Every prompt, with its image or text-only. xtuner's ``_generate_samples`` calls

@@ -283,3 +283,18 @@ def test_one_image_path_serves_every_prompt(tiny_parts, image):
                                                  pretrained_model_name_or_path=str(tiny_parts("clip"))))
     assert len(hook.evaluation_images) == 2
     assert all(isinstance(img, Image.Image) for img in hook.evaluation_images)
+
+
+@pytest.mark.parametrize("family,profile", MODELS)
+def test_ids_past_the_tokenizer_are_shown_not_fatal(llava, image, family, profile):
+    # Qwen embeddings have more rows than the tokenizer has tokens; a sampling, untrained
+    # model can pick such an id, which QWenTokenizer.decode cannot decode.
+    model, llm, processor = llava(family)
+    hook = make_hook(llm, processor, profile, image)
+    beyond = len(hook.tokenizer) + 5
+    assert beyond < model.llm.get_output_embeddings().weight.shape[0]
+    sample = hook.generate_sample(model, hook.evaluation_inputs[1], None, max_new_tokens=K,
+                                  logits_processor=LogitsProcessorList([ForceTokenAtStep(beyond, 2)]))
+    assert sample.token_ids[1] == beyond and len(sample.token_ids) == K
+    assert f"<unknown token id {beyond}>" in sample.reply
+    assert sample.reply.startswith(hook.tokenizer.decode(list(sample.token_ids[:1])))
