@@ -13,6 +13,10 @@ that differs where xtuner's hook is wrong for other LLMs:
   last generated id(s) with the stop sequences, never decodes the whole sequence;
 * ``bos_token_id`` is never passed as ``None`` to ``generate``;
 * no shared mutable defaults (xtuner's ``stop_words=[]`` grows with every instance);
+* before training it generates ``min(50, max_new_tokens)`` tokens (xtuner: always 50);
+* an id past the tokenizer's vocabulary (Qwen embeddings have spare rows that an
+  untrained, sampling model can pick) is shown as ``<unknown token id N>``, where
+  ``QWenTokenizer.decode`` would raise and stop the training;
 * each prompt may come with an image or without one (``evaluation_images`` entries may
   be ``None``), and both kinds run through the same path on Qwen-7B (remote code,
   ``QWenLMHeadModel``) and Qwen2-family models alike.
@@ -287,3 +291,9 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
             outputs.append(sample.prompt + sample.reply + "\n")
         if save_eval_output:
             self._save_eval_output(runner, outputs)
+
+    def before_train(self, runner):
+        """xtuner's quick look before training: at most 50 new tokens (xtuner always uses 50,
+        even when ``max_new_tokens`` is smaller)."""
+        runner.logger.info("before_train in EvaluateChatHook.")
+        self._generate_samples(runner, max_new_tokens=min(50, self.max_new_tokens))
