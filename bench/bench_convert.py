@@ -24,9 +24,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 HIDDEN, INTERMEDIATE, HEADS, VOCAB = 2048, 5504, 16, 32000
@@ -55,6 +54,10 @@ model = dict(
                                   "up_proj", "down_proj"]),
     visual_encoder=dict(type=CLIPVisionModel.from_pretrained,
                         pretrained_model_name_or_path=visual_encoder_name_or_path),
+    # xtuner's huggingface save format needs a trained vision encoder (it leaves a frozen
+    # one out and then fails its own strict load), so the run has a LoRA on CLIP too
+    visual_encoder_lora=dict(type=LoraConfig, r=4, lora_alpha=8, lora_dropout=0.0,
+                             bias="none", target_modules=["q_proj"]),
 )
 '''
 
@@ -65,6 +68,7 @@ def folder_bytes(folder: Path) -> int:
 
 def build_base_llm(out: Path, layers: int) -> None:
     """Random fp16 Llama weights, one safetensors shard per layer (never the whole model)."""
+    import torch
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
@@ -109,6 +113,8 @@ def build_checkpoint(llm: Path, out_file: Path) -> None:
     Written tensor by tensor instead of through a 2 GB model (same keys and shapes)."""
     import math
 
+    import torch
+
     base = json.loads((llm / "config.json").read_text())
     state = {}
     generator = torch.Generator().manual_seed(1)
@@ -121,11 +127,26 @@ def build_checkpoint(llm: Path, out_file: Path) -> None:
             key = f"llm.base_model.model.model.layers.{i}.{group}.{name}"
             state[f"{key}.lora_A.default.weight"] = torch.randn(16, cols, generator=generator) / math.sqrt(cols)
             state[f"{key}.lora_B.default.weight"] = torch.randn(rows, 16, generator=generator) * 0.01
+    for i in range(2):  # the tiny CLIP's layers
+        key = f"visual_encoder.base_model.model.vision_model.encoder.layers.{i}.self_attn.q_proj"
+        state[f"{key}.lora_A.default.weight"] = torch.randn(4, 32, generator=generator) / 6
+        state[f"{key}.lora_B.default.weight"] = torch.randn(32, 4, generator=generator) * 0.01
     state["projector.model.0.weight"] = torch.randn(HIDDEN, 32, generator=generator) * 0.02
     state["projector.model.0.bias"] = torch.zeros(HIDDEN)
     state["projector.model.2.weight"] = torch.randn(HIDDEN, HIDDEN, generator=generator) * 0.02
     state["projector.model.2.bias"] = torch.zeros(HIDDEN)
     torch.save({"meta": {"iter": 1}, "state_dict": state}, out_file)
+
+
+def build_run(work: Path, layers: int) -> None:
+    import xtuner_llava_swap  # noqa: F401
+    from xtuner_llava_swap.testing.tiny import build_tiny_clip
+
+    work.mkdir(parents=True, exist_ok=True)
+    build_base_llm(work / "llm", layers)
+    build_tiny_clip(work / "clip")
+    (work / "bench_config.py").write_text(BENCH_CONFIG.format(llm=work / "llm", clip=work / "clip"))
+    build_checkpoint(work / "llm", work / "iter_1.pth")
 
 
 def measure(label: str, cmd: list, env=None) -> dict:
@@ -147,20 +168,20 @@ def main(argv=None) -> int:
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--layers", type=int, default=18, help="18 layers: 2.08 GB of fp16")
     parser.add_argument("--skip-xtuner", action="store_true")
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
-    import xtuner_llava_swap  # noqa: F401
-    from xtuner_llava_swap.testing.tiny import build_tiny_clip
-
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="bench-convert-"))
-    work.mkdir(parents=True, exist_ok=True)
-    llm, clip, config = work / "llm", work / "clip", work / "bench_config.py"
+    if args.build_only:
+        build_run(work, args.layers)
+        return 0
     print(f"building the synthetic run in {work} ...", flush=True)
-    build_base_llm(llm, args.layers)
-    build_tiny_clip(clip)
-    config.write_text(BENCH_CONFIG.format(llm=llm, clip=clip))
+    # built in a child process: this process must stay small, because a forked child's
+    # peak RSS (what wait4 reports) includes the parent's pages until it execs
+    subprocess.run([sys.executable, __file__, "--build-only", "--work-dir", str(work),
+                    "--layers", str(args.layers)], check=True)
+    llm, clip, config = work / "llm", work / "clip", work / "bench_config.py"
     checkpoint = work / "iter_1.pth"
-    build_checkpoint(llm, checkpoint)
+
     input_bytes = folder_bytes(llm) + checkpoint.stat().st_size + folder_bytes(clip)
 
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -191,7 +212,7 @@ def main(argv=None) -> int:
     copy_speed = folder_bytes(llm) / results[0]["seconds"]
     print(f"\ninput: {input_bytes / 1e9:.2f} GB (base LLM {folder_bytes(llm) / 1e9:.2f} GB fp16, "
           f"{args.layers} layers, hidden {HIDDEN}; LoRA r=16 on all linear layers; tiny CLIP)")
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}\n")
+    print(f"machine: {os.cpu_count()} CPUs, torch {version('torch')}\n")
     print("| step | ok | wall s | GB/s | vs cp | peak RSS GB | peak RSS / input |")
     print("|---|---|---|---|---|---|---|")
     for r in results:

@@ -345,3 +345,29 @@ print("MAXDIFF", (logits - pinned["logits"]).abs().max().item())
     assert proc.returncode == 0, proc.stderr[-3000:]
     diff = float(proc.stdout.split("MAXDIFF")[1])
     assert diff < 1e-4
+
+
+# ------------------------------------------------------------------ command line
+def test_cli_help_lists_the_interface():
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "convert_to_hf.py"), "--help"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0
+    for option in ("--format", "--dtype", "--max-shard-size", "--verify", "--force",
+                   "--trust-remote-code", "--cfg-options"):
+        assert option in proc.stdout
+
+
+@requires_fixtures
+def test_cli_converts_and_refuses_existing_out_dir(qwen_qlora_run, tmp_path):
+    out = tmp_path / "cli-out"
+    options = [f"{k}={v}" for k, v in qwen_qlora_run.cfg_options.items()]
+    cmd = [sys.executable, str(REPO / "tools" / "convert_to_hf.py"), str(qwen_qlora_run.config),
+           str(qwen_qlora_run.checkpoint), str(out), "--dtype", "bfloat16", "--no-progress",
+           "--cfg-options", *options]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["dtype"] == "bfloat16" and summary["format"] == "hf"
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 1 and "exists; pass --force" in again.stderr

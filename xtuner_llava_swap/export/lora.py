@@ -92,7 +92,8 @@ def merge_lora(weight: torch.Tensor, pair: dict, scale: float, name: str) -> tor
     if a.dim() != 2 or b.dim() != 2 or b.shape[0] != weight.shape[0] or a.shape[1] != weight.shape[1]:
         raise ExportError(f"LoRA of {name}: B {tuple(b.shape)} @ A {tuple(a.shape)} does not "
                           f"fit the base weight {tuple(weight.shape)} (shape mismatch)")
-    return weight.to(torch.float32) + scale * (b @ a)
+    merged = weight.to(torch.float32, copy=True)
+    return merged.addmm_(b, a, alpha=scale)  # one fused pass: W += scale * B @ A
 
 
 def apply_update(name: str, base: torch.Tensor | None, update: ComponentUpdate,

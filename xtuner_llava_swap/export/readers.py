@@ -207,6 +207,17 @@ class WeightFolder:
     def keys(self) -> list:
         return list(self._where)
 
+    def by_file(self) -> list:
+        """``[(file, [keys])]``: reading file by file keeps one file mapped at a time."""
+        groups: dict = {}
+        for key, file in self._where.items():
+            groups.setdefault(file, []).append(key)
+        return list(groups.items())
+
+    def release(self, file: Path) -> None:
+        """Unmap ``file`` (its pages then stop counting in this process's memory)."""
+        self._open.pop(file, None)
+
     def __contains__(self, key: str) -> bool:
         return key in self._where
 

@@ -114,23 +114,28 @@ class WeightPlan:
             yield to_target(fmt, "projector", name), _cast(self.updates["projector"].full[name],
                                                            dtype)
         table = text_table(self.run.profile.weight_layout)
-        for name in self.llm.keys():
-            value = apply_update(name, self.llm.get(name), self.updates["llm"],
-                                 str(self.checkpoint.path))
-            if table is None:
-                parts = ((name, value),)
-            else:
-                targets = table.forward(name)
-                if targets is None:
-                    raise ExportError(f"{self.run.llm_path}: weight {name!r} has no place in the "
-                                      f"{self.run.profile.weight_layout} -> Qwen2 mapping")
-                parts = tuple(zip(targets, torch.chunk(value, len(targets), dim=0)))
-            for text_name, tensor in parts:
-                if text_name == "lm_head.weight" and self.tie_word_embeddings:
-                    continue
-                if text_name in EMBEDDING_ROWS and tensor.shape[0] < self.vocab_rows:
-                    tensor = _add_mean_rows(tensor, self.vocab_rows)
-                yield to_target(fmt, "llm", text_name), _cast(tensor, dtype)
+        for file, names in self.llm.by_file():
+            for name in names:
+                yield from self._llm_tensors(name, table, fmt, dtype)
+            self.llm.release(file)
+
+    def _llm_tensors(self, name: str, table, fmt: str, dtype: torch.dtype):
+        value = apply_update(name, self.llm.get(name), self.updates["llm"],
+                             str(self.checkpoint.path))
+        if table is None:
+            parts = ((name, value),)
+        else:
+            targets = table.forward(name)
+            if targets is None:
+                raise ExportError(f"{self.run.llm_path}: weight {name!r} has no place in the "
+                                  f"{self.run.profile.weight_layout} -> Qwen2 mapping")
+            parts = tuple(zip(targets, torch.chunk(value, len(targets), dim=0)))
+        for text_name, tensor in parts:
+            if text_name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            if text_name in EMBEDDING_ROWS and tensor.shape[0] < self.vocab_rows:
+                tensor = _add_mean_rows(tensor, self.vocab_rows)
+            yield to_target(fmt, "llm", text_name), _cast(tensor, dtype)
 
 
 def _add_mean_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
