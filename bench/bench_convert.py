@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     for out in ("cp", "ours", "xtuner-hf", "xtuner-adapter", "xtuner-merged"):
         shutil.rmtree(work / out, ignore_errors=True)
     results.append(measure("cp -r (base LLM folder)", ["cp", "-r", str(llm), str(work / "cp")]))
+    results.append(measure("baseline: python + xtuner/transformers imports, no work", [
+        sys.executable, "-c", "import xtuner_llava_swap.export.convert, xtuner.model"], env))
     results.append(measure("xtuner-llava-swap convert --format hf (LoRA merged, fp16, 500MB shards)", [
         sys.executable, "tools/convert_to_hf.py", str(config), str(checkpoint), str(work / "ours"),
         "--dtype", "float16", "--max-shard-size", "500MB", "--no-progress"], env))
