@@ -11,7 +11,12 @@ image processor, chat template, model class). Checked, in this order:
 2. the export's pixel values equal the reference's;
 3. fp32 logits at every position agree within ``atol`` (1e-4 relative to the logit
    scale for a float32 export; 2e-2 for 16-bit exports, whose weights were rounded);
-4. greedy decoding gives the same tokens (``max_new_tokens``, the profile's stop ids).
+4. greedy decoding gives the same tokens (``max_new_tokens``, the profile's stop ids). For
+   16-bit exports, whose rounding can flip a near-tie of a random or undertrained model, the
+   export is run teacher-forced on xtuner's greedy tokens and may differ only at steps
+   where xtuner's own top two logits are within ``atol`` (reported as ``near_ties``).
+
+Logits are compared over the prompt and the generated tokens (teacher-forced).
 
 Any failure raises :class:`ExportError` with the numbers.
 """
@@ -102,16 +107,18 @@ def _reference(run, model, tokenizer, image, prompt, stop_ids, max_new_tokens):
     features = model.projector(visual.hidden_states[model.visual_select_layer][:, 1:])
     data = prepare_inputs_labels_for_multimodal(
         llm=model.llm, input_ids=torch.tensor([ids]), pixel_values=features)
-    logits = model.llm(inputs_embeds=data["inputs_embeds"]).logits[0]
     generated = model.llm.generate(inputs_embeds=data["inputs_embeds"], do_sample=False,
                                    max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                                    pad_token_id=tokenizer.pad_token_id or stop_ids[0],
-                                   num_beams=1)
-    return ids, pixels, logits, generated[0].tolist(), features.shape[1]
+                                   num_beams=1)[0].tolist()
+    # teacher-forced logits over the prompt and the generated tokens
+    new_embeds = model.llm.get_input_embeddings()(torch.tensor([generated]))
+    logits = model.llm(inputs_embeds=torch.cat([data["inputs_embeds"], new_embeds], 1)).logits[0]
+    return ids, pixels, logits, generated, features.shape[1]
 
 
 @torch.no_grad()
-def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
+def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens, forced):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
@@ -119,7 +126,8 @@ def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
     text = processor.tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
                                                    add_generation_prompt=True)
     inputs = processor(images=image, text=text, return_tensors="pt", add_special_tokens=False)
-    logits = model(**inputs).logits[0]
+    ids = torch.cat([inputs["input_ids"], torch.tensor([forced])], 1)
+    logits = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0]
     output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
                             eos_token_id=stop_ids, num_beams=1)
     new = output[0, inputs["input_ids"].shape[1]:].tolist()
@@ -128,7 +136,7 @@ def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
 
 
 @torch.no_grad()
-def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
+def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens, forced):
     from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
 
     from xtuner_llava_swap.models import process_images, tokenizer_image_token
@@ -140,7 +148,7 @@ def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens):
                                          add_generation_prompt=True)
     ids = tokenizer_image_token(text, tokenizer).unsqueeze(0)
     pixels = process_images([image], image_processor, model.config)
-    logits = model(input_ids=ids, images=pixels).logits[0]
+    logits = model(input_ids=torch.cat([ids, torch.tensor([forced])], 1), images=pixels).logits[0]
     new = model.generate(ids, images=pixels, do_sample=False, max_new_tokens=max_new_tokens,
                          eos_token_id=stop_ids, num_beams=1)[0].tolist()
     return ids[0].tolist(), pixels, logits, new, None
@@ -158,7 +166,7 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
     del model
     exported = _exported_hf if fmt == "hf" else _exported_llava
     ids, pixels, logits, tokens, image_token_index = exported(
-        run, Path(folder), image, prompt, stop_ids, max_new_tokens)
+        run, Path(folder), image, prompt, stop_ids, max_new_tokens, ref_tokens)
 
     expected_ids = []
     for token in ref_ids:
@@ -178,13 +186,33 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
     diff = (logits[:, :vocab] - ref_logits).abs().max().item()
     scale = ref_logits.abs().max().item()
     tolerance = (1e-4 if dtype == torch.float32 else 2e-2) * max(1.0, scale)
+    near_ties = _greedy_disagreements(logits[:, :vocab], ref_logits, ref_tokens, tolerance)
     report = {"max_abs_logit_diff": diff, "logit_scale": scale, "tolerance": tolerance,
               "positions": int(ref_logits.shape[0]), "tokens": tokens,
-              "reference_tokens": ref_tokens}
+              "reference_tokens": ref_tokens, "near_ties": near_ties}
     if diff > tolerance:
         raise ExportError(f"verify: logits differ by up to {diff:.3g} (tolerance "
                           f"{tolerance:.3g}, logit scale {scale:.3g})")
-    if tokens != ref_tokens:
+    if dtype == torch.float32 and tokens != ref_tokens:
         raise ExportError(f"verify: greedy decoding differs: export {tokens}, xtuner "
                           f"{ref_tokens}")
     return report
+
+
+def _greedy_disagreements(logits, ref_logits, ref_tokens, tolerance) -> int:
+    """Steps (teacher-forced on xtuner's greedy tokens) where the export's greedy choice
+    differs; allowed only where xtuner's own top two are within ``tolerance`` (a near-tie
+    that 16-bit rounding may flip), else :class:`ExportError`."""
+    start = ref_logits.shape[0] - len(ref_tokens) - 1
+    ties = 0
+    for step, token in enumerate(ref_tokens):
+        chosen = int(logits[start + step].argmax())
+        if chosen == token:
+            continue
+        margin = float(ref_logits[start + step, token] - ref_logits[start + step, chosen])
+        if margin > tolerance:
+            raise ExportError(f"verify: at generated token {step} the export picks {chosen}, "
+                              f"xtuner {token} (xtuner prefers it by {margin:.3g} > "
+                              f"{tolerance:.3g})")
+        ties += 1
+    return ties
