@@ -19,12 +19,12 @@ from torch.optim import AdamW
 from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, CLIPImageProcessor,
                           CLIPVisionModel)
 
-from xtuner.dataset import LLaVADataset
 from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.map_fns import llava_map_fn
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from xtuner.model import LLaVAModel
+from xtuner_llava_swap.data import LLaVASwapDataset
 from xtuner_llava_swap.hooks import EvaluateChatHook
 from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory
 from xtuner_llava_swap.tokenizers import build_tokenizer
@@ -40,7 +40,9 @@ visual_encoder_name_or_path = "openai/clip-vit-large-patch14-336"
 data_path = "./data/llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json"
 image_folder = "./data/llava_data/LLaVA-Pretrain/images"
 prompt_template = PROMPT_TEMPLATE.qwen  # profile "qwen": ChatML, stop words, default system
-max_length = int(2048 - (336 / 14) ** 2)
+# The whole LLM sequence, image tokens included: LLaVASwapDataset reads their count
+# (576 at 336/14, CLS dropped) from the vision encoder's config and never cuts them.
+max_length = 2048
 
 # Scheduler & Optimizer
 batch_size = 32  # per_device
@@ -116,7 +118,7 @@ model = dict(
 #                      PART 3  Dataset & Dataloader                   #
 #######################################################################
 llava_dataset = dict(
-    type=LLaVADataset,
+    type=LLaVASwapDataset,
     data_path=data_path,
     image_folder=image_folder,
     tokenizer=tokenizer,
