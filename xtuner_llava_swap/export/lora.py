@@ -29,9 +29,6 @@ class ComponentUpdate:
     lora: dict = field(default_factory=dict)       # "<module>.weight" -> {"A": t, "B": t}
     scale: float | None = None
 
-    def __bool__(self) -> bool:
-        return bool(self.full or self.lora)
-
 
 def _classify(component: str, rest: str, checkpoint_path) -> tuple:
     """``(kind, name)`` of a key after its component prefix: kind is full, A, B or None."""

@@ -99,8 +99,13 @@ class WeightPlan:
 
     # ------------------------------------------------------------------ stream
     def count(self) -> int:
-        """Number of base tensors the stream walks (for progress bars)."""
-        return (len(self.llm.keys()) + len(PROJECTOR_KEYS)
+        """Number of tensors :meth:`stream` yields (for progress bars)."""
+        table = text_table(self.run.profile.weight_layout)
+        llm_names = [name for key in self.llm.keys()
+                     for name in ((table.forward(key) or (key,)) if table else (key,))]
+        if self.tie_word_embeddings:
+            llm_names = [name for name in llm_names if name != "lm_head.weight"]
+        return (len(llm_names) + len(PROJECTOR_KEYS)
                 + sum(k.startswith(VISION_PREFIX) for k in self.vision.keys()))
 
     def stream(self, fmt: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
