@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
+# Second environment with the newest transformers 4.x: the export tests load the Hugging
+# Face export with it too (they skip, with the reason, where it is absent).
+TF457  := .venv-tf457/.setup-done
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints-cpu.txt
 export DS_BUILD_OPS := 0
@@ -28,8 +31,12 @@ $(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
 demo: setup
 	$(PY) tools/demo.py
 
-test: setup
+$(TF457): tests/export/make_tf457_venv.sh
+	PYTHON=$(PYTHON) bash tests/export/make_tf457_venv.sh .venv-tf457
+	touch $@
+
+test: setup $(TF457)
 	$(PY) -m pytest tests -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) work_dirs demo_output
+	rm -rf $(VENV) .venv-tf457 work_dirs demo_output

@@ -144,6 +144,22 @@ def _amp_wrapper_falls_back_to_fp32() -> None:
     AmpOptimWrapper.__init__ = __init__
 
 
+# Statistics an mmengine HistoryBuffer pickles as ``getattr(HistoryBuffer, name)``.
+_HISTORY_BUFFER_STATISTICS = frozenset({"min", "max", "mean", "current", "sum", "count"})
+
+
+def history_buffer_getattr(obj, name):
+    """``getattr`` as the safe loader sees it: only HistoryBuffer's statistics methods."""
+    import pickle
+
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(
+        f"checkpoint asks for getattr({obj!r}, {name!r}), which is not allowed")
+
+
 def mmengine_checkpoint_globals() -> list:
     """The classes and functions an mmengine/xtuner ``iter_*.pth`` pickles besides tensors."""
     import numpy as np
@@ -156,8 +172,9 @@ def mmengine_checkpoint_globals() -> list:
     dtype_classes = [type(np.dtype(t)) for t in
                      ("float64", "float32", "float16", "int64", "int32", "bool")]
     # A HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, "min"):
-    # the weights-only unpickler still refuses to CALL anything not on this list.
-    return [HistoryBuffer, getattr, _reconstruct, scalar, np.ndarray, np.dtype, *dtype_classes]
+    # the pickle's builtins.getattr resolves to the restricted history_buffer_getattr.
+    return [HistoryBuffer, (history_buffer_getattr, "builtins.getattr"), _reconstruct, scalar,
+            np.ndarray, np.dtype, *dtype_classes]
 
 
 def _safe_loader_rejects_mmengine() -> bool:

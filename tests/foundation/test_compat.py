@@ -129,9 +129,18 @@ def test_safe_loader_reads_mmengine_checkpoints_once_allowed(tmp_path):
         torch.load("evil.pth")
     except pickle.UnpicklingError:
         print("arbitrary globals still refused")
+    class Sneaky:
+        def __reduce__(self):
+            return (getattr, (HistoryBuffer, "__init__"))
+    torch.save({"x": Sneaky()}, "sneaky.pth")
+    try:
+        torch.load("sneaky.pth")
+    except pickle.UnpicklingError:
+        print("getattr limited to HistoryBuffer statistics")
     """, tmp_path)
     assert "refused before" in out and "loaded 3 True" in out
     assert "arbitrary globals still refused" in out and "executed" not in out
+    assert "getattr limited to HistoryBuffer statistics" in out
 
 
 def test_safe_globals_not_added_twice(tmp_path):

@@ -28,24 +28,11 @@ import torch
 from .errors import ExportError
 from .run_config import LoraSpec
 
-# Statistics an mmengine HistoryBuffer pickles as ``getattr(HistoryBuffer, name)``.
-_HISTORY_BUFFER_METHODS = frozenset({"min", "max", "mean", "current", "sum", "count"})
-
-
-def _history_buffer_getattr(obj, name):
-    """``getattr`` restricted to what mmengine's message hub pickles (nothing else)."""
-    from mmengine.logging.history_buffer import HistoryBuffer
-
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
-        return getattr(obj, name)
-    raise ExportError(f"checkpoint asks for getattr({obj!r}, {name!r}), which is not allowed")
-
-
 def checkpoint_allowlist() -> list:
     """Globals allowed when loading xtuner/mmengine/DeepSpeed checkpoints with weights_only."""
     from xtuner_llava_swap.compat import mmengine_checkpoint_globals
 
-    allow = [*mmengine_checkpoint_globals(), (_history_buffer_getattr, "builtins.getattr")]
+    allow = list(mmengine_checkpoint_globals())
     from mmengine.config import ConfigDict
 
     allow.append(ConfigDict)  # the run's DeepSpeed config, saved by mmengine's strategy
