@@ -17,8 +17,9 @@ def run_python(code: str, tmp_path, extra_path: str | None = None) -> str:
     env_path = [str(REPO)] + ([extra_path] if extra_path else [])
     import os
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(env_path)}
-    env.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    # no torch override of the weights-only default may leak in: the safe loader stays on
+    env = {k: v for k, v in os.environ.items() if "WEIGHTS_ONLY" not in k}
+    env["PYTHONPATH"] = os.pathsep.join(env_path)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
