@@ -49,8 +49,12 @@ def checkpoint_allowlist() -> list:
 
 def safe_load(path: Path, *, mmap: bool = True):
     """``torch.load`` with ``weights_only=True`` and :func:`checkpoint_allowlist`."""
+    # Only what is not allowed already: leaving the context removes what it added, and
+    # must not take away the globals compat allows process-wide (resume, load_from).
+    allowed = set(torch.serialization.get_safe_globals())
+    missing = [g for g in checkpoint_allowlist() if g not in allowed]
     try:
-        with torch.serialization.safe_globals(checkpoint_allowlist()):
+        with torch.serialization.safe_globals(missing):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except ExportError:
         raise
