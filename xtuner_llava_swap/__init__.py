@@ -8,7 +8,7 @@ from . import compat
 
 compat.apply_all()
 
-from . import data  # noqa: E402  (registers the data map functions in xtuner's MAP_FUNC)
-from . import models  # noqa: E402  (registers llava_qwen / llava_llama with transformers' Auto classes)
+from . import data  # noqa: E402,F401  (registers the data map functions in xtuner's MAP_FUNC)
+from . import models  # noqa: E402,F401  (registers llava_qwen / llava_llama with transformers' Auto classes)
 
 __version__ = "0.1.0"

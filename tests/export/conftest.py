@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from support import FIXTURES, REPO, run_train
+from xtuner_llava_swap.testing.tiny import TinyLLaVA
 
 QLORA_CONFIG = REPO / "configs" / "llava_qwen7b_qlora.py"
 
@@ -25,10 +26,6 @@ class TrainedRun:
     config: Path
     checkpoint: Path
     cfg_options: dict
-
-
-def _first_image(image_folder: Path) -> Path:
-    return next(p for p in sorted(Path(image_folder).rglob("*")) if p.suffix in (".jpg", ".png"))
 
 
 def swap_options(profile_name: str, llm: Path, clip: Path) -> dict:
@@ -46,15 +43,11 @@ def swap_options(profile_name: str, llm: Path, clip: Path) -> dict:
 
 
 def _train_options(tiny_parts) -> dict:
-    from xtuner_llava_swap import compat
-
+    """The tiny parts' CPU options for a finetune config, with no pretrained projector."""
     _, finetune, images = tiny_parts("data")
-    return {**compat.cpu_cfg_options(), "llm_name_or_path": tiny_parts("qwen"),
-            "visual_encoder_name_or_path": tiny_parts("clip"), "data_path": finetune,
-            "image_folder": images, "pretrained_pth": None,
-            "evaluation_images": _first_image(images), "train_dataloader.batch_size": 2,
-            "param_scheduler.0.end": 0.5, "param_scheduler.1.begin": 0.5,
-            "custom_hooks.1.max_new_tokens": 8}
+    tiny = TinyLLaVA("qwen", tiny_parts("qwen"), tiny_parts("clip"), finetune, finetune, images,
+                     uses_real_tokenizer=FIXTURES is not None)
+    return tiny.cfg_options(pretrained_pth=None)
 
 
 def _export_options(options: dict) -> dict:

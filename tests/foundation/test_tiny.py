@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from support import REPO, requires_fixtures
-from xtuner_llava_swap.testing.tiny import build_tiny_clip, build_tiny_dataset, build_tiny_llm
+from xtuner_llava_swap.testing.tiny import build_tiny_clip, build_tiny_dataset
 
 # family -> (architecture class, embedding rows with the real tokenizer, bos, eos, pad)
 REAL = {

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from support import REPO, run_train, train_env
+from support import REPO, run_train
 from xtuner_llava_swap.testing.tiny import build_tiny_llava, fixtures_dir
 
 FAMILY = "qwen" if fixtures_dir() else "qwen2"  # Qwen-7B needs its remote code from the fixtures

@@ -1,6 +1,5 @@
 # Tiny LLaVA finetune that reads its data through LLaVASwapDataset (tests/data/test_train_loop.py).
 # Every path is a placeholder overridden with --cfg-options by the test.
-from mmengine.dataset import DefaultSampler
 from mmengine.hooks import (CheckpointHook, DistSamplerSeedHook, IterTimerHook,
                             LoggerHook, ParamSchedulerHook)
 from mmengine.optim import ConstantLR, OptimWrapper
