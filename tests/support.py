@@ -35,6 +35,9 @@ def train_env(deepspeed: bool = False, nproc: int = 1) -> dict:
                         "NNODES", "NODE_RANK", "PORT", "ADDR", "MASTER_ADDR", "MASTER_PORT")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # DeepSpeed JIT-compiles its CPU communication op on first use; a cache of this venv's
+    # own, so that environments built elsewhere do not invalidate it (one build per venv)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
     if nproc > 1:
         env.update(NPROC_PER_NODE=str(nproc), PORT=str(free_port()))
     elif deepspeed:

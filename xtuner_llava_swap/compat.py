@@ -15,8 +15,8 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 * ``amp_optim_wrapper_on_cpu``: mmengine's ``AmpOptimWrapper`` refuses to exist
   without an accelerator; on such a machine it becomes a plain fp32 ``OptimWrapper``.
 * ``safe_checkpoint_globals``: torch >= 2.6 loads with ``weights_only=True``;
-  mmengine checkpoints hold a few mmengine/numpy classes. Exactly those are added to
-  torch's allowlist (the safe loader stays on).
+  mmengine checkpoints (and the model states of DeepSpeed ones) hold a few mmengine/numpy
+  classes. Exactly those are added to torch's allowlist (the safe loader stays on).
 * ``bos_none_tokenizers``: xtuner's ``get_bos_eos_token_ids`` returns ``None`` as the
   bos of any tokenizer without one that it does not know by class name (slow
   ``Qwen2Tokenizer``, Phi-3 exports...), and ``encode_fn`` crashes on ``+= None``.
@@ -181,8 +181,11 @@ def history_buffer_getattr(obj, name):
 
 
 def mmengine_checkpoint_globals() -> list:
-    """The classes and functions an mmengine/xtuner ``iter_*.pth`` pickles besides tensors."""
+    """The classes and functions an mmengine/xtuner ``iter_*.pth`` pickles besides tensors
+    (in a DeepSpeed ``iter_*.pth/``, the model states also hold the run's DeepSpeed config,
+    a ``ConfigDict``, which xtuner's ``--resume`` reads for the seed)."""
     import numpy as np
+    from mmengine.config import ConfigDict
     from mmengine.logging.history_buffer import HistoryBuffer
 
     try:
@@ -194,7 +197,7 @@ def mmengine_checkpoint_globals() -> list:
     # A HistoryBuffer pickles its statistics methods as getattr(HistoryBuffer, "min"):
     # the pickle's builtins.getattr resolves to the restricted history_buffer_getattr.
     return [HistoryBuffer, (history_buffer_getattr, "builtins.getattr"), _reconstruct, scalar,
-            np.ndarray, np.dtype, *dtype_classes]
+            np.ndarray, np.dtype, *dtype_classes, ConfigDict]
 
 
 def _safe_loader_rejects_mmengine() -> bool:
