@@ -89,7 +89,7 @@ def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
         raise ExportError(f"CHECKPOINT {path} does not exist")
     if path.is_file():
         return _read_pth_file(path)
-    if list(path.glob("*model_states.pt")):
+    if list(path.glob("*model_states.pt")) or list(path.glob("*optim_states.pt")):
         from .deepspeed_reader import read_deepspeed_dir
 
         return read_deepspeed_dir(path)
