@@ -39,7 +39,8 @@ def default_dtype(plan) -> str:
 def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
             max_shard_size: str | int = "2GB", verify: bool = False, force: bool = False,
             trust_remote_code: bool = False, cfg_options: dict | None = None,
-            profile: str | None = None, verify_image=None, progress: bool = True) -> dict:
+            profile: str | None = None, verify_image=None, progress: bool = True,
+            vision_tower_id: str | None = None, upstream=None) -> dict:
     """Export CHECKPOINT of the run CONFIG to OUT_DIR; return a summary dict."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {FORMATS}")
@@ -76,14 +77,18 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
         else:
             from .llava_writer import write_llava
 
-            write_llava(temporary, run, plan, tokenizer, DTYPES[dtype], max_shard_bytes, progress)
+            summary["vision_tower"] = write_llava(temporary, run, plan, tokenizer, DTYPES[dtype],
+                                                  max_shard_bytes, progress, out, vision_tower_id)
         if verify:
             from .verify import verify_export
 
             summary["verify"] = verify_export(run, trained_checkpoint, temporary, fmt,
                                               trained_tok, dtype=DTYPES[dtype],
                                               trust_remote_code=trust_remote_code,
-                                              image=verify_image)
+                                              image=verify_image, upstream=upstream)
+            from .serving import check_folder
+
+            summary["serving"] = check_folder(temporary, run.profile.stop_token_ids(tokenizer))
         _replace(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
