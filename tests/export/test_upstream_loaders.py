@@ -55,6 +55,7 @@ def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts,
     summary = _export(run, out, verify=True, upstream=UPSTREAM)
     config = json.loads((out / "config.json").read_text())
     assert config["unfreeze_mm_vision_tower"] is True
+    assert config["mm_use_im_patch_token"] is False  # else the loaders add a token, resize
     weights = _weights(out)
     base_tower = load_file(tiny_parts("clip") / "model.safetensors")
     # the merged vision LoRA changed the tower: the loaders must use the exported one
@@ -62,6 +63,9 @@ def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts,
                            base_tower[TOWER_KEY.split("vision_tower.vision_tower.")[1]].float())
     _assert_upstream(summary["verify"]["upstream"], ["llava-c121f04", "llava-next-df17966"],
                      len(weights))
+    for report in summary["verify"]["upstream"].values():  # every token has its own row:
+        for exported, loaded in report["resized_rows"].values():  # the loaders' resize to
+            assert loaded <= exported  # len(tokenizer) only drops spare rows, adds none
 
 
 @requires_fixtures

@@ -19,7 +19,7 @@ from .errors import ExportError
 from .readers import read_checkpoint
 from .run_config import load_training_run
 from .shards import parse_size
-from .tokenizer import IMAGE_TOKEN, export_tokenizer, training_tokenizer
+from .tokenizer import export_tokenizer, training_tokenizer
 from .weights import WeightPlan
 
 FORMATS = ("hf", "llava")
@@ -57,8 +57,8 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
     trained_tok = training_tokenizer(run, trust_remote_code)
     tokenizer = export_tokenizer(run, trained_tok, add_image_token=(fmt == "hf"))
     plan = WeightPlan.build(run, trained_checkpoint)
-    if fmt == "hf" and tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) >= plan.vocab_rows:
-        plan.vocab_rows = _round_up(len(tokenizer), 64)  # no spare row: grow (mean-initialised)
+    if len(tokenizer) > plan.vocab_rows:  # a token (<image>, an added one) has no row: grow
+        plan.vocab_rows = _round_up(len(tokenizer), 64)  # (mean-initialised)
     dtype = dtype or default_dtype(plan)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r}: choose one of {tuple(DTYPES)}")

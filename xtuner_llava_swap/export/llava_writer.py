@@ -62,15 +62,17 @@ def check_llava_target(run, out_dir: Path) -> tuple:
 def tower_hub_id(run, explicit: str | None = None) -> str | None:
     """The base vision tower's hub id: ``explicit``, the encoder path when it is one, or the
     ``_name_or_path`` its ``config.json`` records; None when none is known."""
-    candidates = [explicit, str(run.visual_encoder_path)]
+    if explicit:
+        if not _HUB_ID.match(explicit):
+            raise ExportError(f"--vision-tower-id {explicit!r} is not a hub id (owner/name)")
+        return explicit
+    candidates = [str(run.visual_encoder_path)]
     config_file = Path(run.visual_encoder_path) / "config.json"
     if config_file.is_file():
         candidates.append(json.loads(config_file.read_text()).get("_name_or_path"))
     for name in candidates:
         if name and _HUB_ID.match(name) and not Path(name).exists():
             return name
-    if explicit:
-        raise ExportError(f"--vision-tower-id {explicit!r} is not a hub id (owner/name)")
     return None
 
 
@@ -109,7 +111,10 @@ def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_b
         image_aspect_ratio="pad" if run.pad_image_to_square else "square",
         tokenizer_padding_side="right", tokenizer_model_max_length=text.get(
             "max_position_embeddings"))
-    config.save_pretrained(out)
+    # every field written: a field left out because it equals this package's class default
+    # (mm_use_im_patch_token=False) takes the upstream loaders' default (True: they add a
+    # token and resize the embedding)
+    config.to_json_file(out / "config.json", use_diff=False)
     tower_dir = out / TOWER_FOLDER
     tower_dir.mkdir()
     vision.torch_dtype = dtype
