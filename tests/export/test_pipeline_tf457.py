@@ -56,6 +56,7 @@ def test_pipeline_and_chat_template_give_verify_tokens(inprocess_run, tmp_path):
     summary = convert(run.config, run.checkpoint, out, cfg_options=run.cfg_options,
                       dtype="float32", verify=True, progress=False,
                       verify_image=Image.open(image_file))
+    assert summary["serving"]["ready"] and summary["serving"]["server"] == "vLLM"
     verified = summary["verify"]["tokens"]
     assert verified == summary["verify"]["reference_tokens"] and verified
     proc = subprocess.run([str(TF457_PYTHON), "-c", SCRIPT, str(out), str(image_file),
@@ -66,4 +67,4 @@ def test_pipeline_and_chat_template_give_verify_tokens(inprocess_run, tmp_path):
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
     assert not result["modules"]
     assert result["tokens"] == verified
-    assert result["pipeline"] == result["decoded"]
+    assert result["pipeline"] == result["decoded"] and result["decoded"].strip()

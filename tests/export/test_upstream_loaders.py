@@ -53,6 +53,7 @@ def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts,
     run = inprocess_run("vicuna-v1.5", "llama")  # LoRA on the LLM and on CLIP
     out = tmp_path / "llava-llama-trained"
     summary = _export(run, out, verify=True, upstream=UPSTREAM)
+    assert summary["serving"]["ready"] and summary["serving"]["server"] == "SGLang"
     config = json.loads((out / "config.json").read_text())
     assert config["unfreeze_mm_vision_tower"] is True
     assert config["mm_use_im_patch_token"] is False  # else the loaders add a token, resize
