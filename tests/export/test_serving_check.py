@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from support import REPO, requires_fixtures
+from support import requires_fixtures
 
 from xtuner_llava_swap.export import convert
 from xtuner_llava_swap.export.serving import check_folder
@@ -95,15 +93,15 @@ def test_each_broken_demand_fails_alone(exports, fmt, demand, tmp_path):
 
 
 @requires_fixtures
-def test_check_command_line(exports, tmp_path):
-    cmd = [sys.executable, str(REPO / "tools" / "convert_to_hf.py"), "check"]
-    ready = subprocess.run([*cmd, str(exports["hf"]), "--profile", "qwen2.5"],
-                           capture_output=True, text=True, cwd=REPO)
-    assert ready.returncode == 0, ready.stderr[-2000:]
-    assert "ready" in ready.stdout and "FAIL" not in ready.stdout
+def test_check_command_line(exports, tmp_path, capsys):
+    from xtuner_llava_swap.export.cli import main
+
+    assert main(["check", str(exports["hf"]), "--profile", "qwen2.5"]) == 0
+    ready = capsys.readouterr().out
+    assert "for vLLM): ready" in ready and "FAIL" not in ready
     broken = shutil.copytree(exports["llava"], tmp_path / "llava-qwen-broken")
     BREAKS["llava", "mm_vision_tower"](broken)
-    failing = subprocess.run([*cmd, str(broken)], capture_output=True, text=True, cwd=REPO)
-    assert failing.returncode == 1
-    assert "FAIL mm_vision_tower names clip or siglip" in failing.stdout
-    assert "--vision-tower-id" in failing.stdout
+    assert main(["check", str(broken)]) == 1
+    failing = capsys.readouterr().out
+    assert "FAIL mm_vision_tower names clip or siglip" in failing
+    assert "--vision-tower-id" in failing

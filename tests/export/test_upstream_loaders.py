@@ -1,7 +1,7 @@
 """`--format llava` folders load with the upstream LLaVA code as it is (haotian-liu/LLaVA,
 LLaVA-NeXT from ../shared/fixtures/upstream, each in its own process): every exported
 tensor in use (the LoRA-trained vision tower too), xtuner's logits and greedy tokens; and
-the folder still loads after it moved and the base model folders are gone."""
+both formats still load after they moved and the base model folders are gone."""
 from __future__ import annotations
 
 import json
@@ -73,7 +73,8 @@ def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts,
 @requires_upstream
 def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_parts, tmp_path):
     from PIL import Image
-    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcessor,
+                              AutoTokenizer, LlavaForConditionalGeneration)
 
     from xtuner_llava_swap.export import upstream
     from xtuner_llava_swap.models import process_images, tokenizer_image_token
@@ -91,8 +92,13 @@ def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_p
     assert summary["vision_tower"]["mm_vision_tower"] == str(out / TOWER_FOLDER)
     assert "If the folder moves" in summary["vision_tower"]["note"]
 
+    hf_out = tmp_path / "made" / "hf"
+    convert(moved_run.config, moved_run.checkpoint, hf_out, cfg_options=moved_run.cfg_options,
+            dtype="float16", progress=False)
+
     moved = shutil.copytree(out, tmp_path / "elsewhere" / "llava-qwen2-trained")
-    shutil.rmtree(out)
+    moved_hf = shutil.copytree(hf_out, tmp_path / "elsewhere" / "hf")
+    shutil.rmtree(tmp_path / "made")
     shutil.rmtree(bases)
     image = Image.new("RGB", (60, 90), (20, 160, 90))
     tokenizer = AutoTokenizer.from_pretrained(moved)
@@ -107,9 +113,17 @@ def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_p
                             vision_tower=str(moved / TOWER_FOLDER))
     assert not theirs["tensors"]["differ"] and not theirs["tensors"]["unused"]
     assert theirs["ids"] == ids[0].tolist()
-    assert torch.equal(theirs["pixels"], pixels)
+    assert torch.allclose(theirs["pixels"], pixels, atol=1e-6)
     vocab = theirs["logits"].shape[-1]
     assert (theirs["logits"] - ours[:, :vocab]).abs().max() < 1e-3 * ours.abs().max()
+
+    processor = AutoProcessor.from_pretrained(moved_hf)
+    hf_model = LlavaForConditionalGeneration.from_pretrained(moved_hf, torch_dtype=torch.float32)
+    inputs = processor(images=image, text=text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        hf_logits = hf_model(**inputs).logits[0]
+    assert hf_logits.shape[0] == ours.shape[0]
+    assert (hf_logits[:, :vocab] - ours[:, :vocab]).abs().max() < 1e-3 * ours.abs().max()
 
 
 def test_mm_vision_tower_hub_id(tmp_path):

@@ -81,7 +81,9 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
                          image_seq_length=image_seq_length(vision),
                          tie_word_embeddings=plan.tie_word_embeddings,
                          torch_dtype=dtype, architectures=["LlavaForConditionalGeneration"])
-    config.save_pretrained(out)
+    # every field written: tie_word_embeddings=True equals the top-level default and would
+    # be left out, while servers read each level on its own
+    config.to_json_file(out / "config.json", use_diff=False)
     write_weights(out, plan, "hf", dtype, max_shard_bytes, progress)
 
     base_processor = CLIPImageProcessor.from_pretrained(run.image_processor_path)

@@ -7,7 +7,7 @@ says what to change when one fails. ``xtuner-llava-swap-convert check OUT_DIR`` 
 it; ``--verify`` adds it to the summary.
 
 ``hf`` (vLLM): ``text_config.architectures`` set (the LM is built from ``text_config``);
-``tie_word_embeddings`` the same at both levels and matching the weights (a mismatch has
+``tie_word_embeddings`` written at both levels, equal, and matching the weights (a mismatch has
 dropped ``lm_head``); ``image_token_index`` inside the embedding rows and the tokenizer's
 ``<image>``; ``processor_config.json`` with ``patch_size``,
 ``vision_feature_select_strategy`` and ``num_additional_image_tokens``.
@@ -80,15 +80,16 @@ def _hf_demands(folder: Path, config: dict, tokenizer) -> list:
     demands = [Demand("text_config.architectures is set", bool(text.get("architectures")),
                       "set text_config.architectures in config.json to the text model's class, "
                       "e.g. [\"Qwen2ForCausalLM\"] (vLLM builds the LM from it)")]
-    top, inner = config.get("tie_word_embeddings", False), text.get("tie_word_embeddings", False)
+    top, inner = config.get("tie_word_embeddings"), text.get("tie_word_embeddings")
     has_head = "language_model.lm_head.weight" in _weight_names(folder)
     demands.append(Demand(
-        "tie_word_embeddings consistent (top level, text_config, weights)",
-        top == inner and has_head != bool(top),
+        "tie_word_embeddings set and consistent (top level, text_config, weights)",
+        top is not None and top == inner and has_head != bool(top),
         f"config.json has tie_word_embeddings={top} at the top level and {inner} in "
-        f"text_config, and the weights {'have' if has_head else 'have no'} "
-        "language_model.lm_head.weight: set both to "
-        f"{str(not has_head).lower()} (a mismatch makes servers drop or misread lm_head)"))
+        f"text_config (None: not written, each level then takes its own class default), and "
+        f"the weights {'have' if has_head else 'have no'} language_model.lm_head.weight: "
+        f"write {str(not has_head).lower()} at both levels (a mismatch makes servers drop "
+        "or misread lm_head)"))
     index, rows = config.get("image_token_index"), text.get("vocab_size")
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     demands.append(Demand(
