@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_main(argv) -> int:
     """``check OUT_DIR``: the serving-readiness report; exit 1 when a demand fails."""
-    from .serving import check_folder, folder_tokenizer, format_report
+    from .serving import check_folder, folder_format, folder_tokenizer, format_report
 
     parser = argparse.ArgumentParser(prog="convert_to_hf check",
                                      description="check an export folder for vLLM (hf) or "
@@ -74,6 +74,7 @@ def check_main(argv) -> int:
     args = parser.parse_args(argv)
     try:
         stop_ids = None
+        folder_format(Path(args.out_dir))  # a clear error when it is no export folder
         if args.profile:
             from xtuner_llava_swap.profiles import get_profile
 

@@ -59,7 +59,11 @@ def folder_tokenizer(folder: Path):
     """The export's own tokenizer (slow when the folder has no tokenizer.json)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(folder, use_fast=(folder / "tokenizer.json").is_file())
+    try:
+        return AutoTokenizer.from_pretrained(folder, use_fast=(folder / "tokenizer.json").is_file())
+    except (OSError, ValueError) as err:
+        raise ExportError(f"{folder}: the tokenizer does not load ({err}); re-export the "
+                          "folder") from None
 
 
 def _weight_names(folder: Path) -> set:

@@ -177,7 +177,9 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
 
     report = _compare("export", ids, pixels, logits, tokens, image_token_index, ref_ids,
                       ref_pixels, ref_logits, ref_tokens, n_image, dtype == torch.float32)
-    if upstream is not None and fmt == "llava":
+    if fmt == "llava" and upstream is None:
+        report["upstream"] = "not run: give --upstream PATH (a LLaVA / LLaVA-NeXT clone)"
+    elif fmt == "llava":
         report["upstream"] = _verify_upstream(run, Path(folder), upstream, image, prompt,
                                               stop_ids, max_new_tokens, ref_ids, ref_pixels,
                                               ref_logits, ref_tokens, n_image)
