@@ -1,12 +1,14 @@
 """Command line of the export (``tools/convert_to_hf.py``, ``xtuner-llava-swap-convert``).
 
-Argument parsing and printing only; the work is :func:`xtuner_llava_swap.export.convert`.
+Argument parsing and printing only; the work is :func:`xtuner_llava_swap.export.convert`,
+and, for ``check OUT_DIR``, :func:`xtuner_llava_swap.export.serving.check_folder`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .convert import DTYPES, FORMATS, convert
 from .errors import ExportError
@@ -17,7 +19,10 @@ Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directo
 (--format hf) or an official LLaVA folder (--format llava: LlavaLlamaForCausalLM /
 LlavaQwenForCausalLM). LoRA and QLoRA adapters are merged in fp32 into the base weights read
 from the base model path CONFIG names. OUT_DIR is written through a temporary folder beside
-it and appears only when complete."""
+it and appears only when complete.
+
+`convert_to_hf check OUT_DIR [--profile NAME]` checks an export folder against what vLLM
+(hf) or SGLang (llava) demand, and says what to change; --verify prints the same report."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,21 +50,70 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LLM profile name when CONFIG does not name one")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override CONFIG settings, key=value (as in xtuner train)")
+    parser.add_argument("--vision-tower-id", default=None,
+                        help="hub id of the base vision tower for mm_vision_tower (--format "
+                             "llava; default: the id its config records, if any)")
+    parser.add_argument("--upstream", default=None,
+                        help="with --verify --format llava: a haotian-liu/LLaVA or LLaVA-NeXT "
+                             "checkout (or a folder of them) whose load_pretrained_model also "
+                             "loads the export (default: ../shared/fixtures/upstream if found)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
+def check_main(argv) -> int:
+    """``check OUT_DIR``: the serving-readiness report; exit 1 when a demand fails."""
+    from .serving import check_folder, folder_format, folder_tokenizer, format_report
+
+    parser = argparse.ArgumentParser(prog="convert_to_hf check",
+                                     description="check an export folder for vLLM (hf) or "
+                                                 "SGLang (llava)")
+    parser.add_argument("out_dir", help="an export folder")
+    parser.add_argument("--profile", default=None,
+                        help="LLM profile: generation_config's eos ids must be its stop ids")
+    args = parser.parse_args(argv)
+    try:
+        stop_ids = None
+        folder_format(Path(args.out_dir))  # a clear error when it is no export folder
+        if args.profile:
+            from xtuner_llava_swap.profiles import get_profile
+
+            stop_ids = get_profile(args.profile).stop_token_ids(
+                folder_tokenizer(Path(args.out_dir)))
+        report = check_folder(args.out_dir, stop_ids)
+    except ExportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    return 0 if report["ready"] else 1
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["check"]:
+        return check_main(argv[1:])
     args = build_parser().parse_args(argv)
+    upstream = args.upstream
+    if upstream is None and args.verify and args.fmt == "llava":
+        from .upstream import default_upstream
+
+        upstream = default_upstream()
     try:
         summary = convert(args.config, args.checkpoint, args.out_dir, fmt=args.fmt,
                           dtype=args.dtype, max_shard_size=args.max_shard_size,
                           verify=args.verify, force=args.force,
                           trust_remote_code=args.trust_remote_code,
                           cfg_options=args.cfg_options, profile=args.profile,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress,
+                          vision_tower_id=args.vision_tower_id, upstream=upstream)
     except ExportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2, default=str))
+    if "serving" in summary:
+        from .serving import format_report
+
+        print(format_report(summary["serving"]), file=sys.stderr)
+    if "note" in summary.get("vision_tower", {}):
+        print(f"note: {summary['vision_tower']['note']}", file=sys.stderr)
     return 0

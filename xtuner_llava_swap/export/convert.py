@@ -19,7 +19,7 @@ from .errors import ExportError
 from .readers import read_checkpoint
 from .run_config import load_training_run
 from .shards import parse_size
-from .tokenizer import IMAGE_TOKEN, export_tokenizer, training_tokenizer
+from .tokenizer import export_tokenizer, training_tokenizer
 from .weights import WeightPlan
 
 FORMATS = ("hf", "llava")
@@ -39,7 +39,8 @@ def default_dtype(plan) -> str:
 def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None = None,
             max_shard_size: str | int = "2GB", verify: bool = False, force: bool = False,
             trust_remote_code: bool = False, cfg_options: dict | None = None,
-            profile: str | None = None, verify_image=None, progress: bool = True) -> dict:
+            profile: str | None = None, verify_image=None, progress: bool = True,
+            vision_tower_id: str | None = None, upstream=None) -> dict:
     """Export CHECKPOINT of the run CONFIG to OUT_DIR; return a summary dict."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {FORMATS}")
@@ -56,8 +57,8 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
     trained_tok = training_tokenizer(run, trust_remote_code)
     tokenizer = export_tokenizer(run, trained_tok, add_image_token=(fmt == "hf"))
     plan = WeightPlan.build(run, trained_checkpoint)
-    if fmt == "hf" and tokenizer.convert_tokens_to_ids(IMAGE_TOKEN) >= plan.vocab_rows:
-        plan.vocab_rows = _round_up(len(tokenizer), 64)  # no spare row: grow (mean-initialised)
+    if len(tokenizer) > plan.vocab_rows:  # a token (<image>, an added one) has no row: grow
+        plan.vocab_rows = _round_up(len(tokenizer), 64)  # (mean-initialised)
     dtype = dtype or default_dtype(plan)
     if dtype not in DTYPES:
         raise ExportError(f"--dtype {dtype!r}: choose one of {tuple(DTYPES)}")
@@ -76,14 +77,18 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
         else:
             from .llava_writer import write_llava
 
-            write_llava(temporary, run, plan, tokenizer, DTYPES[dtype], max_shard_bytes, progress)
+            summary["vision_tower"] = write_llava(temporary, run, plan, tokenizer, DTYPES[dtype],
+                                                  max_shard_bytes, progress, out, vision_tower_id)
         if verify:
             from .verify import verify_export
 
             summary["verify"] = verify_export(run, trained_checkpoint, temporary, fmt,
                                               trained_tok, dtype=DTYPES[dtype],
                                               trust_remote_code=trust_remote_code,
-                                              image=verify_image)
+                                              image=verify_image, upstream=upstream)
+            from .serving import check_folder
+
+            summary["serving"] = check_folder(temporary, run.profile.stop_token_ids(tokenizer))
         _replace(temporary, out)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)

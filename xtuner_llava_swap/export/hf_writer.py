@@ -3,7 +3,8 @@
 Writes ``config.json`` (``LlavaConfig``: the text model's type and config, the CLIP vision
 config, ``image_token_index``, ``vision_feature_layer`` = the run's
 ``visual_select_layer``, strategy ``default`` = CLS dropped as xtuner does,
-``image_seq_length``), sharded safetensors with an index (on-disk names
+``image_seq_length``; ``text_config.architectures`` and ``tie_word_embeddings`` at both
+levels, which vLLM reads), sharded safetensors with an index (on-disk names
 ``language_model.*``, ``vision_tower.*``, ``multi_modal_projector.*``), the tokenizer with
 ``<image>`` and the profile's chat template, the processor (``patch_size``,
 ``num_additional_image_tokens=1``, ``LlavaImageProcessor`` padding to square like
@@ -31,14 +32,22 @@ def image_seq_length(vision_config) -> int:
 
 
 def write_weights(out: Path, plan, fmt: str, dtype: torch.dtype, max_shard_bytes: int,
-                  progress: bool) -> ShardWriter:
+                  progress: bool, copies: dict | None = None) -> ShardWriter:
+    """Stream the plan's tensors into ``out``; ``copies`` maps a name prefix to another
+    :class:`ShardWriter` that also receives those tensors, prefix stripped."""
     from tqdm import tqdm
 
     writer = ShardWriter(out, max_shard_bytes)
+    copies = copies or {}
     for name, tensor in tqdm(plan.stream(fmt, dtype), total=plan.count(), unit="tensor",
                              desc=f"writing {fmt} weights", disable=not progress):
         writer.add(name, tensor)
+        for prefix, copy in copies.items():
+            if name.startswith(prefix):
+                copy.add(name[len(prefix):], tensor)
     writer.close()
+    for copy in copies.values():
+        copy.close()
     return writer
 
 
@@ -57,9 +66,13 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
     from xtuner_llava_swap.models.pad_image_processor import LlavaImageProcessor
     from .tokenizer import IMAGE_TOKEN
 
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
     vision = vision_config_of(run)
     text = text_config(plan.llm.config(), run.profile.weight_layout, plan.vocab_rows,
                        run.llm_path)
+    text["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[text["model_type"]]]
+    text["tie_word_embeddings"] = plan.tie_word_embeddings
     config = LlavaConfig(text_config=text, vision_config=vision.to_dict(),
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          projector_hidden_act="gelu",
@@ -68,7 +81,9 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
                          image_seq_length=image_seq_length(vision),
                          tie_word_embeddings=plan.tie_word_embeddings,
                          torch_dtype=dtype, architectures=["LlavaForConditionalGeneration"])
-    config.save_pretrained(out)
+    # every field written: tie_word_embeddings=True equals the top-level default and would
+    # be left out, while servers read each level on its own
+    config.to_json_file(out / "config.json", use_diff=False)
     write_weights(out, plan, "hf", dtype, max_shard_bytes, progress)
 
     base_processor = CLIPImageProcessor.from_pretrained(run.image_processor_path)

@@ -8,16 +8,34 @@ classes, which load it without the LLaVA repositories); keys ``model.*``, ``lm_h
 tokenizer WITHOUT an ``<image>`` token (official code marks the image with id -200); the
 CLIP image processor. The LLaVA loaders pick the class from the folder's name, which must
 therefore contain ``llava`` (and ``qwen`` for LlavaQwen).
+
+What the upstream loaders need from the vision tower:
+
+* ``unfreeze_mm_vision_tower: true`` always: haotian-liu/LLaVA otherwise builds the tower
+  lazily from ``mm_vision_tower`` and discards the folder's (possibly trained) tower tensors;
+* both loaders read the tower's config, weights and image processor from
+  ``mm_vision_tower``, so the folder carries them in ``clip_vision_tower/`` (the exported
+  tower, as a ``CLIPVisionModel`` folder). ``mm_vision_tower`` is the base tower's hub id
+  when known (``--vision-tower-id``, or the ``_name_or_path`` its own config records);
+  otherwise the absolute path of that sub-folder, which a moved folder must override
+  (:func:`moved_folder_note`).
 """
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
 
 from .errors import ExportError
 from .hf_writer import generation_config, vision_config_of, write_weights
+from .shards import ShardWriter
 from .text_config import text_config
+
+TOWER_FOLDER = "clip_vision_tower"  # SGLang wants "clip" or "siglip" in the tower's name
+TOWER_PREFIX = "model.vision_tower.vision_tower."
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 # official class -> (model_type, words the folder name must contain)
 OFFICIAL_CLASSES = {
@@ -41,28 +59,76 @@ def check_llava_target(run, out_dir: Path) -> tuple:
     return name, model_type
 
 
+def tower_hub_id(run, explicit: str | None = None) -> str | None:
+    """The base vision tower's hub id: ``explicit``, the encoder path when it is one, or the
+    ``_name_or_path`` its ``config.json`` records; None when none is known."""
+    if explicit:
+        if not _HUB_ID.match(explicit):
+            raise ExportError(f"--vision-tower-id {explicit!r} is not a hub id (owner/name)")
+        return explicit
+    candidates = [str(run.visual_encoder_path)]
+    config_file = Path(run.visual_encoder_path) / "config.json"
+    if config_file.is_file():
+        candidates.append(json.loads(config_file.read_text()).get("_name_or_path"))
+    for name in candidates:
+        if name and _HUB_ID.match(name) and not Path(name).exists():
+            return name
+    return None
+
+
+def moved_folder_note(final_dir: Path) -> str:
+    """What a moved folder needs when ``mm_vision_tower`` could only be a local path."""
+    return (f"mm_vision_tower is the local path {final_dir / TOWER_FOLDER} (no hub id known "
+            "for the base vision tower; give one with --vision-tower-id). If the folder moves, "
+            f"point the LLaVA loaders at NEW_PLACE/{TOWER_FOLDER}: haotian-liu/LLaVA "
+            f"load_pretrained_model(..., mm_vision_tower=NEW_PLACE/{TOWER_FOLDER}), LLaVA-NeXT "
+            f"load_pretrained_model(..., overwrite_config={{'mm_vision_tower': "
+            f"NEW_PLACE/{TOWER_FOLDER}}}), or edit config.json")
+
+
 def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_bytes: int,
-                progress: bool = True) -> None:
+                progress: bool = True, final_dir: Path | None = None,
+                vision_tower_id: str | None = None) -> dict:
+    """Write the folder into ``out`` (to be renamed ``final_dir``); return the tower facts
+    (``mm_vision_tower`` and, when it is a local path, ``note``)."""
     from transformers import AutoConfig, CLIPImageProcessor
 
     import xtuner_llava_swap.models  # noqa: F401  (registers llava_qwen / llava_llama)
 
-    class_name, model_type = check_llava_target(run, out)
+    final_dir = Path(final_dir or out)
+    class_name, model_type = check_llava_target(run, final_dir)
+    hub_id = tower_hub_id(run, vision_tower_id)
+    tower = hub_id or str(final_dir / TOWER_FOLDER)
     vision = vision_config_of(run)
     text = text_config(plan.llm.config(), run.profile.weight_layout, plan.vocab_rows,
                        run.llm_path)
     text.pop("model_type")
     config = AutoConfig.for_model(
         model_type, **text, architectures=[class_name], torch_dtype=dtype,
-        vision_config=vision.to_dict(), mm_vision_tower=str(run.visual_encoder_path),
+        vision_config=vision.to_dict(), mm_vision_tower=tower, unfreeze_mm_vision_tower=True,
         mm_hidden_size=vision.hidden_size, mm_projector_type="mlp2x_gelu",
         mm_vision_select_layer=run.visual_select_layer, mm_vision_select_feature="patch",
         image_aspect_ratio="pad" if run.pad_image_to_square else "square",
         tokenizer_padding_side="right", tokenizer_model_max_length=text.get(
             "max_position_embeddings"))
-    config.save_pretrained(out)
-    write_weights(out, plan, "llava", dtype, max_shard_bytes, progress)
+    # every field written: a field left out because it equals this package's class default
+    # (mm_use_im_patch_token=False) takes the upstream loaders' default (True: they add a
+    # token and resize the embedding)
+    config.to_json_file(out / "config.json", use_diff=False)
+    tower_dir = out / TOWER_FOLDER
+    tower_dir.mkdir()
+    vision.torch_dtype = dtype
+    vision.architectures = ["CLIPVisionModel"]
+    vision.save_pretrained(tower_dir)
+    write_weights(out, plan, "llava", dtype, max_shard_bytes, progress,
+                  copies={TOWER_PREFIX: ShardWriter(tower_dir, max_shard_bytes)})
     tokenizer.chat_template = run.profile.chat_template()
     tokenizer.save_pretrained(out)
-    CLIPImageProcessor.from_pretrained(run.image_processor_path).save_pretrained(out)
+    image_processor = CLIPImageProcessor.from_pretrained(run.image_processor_path)
+    image_processor.save_pretrained(out)
+    image_processor.save_pretrained(tower_dir)
     generation_config(run, tokenizer).save_pretrained(out)
+    facts = {"mm_vision_tower": tower}
+    if hub_id is None:
+        facts["note"] = moved_folder_note(final_dir)
+    return facts

@@ -18,6 +18,13 @@ image processor, chat template, model class). Checked, in this order:
 
 Logits are compared over the prompt and the generated tokens (teacher-forced).
 
+With ``upstream`` (``--upstream PATH``, see :mod:`.upstream`) an official-format folder
+is also loaded by each upstream LLaVA checkout that has its class, pointed at the folder's
+own ``clip_vision_tower/``, and checked the same way (1-4, with the 16-bit tolerance: both
+loaders load float16), plus: every tensor of the export's safetensors equals the loaded
+model's (none left unused; only the embedding rows past the tokenizer, which the loaders'
+``resize_token_embeddings(len(tokenizer))`` drops, are not compared).
+
 Any failure raises :class:`ExportError` with the numbers.
 """
 from __future__ import annotations
@@ -137,11 +144,11 @@ def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens, for
 
 @torch.no_grad()
 def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens, forced):
-    from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoImageProcessor, AutoModelForCausalLM
 
     from xtuner_llava_swap.models import process_images, tokenizer_image_token
 
-    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
+    tokenizer = _export_tokenizer(folder)
     image_processor = AutoImageProcessor.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
     text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
@@ -156,7 +163,7 @@ def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens, 
 
 def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.float32,
                   trust_remote_code: bool = False, image=None, prompt: str = VERIFY_PROMPT,
-                  max_new_tokens: int = 8) -> dict:
+                  max_new_tokens: int = 8, upstream=None) -> dict:
     """Compare the export in ``folder`` with xtuner's model of the run; return the numbers."""
     image = image if image is not None else default_image()
     stop_ids = run.profile.stop_token_ids(tokenizer)
@@ -168,6 +175,20 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
     ids, pixels, logits, tokens, image_token_index = exported(
         run, Path(folder), image, prompt, stop_ids, max_new_tokens, ref_tokens)
 
+    report = _compare("export", ids, pixels, logits, tokens, image_token_index, ref_ids,
+                      ref_pixels, ref_logits, ref_tokens, n_image, dtype == torch.float32)
+    if fmt == "llava" and upstream is None:
+        report["upstream"] = "not run: give --upstream PATH (a LLaVA / LLaVA-NeXT clone)"
+    elif fmt == "llava":
+        report["upstream"] = _verify_upstream(run, Path(folder), upstream, image, prompt,
+                                              stop_ids, max_new_tokens, ref_ids, ref_pixels,
+                                              ref_logits, ref_tokens, n_image)
+    return report
+
+
+def _compare(who, ids, pixels, logits, tokens, image_token_index, ref_ids, ref_pixels,
+             ref_logits, ref_tokens, n_image, strict: bool) -> dict:
+    """Checks 1-4 of the module docstring for one loaded model; the numbers, or raise."""
     expected_ids = []
     for token in ref_ids:
         if token == IMAGE_TOKEN_INDEX and image_token_index is not None:
@@ -175,28 +196,66 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
         else:
             expected_ids.append(token)
     if ids != expected_ids:
-        raise ExportError(f"verify: the export's prompt ids differ from training's\n export: "
+        raise ExportError(f"verify ({who}): the prompt ids differ from training's\n {who}: "
                           f"{ids}\n training: {expected_ids}")
     if pixels.shape != ref_pixels.shape or not torch.allclose(pixels, ref_pixels, atol=1e-6):
-        raise ExportError("verify: the export's image preprocessing differs from training's")
-    vocab = ref_logits.shape[-1]
+        raise ExportError(f"verify ({who}): the image preprocessing differs from training's")
+    vocab = min(ref_logits.shape[-1], logits.shape[-1])
     if logits.shape[0] != ref_logits.shape[0]:
-        raise ExportError(f"verify: {logits.shape[0]} positions in the export, "
+        raise ExportError(f"verify ({who}): {logits.shape[0]} positions, "
                           f"{ref_logits.shape[0]} in xtuner's model")
+    ref_logits = ref_logits[:, :vocab]
     diff = (logits[:, :vocab] - ref_logits).abs().max().item()
     scale = ref_logits.abs().max().item()
-    tolerance = (1e-4 if dtype == torch.float32 else 2e-2) * max(1.0, scale)
+    tolerance = (1e-4 if strict else 2e-2) * max(1.0, scale)
     near_ties = _greedy_disagreements(logits[:, :vocab], ref_logits, ref_tokens, tolerance)
     report = {"max_abs_logit_diff": diff, "logit_scale": scale, "tolerance": tolerance,
               "positions": int(ref_logits.shape[0]), "tokens": tokens,
               "reference_tokens": ref_tokens, "near_ties": near_ties}
     if diff > tolerance:
-        raise ExportError(f"verify: logits differ by up to {diff:.3g} (tolerance "
+        raise ExportError(f"verify ({who}): logits differ by up to {diff:.3g} (tolerance "
                           f"{tolerance:.3g}, logit scale {scale:.3g})")
-    if dtype == torch.float32 and tokens != ref_tokens:
-        raise ExportError(f"verify: greedy decoding differs: export {tokens}, xtuner "
+    if strict and tokens != ref_tokens:
+        raise ExportError(f"verify ({who}): greedy decoding differs: {tokens}, xtuner "
                           f"{ref_tokens}")
     return report
+
+
+def _verify_upstream(run, folder: Path, upstream, image, prompt, stop_ids, max_new_tokens,
+                     ref_ids, ref_pixels, ref_logits, ref_tokens, n_image) -> dict:
+    """Load ``folder`` with each applicable upstream checkout; compare like the export."""
+    import json
+
+    from . import upstream as upstream_loaders
+    from .llava_writer import TOWER_FOLDER
+
+    model_type = json.loads((folder / "config.json").read_text())["model_type"]
+    tokenizer = _export_tokenizer(folder)
+    text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
+                                         add_generation_prompt=True)
+    reports = {}
+    for checkout in upstream_loaders.applicable(upstream, model_type):
+        result = upstream_loaders.probe(checkout, folder, text, image, ref_tokens, stop_ids,
+                                        max_new_tokens, vision_tower=str(folder / TOWER_FOLDER))
+        tensors = result["tensors"]
+        if tensors["differ"] or tensors["unused"] or tensors["extra"]:
+            raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
+                              f"export's tensors as they are: differ {tensors['differ'][:5]}, "
+                              f"unused {tensors['unused'][:5]}, not from the export "
+                              f"{tensors['extra'][:5]}")
+        report = _compare(checkout.name, result["ids"], result["pixels"], result["logits"],
+                          result["tokens"], None, ref_ids, ref_pixels, ref_logits, ref_tokens,
+                          n_image, strict=False)
+        reports[checkout.name] = {**report, "tensors_compared": tensors["compared"],
+                                  "loaded_dtype": tensors["loaded_dtype"],
+                                  "resized_rows": tensors["resized_rows"]}
+    return reports
+
+
+def _export_tokenizer(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
 
 
 def _greedy_disagreements(logits, ref_logits, ref_tokens, tolerance) -> int:

@@ -1,0 +1,145 @@
+"""`--format llava` folders load with the upstream LLaVA code as it is (haotian-liu/LLaVA,
+LLaVA-NeXT from ../shared/fixtures/upstream, each in its own process): every exported
+tensor in use (the LoRA-trained vision tower too), xtuner's logits and greedy tokens; and
+both formats still load after they moved and the base model folders are gone."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from support import FIXTURES, requires_fixtures
+
+from xtuner_llava_swap.export import convert
+from xtuner_llava_swap.export.llava_writer import TOWER_FOLDER, tower_hub_id
+
+UPSTREAM = FIXTURES / "upstream" if FIXTURES is not None else None
+requires_upstream = pytest.mark.skipif(
+    UPSTREAM is None or not UPSTREAM.is_dir(),
+    reason="../shared/fixtures/upstream (the pinned haotian-liu/LLaVA and LLaVA-NeXT code) "
+           "is absent")
+TOWER_KEY = "model.vision_tower.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight"
+
+
+def _export(run, out, **kwargs):
+    return convert(run.config, run.checkpoint, out, cfg_options=run.cfg_options, fmt="llava",
+                   dtype="float16", progress=False, **kwargs)
+
+
+def _weights(folder):
+    tensors = {}
+    for file in folder.glob("*.safetensors"):
+        tensors.update(load_file(file))
+    return tensors
+
+
+def _assert_upstream(report, checkouts, n_tensors):
+    assert sorted(report) == sorted(checkouts)
+    for name, numbers in report.items():
+        # verify raised unless every tensor equals the loaded one; here the counts
+        assert numbers["tensors_compared"] == n_tensors, name
+        assert numbers["loaded_dtype"] == "torch.float16"
+        assert numbers["max_abs_logit_diff"] <= numbers["tolerance"], name
+        assert len(numbers["tokens"]) == len(numbers["reference_tokens"]) > 0
+        assert numbers["near_ties"] <= len(numbers["reference_tokens"])
+
+
+@requires_fixtures
+@requires_upstream
+def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts, tmp_path):
+    run = inprocess_run("vicuna-v1.5", "llama")  # LoRA on the LLM and on CLIP
+    out = tmp_path / "llava-llama-trained"
+    summary = _export(run, out, verify=True, upstream=UPSTREAM)
+    assert summary["serving"]["ready"] and summary["serving"]["server"] == "SGLang"
+    config = json.loads((out / "config.json").read_text())
+    assert config["unfreeze_mm_vision_tower"] is True
+    assert config["mm_use_im_patch_token"] is False  # else the loaders add a token, resize
+    weights = _weights(out)
+    base_tower = load_file(tiny_parts("clip") / "model.safetensors")
+    # the merged vision LoRA changed the tower: the loaders must use the exported one
+    assert not torch.equal(weights[TOWER_KEY].float(),
+                           base_tower[TOWER_KEY.split("vision_tower.vision_tower.")[1]].float())
+    _assert_upstream(summary["verify"]["upstream"], ["llava-c121f04", "llava-next-df17966"],
+                     len(weights))
+    for report in summary["verify"]["upstream"].values():  # every token has its own row:
+        for exported, loaded in report["resized_rows"].values():  # the loaders' resize to
+            assert loaded <= exported  # len(tokenizer) only drops spare rows, adds none
+
+
+@requires_fixtures
+@requires_upstream
+def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_parts, tmp_path):
+    from PIL import Image
+    from transformers import (AutoImageProcessor, AutoModelForCausalLM, AutoProcessor,
+                              AutoTokenizer, LlavaForConditionalGeneration)
+
+    from xtuner_llava_swap.export import upstream
+    from xtuner_llava_swap.models import process_images, tokenizer_image_token
+
+    run = inprocess_run("qwen2.5", "qwen2")
+    bases = tmp_path / "bases"  # base folders of this export only, deleted below
+    llm, clip = shutil.copytree(tiny_parts("qwen2"), bases / "llm"), \
+        shutil.copytree(tiny_parts("clip"), bases / "clip")
+    moved_run = type(run)(run.config, run.checkpoint, {
+        **run.cfg_options, "llm_name_or_path": str(llm), "visual_encoder_name_or_path": str(clip)})
+    out = tmp_path / "made" / "llava-qwen2-trained"
+    summary = _export(moved_run, out, verify=True, upstream=UPSTREAM)
+    _assert_upstream(summary["verify"]["upstream"], ["llava-next-df17966"], len(_weights(out)))
+    # no hub id known for the tiny tower: a local path, and the converter says so
+    assert summary["vision_tower"]["mm_vision_tower"] == str(out / TOWER_FOLDER)
+    assert "If the folder moves" in summary["vision_tower"]["note"]
+
+    hf_out = tmp_path / "made" / "hf"
+    convert(moved_run.config, moved_run.checkpoint, hf_out, cfg_options=moved_run.cfg_options,
+            dtype="float16", progress=False)
+
+    moved = shutil.copytree(out, tmp_path / "elsewhere" / "llava-qwen2-trained")
+    moved_hf = shutil.copytree(hf_out, tmp_path / "elsewhere" / "hf")
+    shutil.rmtree(tmp_path / "made")
+    shutil.rmtree(bases)
+    image = Image.new("RGB", (60, 90), (20, 160, 90))
+    tokenizer = AutoTokenizer.from_pretrained(moved)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "<image>\nWhat?"}],
+                                         tokenize=False, add_generation_prompt=True)
+    ids = tokenizer_image_token(text, tokenizer).unsqueeze(0)
+    model = AutoModelForCausalLM.from_pretrained(moved, torch_dtype=torch.float32).eval()
+    pixels = process_images([image], AutoImageProcessor.from_pretrained(moved), model.config)
+    with torch.no_grad():
+        ours = model(input_ids=ids, images=pixels).logits[0]
+    theirs = upstream.probe(UPSTREAM / "llava-next-df17966", moved, text, image, [], [0], 1,
+                            vision_tower=str(moved / TOWER_FOLDER))
+    assert not theirs["tensors"]["differ"] and not theirs["tensors"]["unused"]
+    assert theirs["ids"] == ids[0].tolist()
+    assert torch.allclose(theirs["pixels"], pixels, atol=1e-6)
+    vocab = theirs["logits"].shape[-1]
+    assert (theirs["logits"] - ours[:, :vocab]).abs().max() < 1e-3 * ours.abs().max()
+
+    processor = AutoProcessor.from_pretrained(moved_hf)
+    hf_model = LlavaForConditionalGeneration.from_pretrained(moved_hf, torch_dtype=torch.float32)
+    inputs = processor(images=image, text=text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        hf_logits = hf_model(**inputs).logits[0]
+    assert hf_logits.shape[0] == ours.shape[0]
+    assert (hf_logits[:, :vocab] - ours[:, :vocab]).abs().max() < 1e-3 * ours.abs().max()
+
+
+def test_mm_vision_tower_hub_id(tmp_path):
+    from types import SimpleNamespace
+
+    from xtuner_llava_swap.export import ExportError
+
+    tower = tmp_path / "clip"
+    tower.mkdir()
+    (tower / "config.json").write_text(json.dumps({"_name_or_path": str(tower)}))
+    run = SimpleNamespace(visual_encoder_path=str(tower))
+    assert tower_hub_id(run) is None
+    assert tower_hub_id(run, "openai/clip-vit-large-patch14-336") == \
+        "openai/clip-vit-large-patch14-336"
+    (tower / "config.json").write_text(json.dumps({"_name_or_path": "openai/clip-vit-base-patch16"}))
+    assert tower_hub_id(run) == "openai/clip-vit-base-patch16"
+    assert tower_hub_id(SimpleNamespace(visual_encoder_path="laion/CLIP-ViT-L")) == "laion/CLIP-ViT-L"
+    with pytest.raises(ExportError, match="not a hub id"):
+        tower_hub_id(run, "/models/clip")
