@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from .convert import DTYPES, FORMATS, convert
@@ -17,7 +18,9 @@ Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directo
 (--format hf) or an official LLaVA folder (--format llava: LlavaLlamaForCausalLM /
 LlavaQwenForCausalLM). LoRA and QLoRA adapters are merged in fp32 into the base weights read
 from the base model path CONFIG names. OUT_DIR is written through a temporary folder beside
-it and appears only when complete."""
+it and appears only when complete. OUT_DIR may not be, contain or lie inside any input
+(CHECKPOINT, the run's work dir, CONFIG, the base LLM, the vision tower); --force replaces
+only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="LLM profile name when CONFIG does not name one")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override CONFIG settings, key=value (as in xtuner train)")
+    parser.add_argument("--pretrain-checkpoint", action="store_true",
+                        help="CHECKPOINT is a projector-only pretrain checkpoint: accept it "
+                             "although CONFIG trains LoRA (base weights exported unchanged)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -57,9 +63,15 @@ def main(argv=None) -> int:
                           verify=args.verify, force=args.force,
                           trust_remote_code=args.trust_remote_code,
                           cfg_options=args.cfg_options, profile=args.profile,
-                          progress=not args.no_progress)
-    except ExportError as err:
+                          progress=not args.no_progress,
+                          pretrain_checkpoint=args.pretrain_checkpoint)
+    except (ExportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (ExportInterrupted)
+        name = getattr(err, "signal_name", "SIGINT")
+        print(f"error: interrupted ({name}); the temporary folder was removed and OUT_DIR "
+              f"{args.out_dir} was not changed", file=sys.stderr)
+        return 128 + int(getattr(signal, name, signal.SIGINT))
     print(json.dumps(summary, indent=2, default=str))
     return 0
