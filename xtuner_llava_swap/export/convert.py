@@ -146,12 +146,15 @@ def _inputs(run, checkpoint: Path) -> dict:
 def check_out_dir(out: Path, run, checkpoint: Path, force: bool) -> None:
     """Refuse an OUT_DIR that is, contains or lies inside an input of the export, and an
     existing OUT_DIR that is not a previous export (``--force`` replaces only those)."""
-    for what, path in _inputs(run, checkpoint).items():
-        relation = ("is" if out == path else "contains" if path.is_relative_to(out)
-                    else "lies inside" if out.is_relative_to(path) and path.is_dir() else None)
-        if relation:
-            raise ExportError(f"OUT_DIR {out} {relation} {what} ({path}); an export never "
-                              "writes over its inputs: choose another OUT_DIR")
+    inputs = _inputs(run, checkpoint).items()
+    clashes = [("is", what, path) for what, path in inputs if out == path]
+    clashes += [("contains", what, path) for what, path in inputs if path.is_relative_to(out)]
+    clashes += [("lies inside", what, path) for what, path in inputs
+                if path.is_dir() and out.is_relative_to(path)]
+    if clashes:
+        relation, what, path = clashes[0]
+        raise ExportError(f"OUT_DIR {out} {relation} {what} ({path}); an export never "
+                          "writes over its inputs: choose another OUT_DIR")
     if out.exists() and force and not (out / EXPORT_MARKER).is_file():
         raise ExportError(f"OUT_DIR {out} exists and is not an export of this tool (it has no "
                           f"{EXPORT_MARKER}); --force replaces only a previous export: choose "
@@ -205,7 +208,10 @@ def _signals_as_interrupts():
 
 @contextmanager
 def _os_errors_named(out: Path):
-    """A read-only folder, a full disk...: one :class:`ExportError` naming the file."""
+    """A read-only folder, a full disk...: one :class:`ExportError` naming the file
+    (safetensors reports its write errors as ``SafetensorError``)."""
+    from safetensors import SafetensorError
+
     try:
         yield
     except OSError as err:
@@ -213,6 +219,9 @@ def _os_errors_named(out: Path):
         reason = "the disk is full" if err.errno == errno.ENOSPC else err.strerror or str(err)
         raise ExportError(f"export to {out} failed: {where}: {reason}; OUT_DIR was not "
                           "changed") from err
+    except SafetensorError as err:
+        raise ExportError(f"export to {out} failed while writing weights: "
+                          f"{str(err).splitlines()[0]}; OUT_DIR was not changed") from err
 
 
 def _usual_permissions(folder: Path) -> None:
