@@ -385,3 +385,239 @@ def test_export_attack(attack, expected, inprocess_run, tiny_parts, swap_options
     assert "\n" not in outcome, "a refusal is one line"
     assert case.fingerprint() == case.before, "an input of the export changed"
     assert case.leftovers() == [], "a temporary folder was left behind"
+
+
+# ================================================================================ data
+GOOD_IMAGE = "good.png"
+
+
+def _sample(image=GOOD_IMAGE, reply="A square.", question="What is it?"):
+    turns = [{"from": "human", "value": f"<image>\n{question}" if image else question},
+             {"from": "gpt", "value": reply}]
+    return {"image": image, "conversations": turns} if image else {"conversations": turns}
+
+
+class DataCase:
+    """A jsonl (or json) with good samples around the attack at index 1, its images."""
+
+    def __init__(self, tmp: Path, tiny_parts):
+        from transformers import AutoTokenizer, CLIPImageProcessor
+
+        self.tmp = tmp
+        self.images = tmp / "images"
+        self.images.mkdir()
+        Image.new("RGB", (32, 24), (200, 30, 30)).save(self.images / GOOD_IMAGE)
+        self.tokenizer = AutoTokenizer.from_pretrained(tiny_parts("qwen2"))
+        self.processor = CLIPImageProcessor.from_pretrained(tiny_parts("clip"))
+
+    def write(self, attack_line, suffix: str = ".jsonl", n_good: int = 2) -> Path:
+        """``attack_line``: a sample dict, or the raw bytes of one jsonl line."""
+        good = [json.dumps(_sample(question=f"Question {i}?")).encode() for i in range(n_good)]
+        attack = attack_line if isinstance(attack_line, bytes) else json.dumps(attack_line).encode()
+        path = self.tmp / f"data{suffix}"
+        if suffix == ".jsonl":
+            path.write_bytes(b"\n".join([good[0], attack, *good[1:]]) + b"\n")
+        else:
+            path.write_bytes(b"[" + b",".join([good[0], attack, *good[1:]]) + b"]")
+        return path
+
+    def dataset(self, data: Path, **kwargs):
+        from data.data_helpers import qwen_chat_template_cfg
+
+        from xtuner_llava_swap.data import LLaVASwapDataset
+
+        return LLaVASwapDataset(str(self.images), self.processor, data_path=str(data),
+                                tokenizer=self.tokenizer, dataset_map_fn="any_format_map_fn",
+                                template_map_fn=qwen_chat_template_cfg(), max_length=400,
+                                image_token_count=16, cache=False, **kwargs)
+
+    def outcome(self, data: Path, **kwargs) -> str:
+        """``kept N; skipped reason@index ...`` (every item loaded), or ``error: ...``."""
+        from xtuner_llava_swap.data import DataError
+
+        try:
+            ds = self.dataset(data, **kwargs)
+        except (DataError, ValueError) as err:
+            return f"error: {err}"
+        for index in range(len(ds)):  # no step may crash
+            assert torch.isfinite(ds[index]["pixel_values"]).all()
+        skipped = sorted(f"{reason}@{i}" for reason, kept in ds.problems.examples.items()
+                         for i, _ in kept)
+        return f"kept {len(ds)}; skipped {' '.join(skipped) or 'none'}"
+
+
+SURROGATE_REPLY = ('{"image": "good.png", "conversations": [{"from": "human", "value": '
+                   '"<image>\\nHi"}, {"from": "gpt", "value": "ok \\ud800"}]}').encode()
+
+
+def lone_surrogate_jsonl(case):
+    return case.outcome(case.write(SURROGATE_REPLY))
+
+
+def lone_surrogate_json(case):
+    return case.outcome(case.write(SURROGATE_REPLY, ".json"))
+
+
+def lone_surrogate_strict(case):
+    return case.outcome(case.write(SURROGATE_REPLY), strict=True)
+
+
+def lone_surrogate_check_data(case):
+    from data.data_helpers import qwen_chat_template_cfg
+
+    from xtuner_llava_swap.data.report import check_data
+
+    report = check_data(case.write(SURROGATE_REPLY), case.tokenizer, image_tokens=16,
+                        image_folder=str(case.images), template_map_fn=qwen_chat_template_cfg(),
+                        progress=False)
+    return f"check_data: {dict(report.problems.counts)}"
+
+
+def deeply_nested_line(case):
+    return case.outcome(case.write(b'{"conversations": ' + b"[" * 200_000 + b"]" * 200_000
+                                   + b"}"))
+
+
+def one_non_utf8_byte(case):
+    return case.outcome(case.write(json.dumps(_sample(reply="caf#")).encode()
+                                   .replace(b"#", b"\xe9")))
+
+
+def _image_row(make, name="attack.png", **dataset_kwargs):
+    def attack(case):
+        path = case.images / name
+        make(path, case)
+        return case.outcome(case.write(_sample(image=name)), **dataset_kwargs)
+    attack.__name__ = make.__name__
+    return attack
+
+
+def tiny_1x1(path, case):
+    Image.new("RGB", (1, 1), (0, 0, 0)).save(path)
+
+
+def decompression_bomb(path, case):
+    """A PNG whose header claims 20000x20000 pixels (PIL refuses it as a bomb)."""
+    import zlib
+
+    Image.new("L", (8, 8)).save(path)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IHDR")
+    data[start + 4:start + 12] = (20000).to_bytes(4, "big") * 2
+    data[start + 17:start + 21] = zlib.crc32(bytes(data[start:start + 17])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+
+
+def palette_with_transparency(path, case):
+    image = Image.new("P", (32, 32), 1)
+    image.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    image.save(path, transparency=0)
+
+
+def rgba(path, case):
+    Image.new("RGBA", (32, 32), (10, 200, 10, 0)).save(path)
+
+
+def cmyk(path, case):
+    Image.new("CMYK", (32, 32), (0, 255, 255, 0)).save(path.with_suffix(".jpg"))
+    path.with_suffix(".jpg").rename(path)
+
+
+def animated(path, case):
+    frames = [Image.new("P", (32, 32), i) for i in range(3)]
+    frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:])
+
+
+def grey_16_bit(case):
+    """32896 = 128 * 257: the same picture as 8-bit grey 128, not white."""
+    Image.fromarray(np.full((24, 32), 32896, dtype=np.uint16)).save(case.images / "g16.png")
+    Image.new("L", (32, 24), 128).save(case.images / "g8.png")
+    ds = case.dataset(case.write(_sample(image="g16.png")))
+    reference = ds._pixels("g8.png")
+    assert torch.equal(ds[1]["pixel_values"], reference)
+    assert not torch.equal(reference, ds._pixels(GOOD_IMAGE))
+    return case.outcome(case.write(_sample(image="g16.png")))
+
+
+def path_with_dotdot(case):
+    Image.new("RGB", (32, 32)).save(case.tmp / "outside.png")
+    return case.outcome(case.write(_sample(image="../outside.png")))
+
+
+def absolute_path(case):
+    Image.new("RGB", (32, 32)).save(case.tmp / "outside.png")
+    return case.outcome(case.write(_sample(image=str(case.tmp / "outside.png"))))
+
+
+def dotdot_allowed_when_asked(case):
+    Image.new("RGB", (32, 32)).save(case.tmp / "outside.png")
+    return case.outcome(case.write(_sample(image="../outside.png")),
+                        allow_outside_image_folder=True)
+
+
+def symlink_inside_the_folder(case):
+    """Image folders are often mounted through links: a link inside is followed."""
+    Image.new("RGB", (32, 32)).save(case.tmp / "elsewhere.png")
+    (case.images / "linked.png").symlink_to(case.tmp / "elsewhere.png")
+    return case.outcome(case.write(_sample(image="linked.png")))
+
+
+def strict_stops_at_the_first_bad_sample_in_file_order(case):
+    """Sample 1 has a missing image, sample 2 an empty reply: sample 1 comes first."""
+    data = case.tmp / "data.jsonl"
+    data.write_text("\n".join(json.dumps(s) for s in [
+        _sample(), _sample(image="missing.png"), _sample(reply=" "), _sample()]) + "\n")
+    return case.outcome(data, strict=True)
+
+
+def replacement_draws_random_samples(case):
+    """Sample 1's image is cut after a valid header (it passes the preflight check)."""
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(image).save(case.images / "cut.png")
+    whole = (case.images / "cut.png").read_bytes()
+    (case.images / "cut.png").write_bytes(whole[: len(whole) // 3])
+    data = case.tmp / "data.jsonl"
+    samples = [_sample(question=f"Question {i}?") for i in range(8)]
+    samples[1] = _sample(image="cut.png")
+    data.write_text("\n".join(json.dumps(s) for s in samples) + "\n")
+
+    def draws(ds):
+        ids = [list(ds.prepared.encoded.sample(i)[0]) for i in range(len(ds))]
+        return [ids.index(list(ds[1]["input_ids"])) for _ in range(40)]
+    first, again = draws(case.dataset(data)), draws(case.dataset(data))
+    assert first == again and 1 not in first  # seeded; never the failing sample
+    ds = case.dataset(data, replacement_seed=1)
+    draws(ds)
+    assert sum(ds.load_failures.values()) == 40  # every replacement counted (and logged)
+    return f"replaced by {len(set(first))} distinct samples"
+
+
+DATA_ATTACKS = [
+    (lone_surrogate_jsonl, r"^kept 2; skipped text_encoding@1$"),
+    (lone_surrogate_json, r"^kept 2; skipped text_encoding@1$"),
+    (lone_surrogate_strict, r"^error: .*data.jsonl: sample 1: text_encoding"),
+    (lone_surrogate_check_data, r"^check_data: \{'text_encoding': 1\}$"),
+    (deeply_nested_line, r"^kept 2; skipped invalid_json@1$"),
+    (one_non_utf8_byte, r"^kept 2; skipped text_encoding@1$"),
+    (_image_row(tiny_1x1), r"^kept 2; skipped image_too_small@1$"),
+    (_image_row(decompression_bomb), r"^kept 2; skipped image_too_large@1$"),
+    (_image_row(palette_with_transparency), r"^kept 3; skipped none$"),
+    (_image_row(rgba), r"^kept 3; skipped none$"),
+    (_image_row(cmyk), r"^kept 3; skipped none$"),
+    (_image_row(animated), r"^kept 3; skipped none$"),
+    (grey_16_bit, r"^kept 3; skipped none$"),
+    (path_with_dotdot, r"^kept 2; skipped image_outside_folder@1$"),
+    (absolute_path, r"^kept 2; skipped image_outside_folder@1$"),
+    (dotdot_allowed_when_asked, r"^kept 3; skipped none$"),
+    (symlink_inside_the_folder, r"^kept 3; skipped none$"),
+    (strict_stops_at_the_first_bad_sample_in_file_order,
+     r"^error: .*data.jsonl: sample 1: missing_image_file"),
+    (replacement_draws_random_samples, r"^replaced by [3-7] distinct samples$"),
+]
+
+
+@pytest.mark.parametrize("attack,expected", DATA_ATTACKS,
+                         ids=[a.__name__ for a, _ in DATA_ATTACKS])
+def test_data_attack(attack, expected, tiny_parts, tmp_path):
+    outcome = attack(DataCase(tmp_path, tiny_parts))
+    assert re.search(expected, outcome), outcome
