@@ -84,10 +84,15 @@ def main(argv=None) -> int:
         options["length_policy"] = args.policy
     if args.image_folder:
         options["image_folder"] = args.image_folder
-    report = check_data(**options, max_images=args.max_images, check_images=args.check_images,
-                        out_dir=args.out, html_samples=args.samples,
-                        progress=not args.no_progress,
-                        allow_outside_image_folder=args.allow_outside_image_folder)
+    if args.allow_outside_image_folder:
+        options["allow_outside_image_folder"] = True
+    try:
+        report = check_data(**options, max_images=args.max_images,
+                            check_images=args.check_images, out_dir=args.out,
+                            html_samples=args.samples, progress=not args.no_progress)
+    except (ValueError, OSError) as err:  # a data file that cannot be read as a whole
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     report.notes += notes
     print(report.text())
     return 0
