@@ -48,6 +48,9 @@ def parse_args(argv=None):
     parser.add_argument("--max-images", type=int, default=1, help="images per sample the "
                         "model takes (xtuner's LLaVAModel: 1)")
     parser.add_argument("--check-images", choices=IMAGE_CHECKS, default="open")
+    parser.add_argument("--allow-outside-image-folder", action="store_true",
+                        help="accept image paths that leave --image-folder (../, absolute); "
+                             "refused and counted by default")
     parser.add_argument("--samples", type=int, default=20, help="samples in the HTML view")
     parser.add_argument("--out", default="work_dirs/check_data", help="folder for the PNG "
                         "and the HTML (default: %(default)s)")
@@ -81,9 +84,15 @@ def main(argv=None) -> int:
         options["length_policy"] = args.policy
     if args.image_folder:
         options["image_folder"] = args.image_folder
-    report = check_data(**options, max_images=args.max_images, check_images=args.check_images,
-                        out_dir=args.out, html_samples=args.samples,
-                        progress=not args.no_progress)
+    if args.allow_outside_image_folder:
+        options["allow_outside_image_folder"] = True
+    try:
+        report = check_data(**options, max_images=args.max_images,
+                            check_images=args.check_images, out_dir=args.out,
+                            html_samples=args.samples, progress=not args.no_progress)
+    except (ValueError, OSError) as err:  # a data file that cannot be read as a whole
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     report.notes += notes
     print(report.text())
     return 0

@@ -40,6 +40,11 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
   the key exists, so ``quantization_config=None`` (no 4-bit) crashed; it now means no
   QLoRA. Applied right after ``xtuner.model.llava`` is imported (never imported here).
 
+* ``llava_remote_code_only_when_asked``: xtuner's ``LLaVAModel._dispatch_lm_model_cfg``
+  reads the LLM's config with ``AutoConfig.from_pretrained(path, trust_remote_code=True)``
+  whatever the config says, so a base folder's ``auto_map`` code ran without being asked
+  for. It now passes the llm dict's own ``trust_remote_code`` (default False).
+
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
 apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``).
@@ -340,6 +345,34 @@ def _bos_none_means_no_bos() -> None:
     dataset_utils.get_bos_eos_token_ids = get_bos_eos_token_ids
 
 
+def _llava_trusts_remote_code() -> bool:
+    import inspect
+
+    from xtuner.model.llava import LLaVAModel
+
+    method = LLaVAModel._dispatch_lm_model_cfg
+    return (not getattr(method, "_asks_before_remote_code", False)
+            and "trust_remote_code=True" in inspect.getsource(method))
+
+
+def _llava_remote_code_only_when_asked() -> None:
+    from xtuner.model import llava
+
+    def _dispatch_lm_model_cfg(self, cfg, max_position_embeddings=None):
+        cfg = self._prepare_for_qlora_zero3(cfg)
+        llm_cfg = llava.AutoConfig.from_pretrained(
+            cfg.pretrained_model_name_or_path,
+            trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+        cfg, llm_cfg = self._prepare_for_flash_attn(cfg, llm_cfg)
+        if max_position_embeddings is not None:
+            cfg, llm_cfg = self._prepare_for_long_context_training(
+                cfg, llm_cfg, max_position_embeddings)
+        return cfg
+
+    _dispatch_lm_model_cfg._asks_before_remote_code = True
+    llava.LLaVAModel._dispatch_lm_model_cfg = _dispatch_lm_model_cfg
+
+
 def _rebind_not_installed() -> bool:
     from mmengine.config import Config
 
@@ -442,6 +475,8 @@ PATCHES = [
           _xtuner_cli_returns_exit_status),
     Patch("qlora_zero3_without_quantization", _qlora_zero3_crashes_on_none,
           _qlora_zero3_skips_none, after_import="xtuner.model.llava"),
+    Patch("llava_remote_code_only_when_asked", _llava_trusts_remote_code,
+          _llava_remote_code_only_when_asked),
 ]
 
 

@@ -253,9 +253,15 @@ def test_refuses_existing_out_dir_and_replaces_with_force(inprocess_run, tmp_pat
     (out / "keep.txt").write_text("mine")
     with pytest.raises(ExportError, match="exists; pass --force"):
         _convert(run, out)
+    with pytest.raises(ExportError, match="is not an export of this tool"):
+        _convert(run, out, force=True)  # --force replaces only a previous export
     assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    _convert(run, out)
+    (out / "config.json").write_text("{}")  # an old export, to be replaced
     _convert(run, out, force=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llava"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -304,8 +310,15 @@ def test_clear_errors(inprocess_run, tmp_path):
 @requires_fixtures
 def test_checkpoint_of_another_family(qwen_qlora_run, inprocess_run, tmp_path):
     other = inprocess_run("qwen2.5", "qwen2")
-    with pytest.raises(ExportError, match=r"comes from another model.*Qwen-7B first generation"):
+    with pytest.raises(ExportError, match=r"trained with the LLM .*recorded in"):
         convert(other.config, qwen_qlora_run.checkpoint, tmp_path / "x",
+                cfg_options=other.cfg_options)
+    # without the recorded config (e.g. a checkpoint saved by hand), the weights tell
+    state = torch.load(qwen_qlora_run.checkpoint, weights_only=True)
+    del state["meta"]["cfg"]
+    torch.save(state, tmp_path / "no_meta.pth")
+    with pytest.raises(ExportError, match=r"comes from another model.*Qwen-7B first generation"):
+        convert(other.config, tmp_path / "no_meta.pth", tmp_path / "x",
                 cfg_options=other.cfg_options)
     assert not (tmp_path / "x").exists()
 

@@ -227,3 +227,53 @@ def test_export_reader_keeps_the_process_wide_allowlist(tmp_path):
     print("still loads", torch.load("ckpt.pth")["meta"]["iter"])
     """, tmp_path)
     assert "still loads 3" in out
+
+
+
+HOSTILE_LLM_FOLDER = """
+import json, pathlib
+folder = pathlib.Path("hostile_llm")
+folder.mkdir()
+(folder / "config.json").write_text(json.dumps({
+    "model_type": "qwen2", "auto_map": {"AutoConfig": "configuration_evil.EvilConfig"}}))
+(folder / "configuration_evil.py").write_text(
+    "import pathlib\\npathlib.Path('remote-code-ran').write_text('yes')\\n"
+    "from transformers import Qwen2Config\\nclass EvilConfig(Qwen2Config):\\n    pass\\n")
+from mmengine.config import ConfigDict
+from xtuner.model.llava import LLaVAModel
+def dispatch(trust):
+    cfg = ConfigDict(pretrained_model_name_or_path=str(folder.resolve()))
+    if trust is not None:
+        cfg.trust_remote_code = trust
+    LLaVAModel._dispatch_lm_model_cfg(LLaVAModel.__new__(LLaVAModel), cfg)
+    return pathlib.Path("remote-code-ran").exists()
+"""
+
+
+def test_llava_model_runs_no_remote_code_unasked(tmp_path):
+    out = run_python("import xtuner_llava_swap\nfrom xtuner_llava_swap import compat\n"
+                     + HOSTILE_LLM_FOLDER + textwrap.dedent("""
+        print("patched", "llava_remote_code_only_when_asked" in compat.APPLIED)
+        print("unasked ran", dispatch(None))
+        print("asked ran", dispatch(True))   # the config's own trust_remote_code=True
+    """), tmp_path)
+    assert "patched True" in out and "unasked ran False" in out and "asked ran True" in out
+
+
+def test_llava_model_problem_present_without_the_patch(tmp_path):
+    """The problem the patch fixes: stock xtuner (every other patch applied, the startup
+    hook left out) runs the folder's code unasked."""
+    out = run_python(textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.meta_path[:] = [f for f in sys.meta_path
+                            if type(f).__name__ != "_AfterXtunerImport"]
+        spec = importlib.util.spec_from_file_location(
+            "compat_alone", {str(REPO / "xtuner_llava_swap" / "compat.py")!r})
+        compat = sys.modules["compat_alone"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(compat)
+        for patch in compat.PATCHES:
+            if patch.name != "llava_remote_code_only_when_asked" and patch.needed():
+                patch.apply()
+        print("needed", compat._llava_trusts_remote_code())
+    """) + HOSTILE_LLM_FOLDER + 'print("unasked ran", dispatch(False))\n', tmp_path)
+    assert "needed True" in out and "unasked ran True" in out

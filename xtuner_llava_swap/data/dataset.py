@@ -11,14 +11,21 @@ work unchanged. What differs:
   over-long samples follow ``length_policy`` (``drop`` | ``truncate`` | ``error``) and
   no sample ever loses its image token or all of its trained tokens;
 * bad samples are skipped and counted (a table is logged), or raise with
-  ``strict=True``; an image that fails to load during training is replaced by another
-  sample (same modality) and counted in :attr:`load_failures`;
+  ``strict=True`` at the first bad sample in file order (text and image problems
+  alike); image paths that leave ``image_folder`` (``../``, absolute) are refused unless
+  ``allow_outside_image_folder=True`` (symlinks inside the folder are followed); an image
+  that fails to load or preprocess during training is replaced by a random other sample
+  with an image (seeded by ``replacement_seed``) and counted in :attr:`load_failures`;
+* 16-bit greyscale images are scaled to 8 bits (``convert("RGB")`` would clip them to
+  white), transparent ones are laid over white, palette/CMYK/animated ones (first frame)
+  converted to RGB;
 * text preprocessing is batched and cached (see :mod:`.cache`).
 """
 from __future__ import annotations
 
 import logging
 import os
+import random
 from collections import Counter
 
 import numpy as np
@@ -29,6 +36,7 @@ from torch.utils.data import Dataset
 
 from .image_tokens import resolve_image_token_count
 from .preprocess import PreparedText, drop_bad_images, prepare_text
+from .validate import DataError
 
 # xtuner's LLaVAModel pairs one pixel_values per sample with the sample's <image> tokens:
 # a sample with more images is rejected (reason too_many_images), never mangled.
@@ -43,7 +51,7 @@ class LLaVASwapDataset(Dataset):
     ``vision_config`` (vision encoder folder / config; default: the folder the
     ``image_processor`` dict loads from), ``select_feature`` (``"patch"``: CLS dropped,
     as xtuner's LLaVAModel does), ``length_policy``, ``strict``, ``check_images`` (``open`` | ``exists`` |
-    ``none``), ``cache``,
+    ``none``), ``allow_outside_image_folder``, ``replacement_seed``, ``cache``,
     ``cache_dir``, ``progress``.
     """
 
@@ -52,8 +60,8 @@ class LLaVASwapDataset(Dataset):
                  dataset_map_fn=None, template_map_fn=None, max_length=2048,
                  pad_image_to_square=False, *, image_token_count=None, vision_config=None,
                  select_feature="patch", length_policy="drop", strict=False,
-                 check_images="open", cache=True, cache_dir=None,
-                 progress=False):
+                 check_images="open", allow_outside_image_folder=False, replacement_seed=0,
+                 cache=True, cache_dir=None, progress=False):
         super().__init__()
         if offline_processed_text_folder is not None:
             raise ValueError("offline_processed_text_folder is not used by LLaVASwapDataset: "
@@ -68,15 +76,19 @@ class LLaVASwapDataset(Dataset):
         prepared = _prepare_once_per_node(
             data_path, tokenizer, image_tokens=self.image_tokens, dataset_map_fn=dataset_map_fn,
             template_map_fn=template_map_fn, max_length=max_length, length_policy=length_policy,
-            strict=strict, max_images=MAX_IMAGES,
+            strict=False, max_images=MAX_IMAGES,
             max_dataset_length=max_dataset_length, cache=cache, cache_dir=cache_dir,
             progress=progress)
-        prepared = drop_bad_images(prepared, data_path, image_folder, check_images, strict,
-                                   progress)
+        prepared = drop_bad_images(prepared, data_path, image_folder, check_images, False,
+                                   progress, allow_outside_image_folder)
+        first = prepared.problems.first()
+        if strict and first is not None:  # text and image problems: the first in file order
+            raise DataError(data_path, *first)
         self.prepared: PreparedText = prepared
         self.problems = prepared.problems
         self.load_failures: Counter = Counter()
         self._unloadable: set[int] = set()
+        self._rng = random.Random(replacement_seed)
         self._log_summary(data_path, max_length)
         if not len(prepared):
             raise ValueError(f"{data_path}: no usable sample left (see the table of skipped "
@@ -126,16 +138,18 @@ class LLaVASwapDataset(Dataset):
         path = os.path.join(self.image_folder or "", name)
         try:
             with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except Exception as exc:  # missing, truncated, corrupt: PIL raises many kinds
+                image = to_rgb(opened)
+            if self.pad_image_to_square:
+                background = tuple(int(x * 255) for x in self.image_processor.image_mean)
+                image = expand2square(image, background)
+            return self.image_processor.preprocess(image,
+                                                   return_tensors="pt")["pixel_values"][0]
+        except Exception as exc:  # missing, truncated, corrupt, degenerate: many kinds
             raise _UnloadableImage(path, exc) from None
-        if self.pad_image_to_square:
-            background = tuple(int(x * 255) for x in self.image_processor.image_mean)
-            image = expand2square(image, background)
-        return self.image_processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
 
     def _replace(self, index: int, failure: "_UnloadableImage") -> int:
-        """Another sample with an image (the next one in order that has not failed)."""
+        """A random other sample with an image that has not failed (seeded: the same
+        run draws the same replacements; every candidate equally likely)."""
         self._unloadable.add(index)
         self.load_failures[type(failure.cause).__name__] += 1
         total = sum(self.load_failures.values())
@@ -144,12 +158,11 @@ class LLaVASwapDataset(Dataset):
                   f"({failure.cause}); replaced by another sample ({total} replaced so far in "
                   f"this process: {dict(self.load_failures)})", logger="current",
                   level=logging.WARNING)
-        n = len(self)
-        for step in range(1, n):
-            candidate = (index + step) % n
-            if candidate not in self._unloadable and self.prepared.images[candidate]:
-                return candidate
-        raise RuntimeError(f"no loadable image left in {self.image_folder!r}")
+        candidates = [i for i, files in enumerate(self.prepared.images)
+                      if files and i not in self._unloadable]
+        if not candidates:
+            raise RuntimeError(f"no loadable image left in {self.image_folder!r}")
+        return self._rng.choice(candidates)
 
     def _log_summary(self, data_path, max_length) -> None:
         prepared = self.prepared
@@ -161,6 +174,19 @@ class LLaVASwapDataset(Dataset):
             print_log("LLaVASwapDataset skipped samples:\n"
                       + prepared.problems.table(prepared.n_raw), logger="current",
                       level=logging.WARNING)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An RGB picture of ``image``: 16-bit grey scaled to 8 bits (PIL's ``convert`` would
+    clip it to white), transparency laid over white, every other mode converted."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        grey = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(grey, 0, 255).round().astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 class _UnloadableImage(Exception):

@@ -156,30 +156,47 @@ def build_tokenizer(tokenizer: Any):
 
 # --------------------------------------------------------------------------- reading
 def read_samples(path: str | Path) -> list:
-    """Samples of a ``.json`` (a list) or ``.jsonl`` file; a jsonl line that does not
-    parse becomes a :class:`SampleError` in its place."""
+    """Samples of a ``.json`` (a list) or ``.jsonl`` file. A jsonl line that is not UTF-8,
+    does not parse or is nested too deeply becomes a :class:`SampleError` in its place;
+    a ``.json`` file that cannot be read raises ``ValueError`` naming it."""
     path = Path(path)
     if path.suffix == ".jsonl":
         samples = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle):
-                if not line.strip():
-                    continue
-                try:
-                    samples.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    samples.append(SampleError("invalid_json", f"line {number + 1}: {exc}"))
-        return samples
+        with open(path, "rb") as handle:
+            for number, raw_line in enumerate(handle):
+                samples.append(_parse_line(raw_line, number))
+        return [s for s in samples if s is not None]
     if path.suffix != ".json":
         raise ValueError(f"{path}: expected a .json or .jsonl data file")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 at byte {exc.start}; re-save it as UTF-8 "
+                         "(or as .jsonl, where a bad line is skipped and counted)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: nested too deeply to read as JSON") from None
     if not isinstance(data, list):
         raise ValueError(f"{path}: a .json data file must hold a list of samples, "
                          f"found {type(data).__name__}")
     return data
+
+
+def _parse_line(raw_line: bytes, number: int):
+    """One jsonl line -> its sample, a :class:`SampleError`, or None for a blank line."""
+    try:
+        line = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return SampleError("text_encoding", f"line {number + 1}: not UTF-8 at byte {exc.start}")
+    if not line.strip():
+        return None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        return SampleError("invalid_json", f"line {number + 1}: {exc}")
+    except RecursionError:
+        return SampleError("invalid_json", f"line {number + 1}: nested too deeply")
 
 
 # ----------------------------------------------------------------------- the pipeline
@@ -298,12 +315,13 @@ def _map_one(sample: Any, map_fn, ours: bool, build_turns,
 
 
 def drop_bad_images(prepared: PreparedText, data_path: str | Path, image_folder: str | None,
-                    check: str = "open", strict: bool = False,
-                    progress: bool = False) -> PreparedText:
-    """Remove the samples whose image files are missing or unreadable (each file
-    checked once); strict raises on the first such sample in file order."""
+                    check: str = "open", strict: bool = False, progress: bool = False,
+                    allow_outside_image_folder: bool = False) -> PreparedText:
+    """Remove the samples whose image files are missing, unreadable, degenerate or
+    outside ``image_folder`` (each file checked once); strict raises on the first such
+    sample in file order."""
     bad = find_bad_images((f for files in prepared.images for f in files), image_folder,
-                          check, progress)
+                          check, progress, allow_outside_image_folder)
     if not bad:
         return prepared
     keep = []

@@ -69,7 +69,8 @@ def check_data(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
                image_folder: str | None = None, dataset_map_fn: Any = None,
                template_map_fn: Any = None, max_length: int = 2048, length_policy: str = "drop",
                max_images: int = 1, check_images: str = "open", out_dir: str | Path | None = None,
-               html_samples: int = 20, progress: bool = True) -> DataReport:
+               html_samples: int = 20, progress: bool = True,
+               allow_outside_image_folder: bool = False) -> DataReport:
     """Check every sample of ``data_path`` as the dataset would; write the PNG/HTML to
     ``out_dir`` when given."""
     tokenizer = build_tokenizer(tokenizer)
@@ -78,7 +79,8 @@ def check_data(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
                             max_length=NO_LIMIT, max_images=max_images, cache=False,
                             progress=progress)
     prepared = drop_bad_images(prepared, data_path, image_folder, check_images,
-                               progress=progress)
+                               progress=progress,
+                               allow_outside_image_folder=allow_outside_image_folder)
     positions = prepared.positions()
     fitted, kept, removed = apply_length_policy(prepared.encoded, image_tokens, max_length,
                                                 length_policy if length_policy != "error" else "drop")
@@ -199,4 +201,5 @@ def dataset_args_from_config(config: str | Path, cfg_options: dict | None = None
                 dataset_map_fn=dataset.get("dataset_map_fn"),
                 template_map_fn=dataset.get("template_map_fn"), max_length=max_length,
                 length_policy=dataset.get("length_policy", "drop"),
+                allow_outside_image_folder=bool(dataset.get("allow_outside_image_folder")),
                 image_tokens=image_tokens), notes

@@ -16,7 +16,8 @@ DEFAULT_IMAGE_TOKEN = "<image>"
 
 # reason code -> what it means (the table's right column).
 REASONS = {
-    "invalid_json": "line is not valid JSON (jsonl)",
+    "invalid_json": "line is not valid JSON, or nested too deeply to read (jsonl)",
+    "text_encoding": "line is not UTF-8, or a text holds a lone surrogate (\\ud800)",
     "not_an_object": "sample is not a JSON object",
     "missing_conversation": "no 'conversations' / 'messages' list",
     "map_fn_error": "the dataset_map_fn raised on this sample",
@@ -33,6 +34,9 @@ REASONS = {
     "too_many_images": "more images than the model takes per sample",
     "missing_image_file": "image file does not exist",
     "unreadable_image": "image file is not a readable image",
+    "image_outside_folder": "image path leaves image_folder (../ or absolute path)",
+    "image_too_small": "image under 4 pixels on a side (MIN_IMAGE_SIDE)",
+    "image_too_large": "image over PIL's decompression-bomb pixel limit",
     "too_long": "longer than max_length with the image tokens (policy 'drop')",
     "cannot_truncate": "over max_length and no text after the image to cut (policy 'truncate')",
     "no_supervised_tokens": "no assistant token would be trained",
@@ -76,6 +80,15 @@ class ProblemLog:
     def merge_counts(self, counts: dict) -> None:
         self.counts.update(counts)
 
+    def first(self) -> tuple[int, SampleError] | None:
+        """The problem of the lowest sample index (in file order), if any."""
+        found = [(index, reason, detail) for reason, kept in self.examples.items()
+                 for index, detail in kept[:1]]
+        if not found:
+            return None
+        index, reason, detail = min(found)
+        return index, SampleError(reason, detail)
+
     @property
     def total(self) -> int:
         return sum(self.counts.values())
@@ -103,6 +116,8 @@ def check_conversation(conversation: list[dict], images: list[str]) -> None:
         output = turn.get("output", "")
         if not isinstance(output, str) or not isinstance(turn.get("input") or "", str):
             raise SampleError("non_string_value", f"turn {number} input/output is not a string")
+        for field in ("system", "input", "output"):
+            _check_encodable(turn.get(field), f"turn {number} {field}")
         if not output.strip():
             raise SampleError("empty_reply", f"assistant reply of turn {number} is empty")
         if DEFAULT_IMAGE_TOKEN in output:
@@ -113,6 +128,16 @@ def check_conversation(conversation: list[dict], images: list[str]) -> None:
                           f"{placeholders} <image> in the text, {len(images)} image(s)")
 
 
+def _check_encodable(text, where: str) -> None:
+    """JSON may hold lone surrogates (``"\\ud800"``); no tokenizer can encode them."""
+    if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise SampleError("text_encoding", f"{where}: lone surrogate at character "
+                                               f"{exc.start}") from None
+
+
 def check_image_count(images: list[str], max_images: int) -> None:
     if len(images) > max_images:
         raise SampleError("too_many_images",
@@ -120,12 +145,41 @@ def check_image_count(images: list[str], max_images: int) -> None:
 
 
 IMAGE_CHECKS = ("open", "exists", "none")
+MIN_IMAGE_SIDE = 4  # smaller images hold nothing to learn and confuse channel detection
+
+
+def image_path(name: str, image_folder: str | None, allow_outside: bool = False) -> str:
+    """The file of image ``name``; :class:`SampleError` when it leaves ``image_folder``
+    (``../``, an absolute path) unless ``allow_outside``. Checked on the path as written:
+    a symlink inside the folder is followed wherever it points (mounted image folders)."""
+    if image_folder and not allow_outside:
+        parts = os.path.normpath(name).split(os.sep)
+        if os.path.isabs(name) or parts[0] == os.pardir:
+            raise SampleError("image_outside_folder", f"{name!r} is outside {image_folder} "
+                                                      "(allow_outside_image_folder=True "
+                                                      "accepts it)")
+    return os.path.join(image_folder or "", name)
+
+
+def check_image_header(path: str) -> None:
+    """Open ``path``'s header with PIL: readable, not a decompression bomb, not tiny."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise SampleError("image_too_large", f"{path}: {exc}") from None
+    except Exception as exc:  # PIL raises many kinds on bad files
+        raise SampleError("unreadable_image", f"{path}: {exc}") from None
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise SampleError("image_too_small", f"{path}: {width}x{height}")
 
 
 def find_bad_images(files: Iterable[str], image_folder: str | None, check: str = "open",
-                    progress: bool = False) -> dict[str, SampleError]:
+                    progress: bool = False,
+                    allow_outside: bool = False) -> dict[str, SampleError]:
     """``{relative file: SampleError}`` for the image files that fail ``check``.
 
+    Every check refuses a path that leaves ``image_folder`` (see :func:`image_path`).
     ``open`` reads each file's header with PIL (cheap; a file truncated after a valid
     header is caught later, when the batch loads it); ``exists`` only stats it.
     Each distinct file is checked once.
@@ -133,21 +187,20 @@ def find_bad_images(files: Iterable[str], image_folder: str | None, check: str =
     if check not in IMAGE_CHECKS:
         raise ValueError(f"check_images={check!r}; choose one of {IMAGE_CHECKS}")
     bad: dict[str, SampleError] = {}
-    if check == "none":
-        return bad
     unique = sorted(set(files))
-    if progress:
+    if progress and check != "none":
         from tqdm import tqdm
 
         unique = tqdm(unique, desc="checking images", unit="img")
     for name in unique:
-        path = os.path.join(image_folder or "", name)
-        if not os.path.isfile(path):
-            bad[name] = SampleError("missing_image_file", path)
-        elif check == "open":
-            try:
-                with Image.open(path) as image:
-                    image.size  # noqa: B018  (the header is parsed on open)
-            except Exception as exc:  # PIL raises many kinds on bad files
-                bad[name] = SampleError("unreadable_image", f"{path}: {exc}")
+        try:
+            path = image_path(name, image_folder, allow_outside)
+            if check == "none":
+                continue
+            if not os.path.isfile(path):
+                raise SampleError("missing_image_file", path)
+            if check == "open":
+                check_image_header(path)
+        except SampleError as error:
+            bad[name] = error
     return bad

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +20,9 @@ Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directo
 (--format hf) or an official LLaVA folder (--format llava: LlavaLlamaForCausalLM /
 LlavaQwenForCausalLM). LoRA and QLoRA adapters are merged in fp32 into the base weights read
 from the base model path CONFIG names. OUT_DIR is written through a temporary folder beside
-it and appears only when complete.
+it and appears only when complete. OUT_DIR may not be, contain or lie inside any input
+(CHECKPOINT, the run's work dir, CONFIG, the base LLM, the vision tower); --force replaces
+only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged.
 
 `convert_to_hf check OUT_DIR [--profile NAME]` checks an export folder against what vLLM
 (hf) or SGLang (llava) demand, and says what to change; --verify prints the same report."""
@@ -57,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --verify --format llava: a haotian-liu/LLaVA or LLaVA-NeXT "
                              "checkout (or a folder of them) whose load_pretrained_model also "
                              "loads the export (default: ../shared/fixtures/upstream if found)")
+    parser.add_argument("--pretrain-checkpoint", action="store_true",
+                        help="CHECKPOINT is a projector-only pretrain checkpoint: accept it "
+                             "although CONFIG trains LoRA (base weights exported unchanged)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -105,10 +111,16 @@ def main(argv=None) -> int:
                           trust_remote_code=args.trust_remote_code,
                           cfg_options=args.cfg_options, profile=args.profile,
                           progress=not args.no_progress,
-                          vision_tower_id=args.vision_tower_id, upstream=upstream)
-    except ExportError as err:
+                          vision_tower_id=args.vision_tower_id, upstream=upstream,
+                          pretrain_checkpoint=args.pretrain_checkpoint)
+    except (ExportError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (ExportInterrupted)
+        name = getattr(err, "signal_name", "SIGINT")
+        print(f"error: interrupted ({name}); the temporary folder was removed and OUT_DIR "
+              f"{args.out_dir} was not changed", file=sys.stderr)
+        return 128 + int(getattr(signal, name, signal.SIGINT))
     print(json.dumps(summary, indent=2, default=str))
     if "serving" in summary:
         from .serving import format_report

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,12 @@ def safe_load(path: Path, *, mmap: bool = True):
     """``torch.load`` with ``weights_only=True`` and :func:`checkpoint_allowlist`."""
     # Only what is not allowed already: leaving the context removes what it added, and
     # must not take away the globals compat allows process-wide (resume, load_from).
+    if path.is_file() and path.stat().st_size == 0:
+        raise ExportError(f"{path}: is empty (0 bytes); the save was interrupted or the copy "
+                          "failed: use another checkpoint")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise ExportError(f"{path}: is not a torch checkpoint (not the zip archive torch.save "
+                          "writes); check that this is the iter_N.pth file of the run")
     allowed = set(torch.serialization.get_safe_globals())
     missing = [g for g in checkpoint_allowlist() if g not in allowed]
     try:
@@ -64,11 +71,12 @@ def safe_load(path: Path, *, mmap: bool = True):
             raise ExportError(f"{path}: cannot be read; the file is truncated or is not a "
                               f"torch checkpoint ({text.splitlines()[0]})") from err
         if "Weights only load failed" in text or "Unsupported global" in text:
-            found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            found = re.search(r"GLOBAL (\S+)", text, flags=re.IGNORECASE)
             raise ExportError(
                 f"{path}: holds a Python object outside the safe allowlist "
-                f"({found.group(1) if found else 'see below'}); refusing to unpickle it. "
-                f"{text.splitlines()[-1]}") from err
+                f"({found.group(1) if found else 'a global torch does not name'}); refusing "
+                "to unpickle it (it could run code). Only checkpoints of xtuner/mmengine/"
+                "DeepSpeed are read") from err
         raise ExportError(f"{path}: cannot be loaded: {text.splitlines()[0]}") from err
 
 
@@ -80,6 +88,7 @@ class TrainedCheckpoint:
     kind: str
     tensors: "OrderedDict[str, torch.Tensor]"
     lora: dict = field(default_factory=dict)  # component -> LoraSpec from adapter_config.json
+    recorded_config: str | None = None  # the run's config text mmengine kept in meta["cfg"]
 
 
 def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
@@ -107,7 +116,10 @@ def _read_pth_file(path: Path) -> TrainedCheckpoint:
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ExportError(f"{path}: has no tensor `state_dict`")
-    return TrainedCheckpoint(path, "pth", OrderedDict(state))
+    meta = checkpoint.get("meta")
+    recorded = meta.get("cfg") if isinstance(meta, dict) else None
+    return TrainedCheckpoint(path, "pth", OrderedDict(state),
+                             recorded_config=recorded if isinstance(recorded, str) else None)
 
 
 # ---------------------------------------------------------------- pth_to_hf folders

@@ -76,9 +76,13 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
     config_path = Path(config)
     if not config_path.is_file():
         raise ExportError(f"CONFIG {config_path} does not exist")
-    cfg = Config.fromfile(str(config_path))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    try:
+        cfg = Config.fromfile(str(config_path))
+        if cfg_options:
+            cfg.merge_from_dict(cfg_options)
+    except Exception as err:  # noqa: BLE001  (a config is Python: it may raise anything)
+        raise ExportError(f"CONFIG {config_path} cannot be read: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}") from err
     model = cfg.get("model")
     if not model or "llm" not in model or "visual_encoder" not in model:
         raise ExportError(f"{config_path}: `model` is not an xtuner LLaVAModel dict "
@@ -88,7 +92,14 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
         raise ExportError(
             f"{config_path} names no profile (tokenizer=dict(type=build_tokenizer, "
             "profile=...)); pass --profile NAME (see `python -m xtuner_llava_swap profiles`)")
-    profile = get_profile(name)
+    try:
+        profile = get_profile(name)
+    except KeyError:
+        from xtuner_llava_swap.profiles import list_profiles
+
+        raise ExportError(f"profile {name!r} (from {'--profile' if profile_name else config_path})"
+                          f" is not registered; choose one of {', '.join(list_profiles())}"
+                          ) from None
     llm_lora = model.get("llm_lora")
     ve_lora = model.get("visual_encoder_lora")
     image_processor = cfg.get("image_processor") or model["visual_encoder"]
@@ -109,3 +120,82 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
         system=system,
         trust_remote_code=bool(model["llm"].get("trust_remote_code", False)),
     )
+
+
+# ------------------------------------------------------------- the run's recorded config
+_RECORDED_PARTS = {"llm": "the LLM", "visual_encoder": "the vision tower"}
+
+
+def recorded_config(checkpoint) -> tuple[str, str] | None:
+    """``(where, text)`` of the config the run recorded: the checkpoint's ``meta["cfg"]``,
+    else the config mmengine dumped into the work dir beside an ``iter_N.pth``."""
+    if checkpoint.recorded_config:
+        return f'{checkpoint.path} (meta["cfg"])', checkpoint.recorded_config
+    work_dir = Path(checkpoint.path).parent
+    dumped = sorted(work_dir.glob("*.py")) if (work_dir / "last_checkpoint").is_file() else []
+    if len(dumped) == 1:
+        return str(dumped[0]), dumped[0].read_text(errors="replace")
+    return None
+
+
+def recorded_model_paths(text: str) -> dict:
+    """``{"llm": path, "visual_encoder": path}`` named by ``model = dict(...)`` in a dumped
+    config, read with :mod:`ast` (a recorded config is never executed)."""
+    import ast
+
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError):
+        return {}
+    found = {}
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "model"
+                                                 for t in node.targets)
+                and isinstance(node.value, ast.Call)):
+            for part in node.value.keywords:
+                if part.arg in _RECORDED_PARTS and isinstance(part.value, ast.Call):
+                    for key in part.value.keywords:
+                        if (key.arg == "pretrained_model_name_or_path"
+                                and isinstance(key.value, ast.Constant)
+                                and isinstance(key.value.value, str)):
+                            found[part.arg] = key.value.value
+    return found
+
+
+_SAME_MODEL_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size",
+                    "vocab_size", "num_attention_heads")
+
+
+def _model_signature(folder: Path) -> dict | None:
+    import json
+
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        return None
+    config = json.loads(config_file.read_text())
+    config = config.get("vision_config", config) if "vision_config" in config else config
+    return {k: config.get(k) for k in _SAME_MODEL_KEYS}
+
+
+def check_recorded_config(run: TrainingRun, checkpoint) -> None:
+    """Refuse a CONFIG whose LLM or vision tower is not the one the run recorded (a path
+    that differs is accepted when both folders hold the same model, e.g. a moved copy)."""
+    recorded = recorded_config(checkpoint)
+    if recorded is None:
+        return
+    where, text = recorded
+    paths = recorded_model_paths(text)
+    ours = {"llm": run.llm_path, "visual_encoder": run.visual_encoder_path}
+    for part, trained_with in paths.items():
+        named = ours[part]
+        if Path(trained_with).expanduser().resolve() == Path(named).expanduser().resolve():
+            continue
+        theirs, mine = _model_signature(Path(trained_with)), _model_signature(Path(named))
+        if theirs is None and Path(trained_with).name == Path(named).name:
+            continue  # the recorded folder is not here; same name: taken as moved
+        if theirs is not None and theirs == mine:
+            continue
+        raise ExportError(
+            f"{run.config_path}: model.{part} is {named}, but the checkpoint was trained with "
+            f"{_RECORDED_PARTS[part]} {trained_with} (recorded in {where}); convert with the "
+            "CONFIG (and --cfg-options) the run was trained with")

@@ -10,6 +10,7 @@ tensors are alive at a time.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -36,15 +37,16 @@ class WeightPlan:
     updates: dict
     tie_word_embeddings: bool
     vocab_rows: int  # rows of the exported embedding (>= the base's)
+    allow_no_lora: bool = False  # a pretrain checkpoint with a LoRA CONFIG (user said so)
 
     @classmethod
-    def build(cls, run, checkpoint) -> "WeightPlan":
+    def build(cls, run, checkpoint, allow_no_lora: bool = False) -> "WeightPlan":
         llm = WeightFolder(run.llm_path)
         vision = WeightFolder(run.visual_encoder_path)
         llm_config = llm.config()
         plan = cls(run, checkpoint, llm, vision, component_updates(checkpoint, run),
                    bool(llm_config.get("tie_word_embeddings", False)),
-                   int(llm_config["vocab_size"]))
+                   int(llm_config["vocab_size"]), allow_no_lora)
         plan._check()
         return plan
 
@@ -63,8 +65,54 @@ class WeightPlan:
         extra = sorted(set(projector) - set(PROJECTOR_KEYS))
         if extra:
             raise ExportError(f"{source}: unexpected projector keys {extra}")
+        self._check_projector_shapes()
         self._check_component("llm", self.llm, run.llm_path)
         self._check_component("visual_encoder", self.vision, run.visual_encoder_path)
+        self._check_lora_present("llm", self.llm, run.llm_lora)
+        self._check_lora_present("visual_encoder", self.vision, run.visual_encoder_lora)
+
+    def _check_projector_shapes(self) -> None:
+        """mlp2x_gelu: vision hidden -> LLM hidden -> LLM hidden."""
+        llm_config, vision_config = self.llm.config(), self.vision.config()
+        vision_hidden = vision_config.get("vision_config", vision_config).get("hidden_size")
+        llm_hidden = llm_config.get("hidden_size")
+        if vision_hidden is None or llm_hidden is None:
+            return
+        expected = {"model.0.weight": (llm_hidden, vision_hidden), "model.0.bias": (llm_hidden,),
+                    "model.2.weight": (llm_hidden, llm_hidden), "model.2.bias": (llm_hidden,)}
+        projector = self.updates["projector"].full
+        for key, shape in expected.items():
+            if tuple(projector[key].shape) != shape:
+                raise ExportError(
+                    f"{self.checkpoint.path}: projector.{key} has shape "
+                    f"{tuple(projector[key].shape)}, but {self.run.visual_encoder_path} "
+                    f"(hidden {vision_hidden}) and {self.run.llm_path} (hidden {llm_hidden}) "
+                    f"need {shape} (shape mismatch): the checkpoint is from another run")
+
+    def _check_lora_present(self, component: str, base: WeightFolder, spec) -> None:
+        """CONFIG trains LoRA on ``component``: the checkpoint must have every pair."""
+        update = self.updates[component]
+        if spec is None:
+            return
+        if not update.lora:
+            if self.allow_no_lora:
+                return
+            raise ExportError(
+                f"{self.checkpoint.path}: has no {component} LoRA weights, but "
+                f"{self.run.config_path} trains {component} with LoRA ({component}_lora): "
+                "this is not the checkpoint of that run. A pretrain (projector-only) "
+                "checkpoint is exported only with --pretrain-checkpoint")
+        expected = set(_lora_targets(base, self.run.cfg.model.get(f"{component}_lora") or {}))
+        patterns = {_layer_pattern(name) for name in update.lora}
+        expected |= {k for k in base.keys() if _layer_pattern(k) in patterns}
+        if component == "visual_encoder":
+            expected = {k for k in expected if k.startswith(VISION_PREFIX)}
+        missing = sorted(expected - set(update.lora))
+        if missing:
+            raise ExportError(
+                f"{self.checkpoint.path}: no {component} LoRA pair (lora_A/lora_B) for "
+                f"{len(missing)} module(s) {self.run.config_path} trains, e.g. "
+                f"{component}.{missing[0]}: the checkpoint is incomplete or from another run")
 
     def _check_component(self, component: str, base: WeightFolder, base_path: str) -> None:
         update = self.updates[component]
@@ -76,12 +124,15 @@ class WeightPlan:
         if unknown:
             seen = guess_family(unknown)
             model_type = base.config().get("model_type", "?")
-            raise ExportError(
-                f"{self.checkpoint.path}: {len(unknown)} trained {component} weights are not "
-                f"in the base model {base_path} (model_type {model_type}), e.g. "
-                f"{component}.{unknown[0]}. The checkpoint comes from another model than "
-                f"{self.run.config_path} names"
-                + (f" (its weights look like {seen})." if seen else "."))
+            head = (f"{self.checkpoint.path}: {len(unknown)} trained {component} weights are "
+                    f"not in the base model {base_path} (model_type {model_type}), e.g. "
+                    f"{component}.{unknown[0]}. ")
+            if seen and seen != guess_family(base.keys()):
+                raise ExportError(head + "The checkpoint comes from another model than "
+                                  f"{self.run.config_path} names (its weights look like {seen}).")
+            raise ExportError(head + "The checkpoint was trained on a model of the same kind "
+                              "with other layers or sizes: convert it with the CONFIG and "
+                              "base model it was trained with")
         for name, pair in update.lora.items():
             shape = base.shape(name)
             fits = (pair["B"].shape[0], pair["A"].shape[1]) == shape
@@ -141,6 +192,29 @@ class WeightPlan:
             if text_name in EMBEDDING_ROWS and tensor.shape[0] < self.vocab_rows:
                 tensor = _add_mean_rows(tensor, self.vocab_rows)
             yield to_target(fmt, "llm", text_name), _cast(tensor, dtype)
+
+
+def _layer_pattern(name: str) -> str:
+    """``model.layers.3.mlp.up_proj.weight`` -> ``model.layers.#.mlp.up_proj.weight``."""
+    return re.sub(r"\.\d+\.", ".#.", name)
+
+
+def _lora_targets(base: WeightFolder, lora_cfg) -> list:
+    """Base weights that ``target_modules`` names, matched as peft matches them (a list:
+    the module name or its last parts; a string: a regular expression over the whole
+    name). ``None`` (every linear layer) is left to the layer-pattern rule."""
+    targets = lora_cfg.get("target_modules") if hasattr(lora_cfg, "get") else None
+    if not targets:
+        return []
+    found = []
+    for key in base.keys():
+        module = key[:-len(".weight")] if key.endswith(".weight") else None
+        if module is None or len(base.shape(key)) != 2:
+            continue
+        if (re.fullmatch(targets, module) if isinstance(targets, str)
+                else any(module == t or module.endswith("." + t) for t in targets)):
+            found.append(key)
+    return found
 
 
 def _add_mean_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
