@@ -1,50 +1,70 @@
 """Interpreter-startup hook of xtuner-llava-swap (stdlib only, costs nothing at startup).
 
-`make setup` (or ``python -m xtuner_llava_swap.compat --install-startup``) writes a
-one-line ``xtuner_llava_swap.pth`` into the environment's site-packages that imports
-this module. It registers an import hook that waits for ``import xtuner``; right after
-xtuner's own ``__init__`` has run, it imports ``xtuner_llava_swap``, which applies the
-compatibility patches of :mod:`xtuner_llava_swap.compat` (each only where its problem is
-present) and registers the plugin's profiles, map functions and hooks.
+`make setup` (or ``python -m xtuner_llava_swap install-startup``) writes a one-line
+``xtuner_llava_swap.pth`` into the environment's site-packages that imports this module.
+It registers an import hook that waits for ``import xtuner``; right after xtuner's own
+``__init__`` has run, it imports ``xtuner_llava_swap``, which applies the compatibility
+patches of :mod:`xtuner_llava_swap.compat` (each only where its problem is present) and
+registers the plugin's profiles, map functions and hooks.
 
 This is what makes ``xtuner train CFG`` work in this environment: xtuner spawns a new
-``python .../xtuner/tools/train.py`` process, and that process imports xtuner before it
-reads any config, so nothing in a config could patch it in time.
+``python .../xtuner/tools/train.py`` process (one per rank under ``torchrun``), and that
+process imports xtuner before it reads any config, so nothing in a config could patch it
+in time.
+
+:func:`call_after_import` is the same mechanism for any module: compat uses it for patches
+of modules that must not be imported eagerly (``xtuner.model.llava`` pulls in deepspeed).
 """
 import importlib.abc
 import importlib.machinery
 import sys
+from typing import Callable
 
-_WATCHED = "xtuner"
 
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; wraps the real loader of each watched module to run its
+    callbacks right after the module has executed (each callback once)."""
 
-class _AfterXtunerImport(importlib.abc.MetaPathFinder):
-    """Finds nothing itself; wraps the real loader of ``xtuner`` to run a callback after it."""
+    def __init__(self):
+        self.callbacks: dict[str, list[Callable]] = {}
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != _WATCHED:
+        callbacks = self.callbacks.pop(fullname, None)
+        if callbacks is None:
             return None
-        sys.meta_path.remove(self)  # one-shot: the real finders locate xtuner
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return spec
         real_exec = spec.loader.exec_module
 
-        def exec_then_apply(module):
+        def exec_then_call(module):
             real_exec(module)
-            import xtuner_llava_swap  # noqa: F401  (applies compat, registers the plugin)
+            for callback in callbacks:
+                callback()
 
-        spec.loader.exec_module = exec_then_apply
+        spec.loader.exec_module = exec_then_call
         return spec
 
 
-def install():
-    """Register the hook once per interpreter; a no-op if xtuner is already imported."""
-    if _WATCHED in sys.modules:
-        import xtuner_llava_swap  # noqa: F401
-        return
-    if not any(isinstance(f, _AfterXtunerImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _AfterXtunerImport())
+def _finder() -> _AfterImport:
+    finder = next((f for f in sys.meta_path if isinstance(f, _AfterImport)), None)
+    if finder is None:
+        finder = _AfterImport()
+        sys.meta_path.insert(0, finder)
+    return finder
 
 
-install()
+def call_after_import(module_name: str, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` once ``module_name`` is imported: now if it already is,
+    otherwise right after its first import has run."""
+    if module_name in sys.modules:
+        callback()
+    else:
+        _finder().callbacks.setdefault(module_name, []).append(callback)
+
+
+def _import_plugin():
+    import xtuner_llava_swap  # noqa: F401  (applies compat, registers the plugin)
+
+
+call_after_import("xtuner", _import_plugin)

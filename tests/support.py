@@ -26,34 +26,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_env(deepspeed: bool = False) -> dict:
-    """Environment of a training subprocess: this venv first on PATH; one-rank DeepSpeed vars."""
-    env = dict(os.environ)
+def train_env(deepspeed: bool = False, nproc: int = 1) -> dict:
+    """Environment of a training subprocess: this venv first on PATH; for ``nproc`` > 1 the
+    variables ``xtuner train`` reads to launch torchrun (``NPROC_PER_NODE``, a free
+    ``PORT``), else the one-rank DeepSpeed variables when ``deepspeed``."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NPROC_PER_NODE",
+                        "NNODES", "NODE_RANK", "PORT", "ADDR", "MASTER_ADDR", "MASTER_PORT")}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if deepspeed:
+    if nproc > 1:
+        env.update(NPROC_PER_NODE=str(nproc), PORT=str(free_port()))
+    elif deepspeed:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     return env
 
 
 def run_train(config: str | Path, work_dir: Path, cfg_options: dict, *, entry: str = "xtuner",
-              extra_args: tuple = (), deepspeed: str | None = None,
+              extra_args: tuple = (), deepspeed: str | None = None, nproc: int = 1,
               timeout: int = 900) -> subprocess.CompletedProcess:
     """Run a training through ``xtuner train`` (entry='xtuner') or ``tools/train.py``.
 
-    ``xtuner train`` always exits 0, so success is judged by the caller from the files it
-    wrote; ``tools/train.py`` returns the real exit status.
+    With ``nproc`` > 1 it runs on that many ranks (gloo on a CPU): ``xtuner train`` launches
+    torchrun itself (``NPROC_PER_NODE``), ``tools/train.py`` is started by torchrun. Both
+    return the real exit status (compat fixes ``xtuner train``'s). Output goes to
+    ``work_dir/test_stdout.log``.
     """
     options = [f"{k}={'None' if v is None else v}" for k, v in cfg_options.items()]
-    head = (["xtuner", "train"] if entry == "xtuner"
-            else [sys.executable, str(REPO / "tools" / "train.py")])
+    env = train_env(bool(deepspeed), nproc)
+    if entry == "xtuner":
+        head = ["xtuner", "train"]
+    elif nproc > 1:
+        head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+                "--master_addr=127.0.0.1", f"--master_port={env['PORT']}",
+                str(REPO / "tools" / "train.py")]
+    else:
+        head = [sys.executable, str(REPO / "tools" / "train.py")]
     cmd = [*head, str(config), "--work-dir", str(work_dir), *extra_args]
     if deepspeed:
         cmd += ["--deepspeed", deepspeed]
     cmd += ["--cfg-options", *options]
-    proc = subprocess.run(cmd, cwd=REPO, env=train_env(bool(deepspeed)), capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
     (work_dir / "test_stdout.log").parent.mkdir(parents=True, exist_ok=True)
     (work_dir / "test_stdout.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     return proc

@@ -1,5 +1,6 @@
 """`python -m xtuner_llava_swap COMMAND`: doctor, install-startup, cpu-cfg-options, profiles."""
 import argparse
+import importlib
 import sys
 
 from . import compat
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
         print(" ".join(compat.cpu_cfg_options_args()))
     else:
         for patch in compat.PATCHES:
+            if patch.after_import:  # checked on import: import it to know
+                importlib.import_module(patch.after_import)
             print(f"{patch.name:30s} {'applied' if patch.name in compat.APPLIED else 'not needed here'}")
     return 0
 

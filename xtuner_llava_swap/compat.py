@@ -28,6 +28,17 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 * ``cfg_options_rebind``: xtuner configs substitute their top-level variables when the
   file is parsed, so ``--cfg-options llm_name_or_path=...`` changed nothing else.
   Overriding such a variable now re-binds every place the config used its old value.
+* ``dist_init_without_cuda``: mmengine's ``torch``-launcher init (``torchrun``, ``xtuner
+  train`` with ``NPROC_PER_NODE``) calls ``torch.cuda.set_device`` when no other accelerator
+  is found, which raises on a machine without CUDA. Without any accelerator, ranks now join
+  the process group (gloo) without setting a device.
+* ``xtuner_train_exit_status``: ``xtuner train`` (``xtuner.entry_point.cli``) ignores the
+  exit status of the training process it spawns (``python train.py`` or ``torchrun``) and
+  exits 0 after a crash; it now exits with the child's status.
+* ``qlora_zero3_without_quantization``: under DeepSpeed ZeRO-3, xtuner's
+  ``LLaVAModel._prepare_for_qlora_zero3`` dereferences ``llm.quantization_config`` whenever
+  the key exists, so ``quantization_config=None`` (no 4-bit) crashed; it now means no
+  QLoRA. Applied right after ``xtuner.model.llava`` is imported (never imported here).
 * ``bnb_cpu_4bit_training_layout``: bitsandbytes >= 0.49 on a CPU with AVX512-BF16
   repacks a ``Linear4bit`` weight into an inference-only layout (absmax rounded to
   bfloat16) the first time it runs in eval mode without gradients, and never unpacks it:
@@ -42,7 +53,9 @@ apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``).
 """
 from __future__ import annotations
 
+import ast
 import importlib.util
+import inspect
 import logging
 import sys
 import sysconfig
@@ -51,6 +64,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import xtuner_llava_swap_startup
+
 logger = logging.getLogger(__name__)
 
 APPLIED: list[str] = []
@@ -58,11 +73,16 @@ APPLIED: list[str] = []
 
 @dataclass(frozen=True)
 class Patch:
-    """A fix for one problem: ``needed()`` tells whether the problem is present."""
+    """A fix for one problem: ``needed()`` tells whether the problem is present.
+
+    With ``after_import``, check and fix wait until that module is imported (by whoever
+    needs it), so that applying the patches never imports it.
+    """
 
     name: str
     needed: Callable[[], bool]
     apply: Callable[[], None]
+    after_import: str | None = None
 
 
 # --------------------------------------------------------------------------- torch
@@ -199,7 +219,112 @@ def _allow_mmengine_checkpoint_globals() -> None:
     torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
 
 
+def _init_dist_sets_a_cuda_device() -> bool:
+    import mmengine.dist.utils as dist_utils
+
+    return (_no_accelerator()
+            and not getattr(dist_utils._init_dist_pytorch, "_without_device", False))
+
+
+def _init_dist_without_device() -> None:
+    import mmengine.dist.utils as dist_utils
+    import torch.distributed as torch_dist
+
+    original = dist_utils._init_dist_pytorch
+
+    def _init_dist_pytorch(backend, init_backend="torch", **kwargs):
+        if not _no_accelerator() or init_backend not in ("torch", "deepspeed"):
+            return original(backend, init_backend=init_backend, **kwargs)
+        # mmengine's own branch, minus its torch.cuda.set_device(LOCAL_RANK)
+        if init_backend == "deepspeed":
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend, **kwargs)
+        else:
+            torch_dist.init_process_group(backend=backend, **kwargs)
+
+    _init_dist_pytorch._without_device = True
+    dist_utils._init_dist_pytorch = _init_dist_pytorch
+
+
 # --------------------------------------------------------------------------- xtuner
+def _calls_discarding_the_result(function, name: str) -> bool:
+    """True when ``function``'s source calls ``...name(...)`` as a bare statement."""
+    try:
+        tree = ast.parse(inspect.getsource(function).lstrip())
+    except (OSError, TypeError, SyntaxError):
+        return False
+    return any(isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+               and ast.unparse(node.value.func).endswith(name)
+               for node in ast.walk(tree))
+
+
+def _xtuner_cli_drops_exit_status() -> bool:
+    import xtuner.entry_point as entry_point
+
+    return (not getattr(entry_point.cli, "_returns_exit_status", False)
+            and _calls_discarding_the_result(entry_point.cli, "subprocess.run"))
+
+
+class _RecordingSubprocess:
+    """xtuner's ``entry_point.subprocess``: the real module, with ``run`` recording the
+    return code of each process it ran."""
+
+    def __init__(self, real):
+        self._real = real
+        self.returncodes: list[int] = []
+
+    def run(self, *args, **kwargs):
+        proc = self._real.run(*args, **kwargs)
+        self.returncodes.append(proc.returncode)
+        return proc
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+def _xtuner_cli_returns_exit_status() -> None:
+    import xtuner
+    import xtuner.entry_point as entry_point
+
+    recorder = _RecordingSubprocess(entry_point.subprocess)
+    entry_point.subprocess = recorder
+    original = entry_point.cli
+
+    def cli():
+        recorder.returncodes.clear()
+        result = original()
+        failed = [code for code in recorder.returncodes if code != 0]
+        return failed[0] if failed else result
+
+    cli._returns_exit_status = True
+    entry_point.cli = xtuner.cli = cli
+
+
+def _qlora_zero3_crashes_on_none() -> bool:
+    from xtuner.model.llava import LLaVAModel
+
+    prepare = LLaVAModel._prepare_for_qlora_zero3
+    if getattr(prepare, "_none_means_no_quantization", False):
+        return False
+    source = inspect.getsource(prepare)
+    return "hasattr(cfg, \"quantization_config\")" in source and " is None" not in source
+
+
+def _qlora_zero3_skips_none() -> None:
+    from xtuner.model.llava import LLaVAModel
+
+    original = LLaVAModel._prepare_for_qlora_zero3
+
+    def _prepare_for_qlora_zero3(cfg):
+        if getattr(cfg, "quantization_config", None) is None:
+            return cfg  # no 4-bit quantization: nothing for ZeRO-3 to prepare
+        return original(cfg)
+
+    _prepare_for_qlora_zero3._none_means_no_quantization = True
+    LLaVAModel._prepare_for_qlora_zero3 = staticmethod(_prepare_for_qlora_zero3)
+
+
 def _bos_none_crashes() -> bool:
     import xtuner.dataset.utils as dataset_utils
 
@@ -343,20 +468,38 @@ PATCHES = [
     Patch("cfg_options_rebind", _rebind_not_installed, _install_rebind),
     Patch("mmengine_paths_without_pkg_resources", _pkg_resources_missing,
           _mmengine_package_paths_use_importlib),
+    Patch("dist_init_without_cuda", _init_dist_sets_a_cuda_device, _init_dist_without_device),
+    Patch("xtuner_train_exit_status", _xtuner_cli_drops_exit_status,
+          _xtuner_cli_returns_exit_status),
+    Patch("qlora_zero3_without_quantization", _qlora_zero3_crashes_on_none,
+          _qlora_zero3_skips_none, after_import="xtuner.model.llava"),
     Patch("bnb_cpu_4bit_training_layout", _bnb_cpu_repacks_for_inference,
           _bnb_linear4bit_keeps_training_layout),
 ]
 
 
+def _apply_if_needed(patch: Patch) -> bool:
+    if patch.name in APPLIED or not patch.needed():
+        return False
+    patch.apply()
+    APPLIED.append(patch.name)
+    return True
+
+
 def apply_all() -> list[str]:
-    """Apply every patch whose problem is present; return the names applied now."""
-    applied_now = []
+    """Apply every patch whose problem is present; return the names applied now.
+
+    A patch with ``after_import`` is checked and applied when its module is imported
+    (at once if it already is).
+    """
+    before = list(APPLIED)
     for patch in PATCHES:
-        if patch.needed():
-            patch.apply()
-            APPLIED.append(patch.name)
-            applied_now.append(patch.name)
-    return applied_now
+        if patch.after_import:
+            xtuner_llava_swap_startup.call_after_import(
+                patch.after_import, lambda patch=patch: _apply_if_needed(patch))
+        else:
+            _apply_if_needed(patch)
+    return [name for name in APPLIED if name not in before]
 
 
 # Command-line switches that make the GPU configs of this project train on a CPU
