@@ -1,12 +1,14 @@
-# make setup : .venv with the pinned CPU stack; re-runs only when setup.cfg or the constraints change
+# make setup : .venv with the pinned CPU stack (re-runs only when setup.cfg or the constraints
+#              change) and .venv-tf457 with the newer stack (re-runs only when its script changes)
 # make demo  : tiny Qwen-7B LLaVA on the CPU: pretrain, finetune, export, caption
 # make test  : the test suite (end-to-end xtuner training included)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-done
-# Second environment with the newest transformers 4.x: the export tests load the Hugging
-# Face export with it too (they skip, with the reason, where it is absent).
+# Second environment, the newer stack: transformers 4.57 and bitsandbytes 0.50, which
+# quantizes nf4 on a CPU. The 4-bit QLoRA tests train in it and the export tests load the
+# Hugging Face export with it (they skip, with the reason, where it is absent).
 TF457  := .venv-tf457/.setup-done
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints-cpu.txt
@@ -15,7 +17,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(TF457)
 
 # With a CPU torch, torchvision goes: the registry's only torchvision for torch 2.13 is a
 # CUDA build that breaks transformers' CLIP image processor (compat stands in for the one
@@ -35,7 +37,7 @@ $(TF457): tests/export/make_tf457_venv.sh
 	PYTHON=$(PYTHON) bash tests/export/make_tf457_venv.sh .venv-tf457
 	touch $@
 
-test: setup $(TF457)
+test: setup
 	$(PY) -m pytest tests -p no:cacheprovider
 
 clean:

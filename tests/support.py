@@ -26,18 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_env(deepspeed: bool = False, nproc: int = 1) -> dict:
-    """Environment of a training subprocess: this venv first on PATH; for ``nproc`` > 1 the
-    variables ``xtuner train`` reads to launch torchrun (``NPROC_PER_NODE``, a free
+def train_env(deepspeed: bool = False, nproc: int = 1,
+              python: str | Path = sys.executable) -> dict:
+    """Environment of a training subprocess: ``python``'s venv first on PATH; for ``nproc`` > 1
+    the variables ``xtuner train`` reads to launch torchrun (``NPROC_PER_NODE``, a free
     ``PORT``), else the one-rank DeepSpeed variables when ``deepspeed``."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NPROC_PER_NODE",
                         "NNODES", "NODE_RANK", "PORT", "ADDR", "MASTER_ADDR", "MASTER_PORT")}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{Path(python).parent}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # DeepSpeed JIT-compiles its CPU communication op on first use; a cache of this venv's
+    # DeepSpeed JIT-compiles its CPU communication op on first use; a cache of that venv's
     # own, so that environments built elsewhere do not invalidate it (one build per venv)
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path(python).parent.parent / "torch_extensions"))
     if nproc > 1:
         env.update(NPROC_PER_NODE=str(nproc), PORT=str(free_port()))
     elif deepspeed:
@@ -48,8 +49,10 @@ def train_env(deepspeed: bool = False, nproc: int = 1) -> dict:
 
 def run_train(config: str | Path, work_dir: Path, cfg_options: dict, *, entry: str = "xtuner",
               extra_args: tuple = (), deepspeed: str | None = None, nproc: int = 1,
-              timeout: int = 900) -> subprocess.CompletedProcess:
-    """Run a training through ``xtuner train`` (entry='xtuner') or ``tools/train.py``.
+              timeout: int = 900,
+              python: str | Path = sys.executable) -> subprocess.CompletedProcess:
+    """Run a training through ``xtuner train`` (entry='xtuner') or ``tools/train.py``, in the
+    environment of ``python`` (default: this one; e.g. ``.venv-tf457/bin/python``).
 
     With ``nproc`` > 1 it runs on that many ranks (gloo on a CPU): ``xtuner train`` launches
     torchrun itself (``NPROC_PER_NODE``), ``tools/train.py`` is started by torchrun. Both
@@ -57,15 +60,15 @@ def run_train(config: str | Path, work_dir: Path, cfg_options: dict, *, entry: s
     ``work_dir/test_stdout.log``.
     """
     options = [f"{k}={'None' if v is None else v}" for k, v in cfg_options.items()]
-    env = train_env(bool(deepspeed), nproc)
+    env = train_env(bool(deepspeed), nproc, python)
     if entry == "xtuner":
         head = ["xtuner", "train"]
     elif nproc > 1:
-        head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+        head = [str(python), "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                 "--master_addr=127.0.0.1", f"--master_port={env['PORT']}",
                 str(REPO / "tools" / "train.py")]
     else:
-        head = [sys.executable, str(REPO / "tools" / "train.py")]
+        head = [str(python), str(REPO / "tools" / "train.py")]
     cmd = [*head, str(config), "--work-dir", str(work_dir), *extra_args]
     if deepspeed:
         cmd += ["--deepspeed", deepspeed]

@@ -44,6 +44,13 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
   reads the LLM's config with ``AutoConfig.from_pretrained(path, trust_remote_code=True)``
   whatever the config says, so a base folder's ``auto_map`` code ran without being asked
   for. It now passes the llm dict's own ``trust_remote_code`` (default False).
+* ``bnb_cpu_4bit_training_layout``: bitsandbytes >= 0.49 on a CPU with AVX512-BF16
+  repacks a ``Linear4bit`` weight into an inference-only layout (absmax rounded to
+  bfloat16) the first time it runs in eval mode without gradients, and never unpacks it:
+  after EvaluateChatHook's generation the next training step crashes ("a view of a leaf
+  Variable that requires grad is being used in an in-place operation"), and layers whose
+  in_features is not a multiple of the quantization block (64) crash at once. New
+  ``Linear4bit`` layers keep the training layout; inference takes the generic path.
 
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
@@ -461,6 +468,33 @@ def _mmengine_package_paths_use_importlib() -> None:
         module.is_installed = _package_importable
 
 
+# ---------------------------------------------------------------------- bitsandbytes
+def _bnb_cpu_repacks_for_inference() -> bool:
+    import torch
+
+    if torch.cuda.is_available() or not bitsandbytes_quantizes_here():
+        return False  # the repacking only happens on a CPU; bnb < 0.46 has no CPU 4-bit
+    import bitsandbytes.functional as bnb_functional
+    from bitsandbytes.nn import Linear4bit
+
+    return (hasattr(bnb_functional, "_convert_weight_packed_for_cpu")
+            and bnb_functional.has_avx512bf16()
+            and not getattr(Linear4bit.__init__, "_training_layout", False))
+
+
+def _bnb_linear4bit_keeps_training_layout() -> None:
+    from bitsandbytes.nn import Linear4bit
+
+    linear4bit_init = Linear4bit.__init__
+
+    def __init__(self, *args, **kwargs):
+        linear4bit_init(self, *args, **kwargs)
+        self.support_avx512bf16_for_cpu = False  # bitsandbytes' switch for the repacking
+
+    __init__._training_layout = True
+    Linear4bit.__init__ = __init__
+
+
 PATCHES = [
     Patch("torch_cpu_bf16_query", _bf16_query_missing, _add_cpu_bf16_query),
     Patch("internvl_without_torchvision", _internvl_stand_in_needed, _register_internvl_stand_in),
@@ -477,6 +511,8 @@ PATCHES = [
           _qlora_zero3_skips_none, after_import="xtuner.model.llava"),
     Patch("llava_remote_code_only_when_asked", _llava_trusts_remote_code,
           _llava_remote_code_only_when_asked),
+    Patch("bnb_cpu_4bit_training_layout", _bnb_cpu_repacks_for_inference,
+          _bnb_linear4bit_keeps_training_layout),
 ]
 
 

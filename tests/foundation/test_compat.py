@@ -8,18 +8,20 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 
 from support import REPO, requires_fixtures
 
 
-def run_python(code: str, tmp_path, extra_path: str | None = None) -> str:
+def run_python(code: str, tmp_path, extra_path: str | None = None,
+               python: str = sys.executable) -> str:
     env_path = [str(REPO)] + ([extra_path] if extra_path else [])
     import os
 
     # no torch override of the weights-only default may leak in: the safe loader stays on
     env = {k: v for k, v in os.environ.items() if "WEIGHTS_ONLY" not in k}
     env["PYTHONPATH"] = os.pathsep.join(env_path)
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+    proc = subprocess.run([python, "-c", textwrap.dedent(code)], capture_output=True,
                           text=True, env=env, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
@@ -277,3 +279,60 @@ def test_llava_model_problem_present_without_the_patch(tmp_path):
         print("needed", compat._llava_trusts_remote_code())
     """) + HOSTILE_LLM_FOLDER + 'print("unasked ran", dispatch(False))\n', tmp_path)
     assert "needed True" in out and "unasked ran True" in out
+
+
+# The newer stack (bitsandbytes >= 0.49 quantizes nf4 on a CPU), built by `make test`.
+TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
+
+
+@pytest.mark.skipif(not TF457_PYTHON.exists(),
+                    reason=".venv-tf457 is absent; `make test` builds it "
+                           "(tests/export/make_tf457_venv.sh)")
+def test_bnb_4bit_layer_trains_after_cpu_inference(tmp_path):
+    out = run_python("""
+        import torch, bitsandbytes as bnb
+        from bitsandbytes.functional import has_avx512bf16
+        from xtuner_llava_swap import compat
+        applied = "bnb_cpu_4bit_training_layout" in compat.APPLIED
+        print("applied where needed", applied == bool(has_avx512bf16()))
+        torch.manual_seed(0)
+        dense = torch.nn.Linear(64, 64)
+        x = torch.randn(3, 64)
+
+        def eval_then_train(bnb_default):
+            layer = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
+            layer.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False,
+                                             quant_type="nf4")
+            layer.bias = dense.bias
+            layer = layer.to("cpu")  # quantizes
+            if bnb_default:  # bitsandbytes' own setting, as without the patch
+                layer.support_avx512bf16_for_cpu = bool(has_avx512bf16())
+            packed = layer.weight.data.clone()
+            with torch.no_grad():
+                y = layer.eval()(x)  # EvaluateChatHook's generation
+            kept = torch.equal(packed, layer.weight.data)
+            x_grad = x.clone().requires_grad_(True)
+            try:
+                out = layer.train()(x_grad)
+                out.sum().backward()
+            except RuntimeError as err:
+                return f"kept {kept} train crashed: {err}"
+            return f"kept {kept} train ok {torch.equal(out, y)} {x_grad.grad.abs().sum() > 0}"
+
+        print("patched:", eval_then_train(False))
+        print("bnb default:", eval_then_train(True))
+        print("avx512bf16", bool(has_avx512bf16()))
+    """, tmp_path, python=str(TF457_PYTHON))
+    assert "applied where needed True" in out, out
+    assert "patched: kept True train ok True True" in out, out
+    if "avx512bf16 True" in out:  # the problem, shown on bitsandbytes' default setting
+        assert "bnb default: kept False train crashed" in out, out
+
+
+def test_bnb_layout_patch_not_applied_where_bnb_cannot_quantize_on_cpu(tmp_path):
+    out = run_python("""
+        from importlib.metadata import version
+        from xtuner_llava_swap import compat
+        print(version("bitsandbytes"), "bnb_cpu_4bit_training_layout" in compat.APPLIED)
+    """, tmp_path)
+    assert out.split() == ["0.45.0", "False"]
