@@ -268,7 +268,7 @@ def test_llava_model_problem_present_without_the_patch(tmp_path):
     out = run_python(textwrap.dedent(f"""
         import importlib.util, sys
         sys.meta_path[:] = [f for f in sys.meta_path
-                            if type(f).__name__ != "_AfterXtunerImport"]
+                            if type(f).__name__ != "_AfterImport"]
         spec = importlib.util.spec_from_file_location(
             "compat_alone", {str(REPO / "xtuner_llava_swap" / "compat.py")!r})
         compat = sys.modules["compat_alone"] = importlib.util.module_from_spec(spec)
