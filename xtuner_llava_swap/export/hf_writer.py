@@ -34,8 +34,9 @@ def write_weights(out: Path, plan, fmt: str, dtype: torch.dtype, max_shard_bytes
                   progress: bool) -> ShardWriter:
     from tqdm import tqdm
 
-    writer = ShardWriter(out, max_shard_bytes)
-    for name, tensor in tqdm(plan.stream(fmt, dtype), total=plan.count(), unit="tensor",
+    layout = plan.layout(fmt, dtype)
+    writer = ShardWriter(out, layout, max_shard_bytes)
+    for name, tensor in tqdm(plan.stream(fmt, dtype), total=len(layout), unit="tensor",
                              desc=f"writing {fmt} weights", disable=not progress):
         writer.add(name, tensor)
     writer.close()
