@@ -175,8 +175,11 @@ def _on_meta(update: ComponentUpdate) -> ComponentUpdate:
 
 def _add_mean_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
     """``matrix`` grown to ``rows`` rows, the new ones set to the mean of the trained rows."""
-    extra = matrix.to(torch.float32).mean(dim=0, keepdim=True).expand(rows - matrix.shape[0], -1)
-    return torch.cat([matrix.to(torch.float32), extra], dim=0)
+    grown = torch.empty((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
+    trained = grown[:matrix.shape[0]]
+    trained.copy_(matrix)  # one fp32 matrix in memory, not a copy plus a concatenation
+    grown[matrix.shape[0]:] = trained.mean(dim=0, keepdim=True)
+    return grown
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
