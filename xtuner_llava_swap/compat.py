@@ -2,7 +2,9 @@
 
 Each patch is a :class:`Patch` with a check that its problem is present on this
 machine; :func:`apply_all` applies only those, once, and records what it did in
-:data:`APPLIED`. Nothing here changes behaviour that works.
+:data:`APPLIED`. Importing the package uses :func:`apply_when_imported` instead: each patch
+is checked and applied when the module it acts on (:data:`PATCH_TARGETS`) is imported.
+Nothing here changes behaviour that works.
 
 Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 
@@ -35,6 +37,8 @@ apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``).
 """
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import logging
 import sys
@@ -316,11 +320,75 @@ def apply_all() -> list[str]:
     """Apply every patch whose problem is present; return the names applied now."""
     applied_now = []
     for patch in PATCHES:
-        if patch.needed():
+        if patch.name not in APPLIED and patch.needed():
             patch.apply()
             APPLIED.append(patch.name)
             applied_now.append(patch.name)
     return applied_now
+
+
+# The module each patch acts on: :func:`apply_when_imported` applies a patch once that
+# module is imported, so that a process which never imports it (the converter never
+# imports xtuner or mmengine.optim) does not pay for importing it.
+PATCH_TARGETS = {
+    "torch_cpu_bf16_query": "torch",
+    "internvl_without_torchvision": "xtuner",  # before xtuner.dataset, which xtuner defers
+    "amp_optim_wrapper_on_cpu": "mmengine.optim",
+    "safe_checkpoint_globals": "torch",  # torch.load of mmengine checkpoints
+    "bos_none_tokenizers": "xtuner",
+    "cfg_options_rebind": "mmengine.config",
+    "mmengine_paths_without_pkg_resources": "mmengine.config",
+}
+
+
+def apply_when_imported() -> None:
+    """Apply each patch now if its module is imported already, else right after it is."""
+    for patch in PATCHES:
+        after_import(PATCH_TARGETS[patch.name], lambda patch=patch: _apply_one(patch))
+
+
+def _apply_one(patch: Patch) -> None:
+    if patch.name not in APPLIED and patch.needed():
+        patch.apply()
+        APPLIED.append(patch.name)
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: wraps the real loader of a watched module so that callbacks
+    run right after the module has executed (then the module is no longer watched)."""
+
+    def __init__(self):
+        self.callbacks: dict[str, list] = {}
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname not in self.callbacks:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        real_exec = spec.loader.exec_module
+
+        def exec_then_call(module):
+            real_exec(module)
+            # popped only now: importlib.util.find_spec() alone also comes here
+            for callback in self.callbacks.pop(fullname, ()):
+                callback()
+
+        spec.loader.exec_module = exec_then_call
+        return spec
+
+
+_WATCHER = _AfterImport()
+
+
+def after_import(module: str, callback: Callable[[], None]) -> None:
+    """Call ``callback()`` now if ``module`` is imported, else right after its import."""
+    if module in sys.modules:
+        callback()
+        return
+    _WATCHER.callbacks.setdefault(module, []).append(callback)
+    if _WATCHER not in sys.meta_path:
+        sys.meta_path.insert(0, _WATCHER)
 
 
 # Command-line switches that make the GPU configs of this project train on a CPU
