@@ -29,17 +29,17 @@ class _AfterImport(importlib.abc.MetaPathFinder):
         self.callbacks: dict[str, list[Callable]] = {}
 
     def find_spec(self, fullname, path=None, target=None):
-        callbacks = self.callbacks.pop(fullname, None)
-        if callbacks is None:
+        if fullname not in self.callbacks:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         real_exec = spec.loader.exec_module
 
         def exec_then_call(module):
             real_exec(module)
-            for callback in callbacks:
+            # popped only now: importlib.util.find_spec() alone also comes to find_spec
+            for callback in self.callbacks.pop(fullname, ()):
                 callback()
 
         spec.loader.exec_module = exec_then_call

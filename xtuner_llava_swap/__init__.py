@@ -2,13 +2,27 @@
 
 Importing the package applies the compatibility patches this machine needs
 (:mod:`xtuner_llava_swap.compat`) and registers the plugin's pieces with xtuner and
-transformers.
+transformers, each when the module it concerns is imported (at once if it already is):
+a patch when its target module is, the data map functions in xtuner's ``MAP_FUNC`` with
+``xtuner``, the ``llava_qwen`` / ``llava_llama`` classes with ``transformers``. So a process
+that never imports xtuner (the converter) never pays for importing it.
 """
+from xtuner_llava_swap_startup import call_after_import
+
 from . import compat
 
 compat.apply_all()
 
-from . import data  # noqa: E402,F401  (registers the data map functions in xtuner's MAP_FUNC)
-from . import models  # noqa: E402,F401  (registers llava_qwen / llava_llama with transformers' Auto classes)
+
+def _register_data() -> None:
+    from . import data  # noqa: F401  (registers the data map functions in xtuner's MAP_FUNC)
+
+
+def _register_models() -> None:
+    from . import models  # noqa: F401  (registers llava_qwen / llava_llama with transformers' Auto classes)
+
+
+call_after_import("xtuner", _register_data)
+call_after_import("transformers", _register_models)
 
 __version__ = "0.1.0"

@@ -29,8 +29,7 @@ def main(argv=None) -> int:
         print(" ".join(compat.cpu_cfg_options_args()))
     else:
         for patch in compat.PATCHES:
-            if patch.after_import:  # checked on import: import it to know
-                importlib.import_module(patch.after_import)
+            importlib.import_module(patch.after_import)  # checked on import: import it to know
             print(f"{patch.name:30s} {'applied' if patch.name in compat.APPLIED else 'not needed here'}")
     return 0
 

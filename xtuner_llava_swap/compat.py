@@ -80,14 +80,15 @@ APPLIED: list[str] = []
 class Patch:
     """A fix for one problem: ``needed()`` tells whether the problem is present.
 
-    With ``after_import``, check and fix wait until that module is imported (by whoever
-    needs it), so that applying the patches never imports it.
+    Check and fix wait until ``after_import``, the module the patch acts on, is imported
+    (by whoever needs it), so that applying the patches imports nothing: a process that
+    never imports xtuner (the converter) never pays for it.
     """
 
     name: str
     needed: Callable[[], bool]
     apply: Callable[[], None]
-    after_import: str | None = None
+    after_import: str
 
 
 # --------------------------------------------------------------------------- torch
@@ -496,23 +497,28 @@ def _bnb_linear4bit_keeps_training_layout() -> None:
 
 
 PATCHES = [
-    Patch("torch_cpu_bf16_query", _bf16_query_missing, _add_cpu_bf16_query),
-    Patch("internvl_without_torchvision", _internvl_stand_in_needed, _register_internvl_stand_in),
-    Patch("amp_optim_wrapper_on_cpu", _amp_wrapper_refuses_cpu, _amp_wrapper_falls_back_to_fp32),
-    Patch("safe_checkpoint_globals", _safe_loader_rejects_mmengine, _allow_mmengine_checkpoint_globals),
-    Patch("bos_none_tokenizers", _bos_none_crashes, _bos_none_means_no_bos),
-    Patch("cfg_options_rebind", _rebind_not_installed, _install_rebind),
+    Patch("torch_cpu_bf16_query", _bf16_query_missing, _add_cpu_bf16_query, "torch"),
+    # before xtuner.dataset, which xtuner's own __init__ does not import
+    Patch("internvl_without_torchvision", _internvl_stand_in_needed, _register_internvl_stand_in,
+          "xtuner"),
+    Patch("amp_optim_wrapper_on_cpu", _amp_wrapper_refuses_cpu, _amp_wrapper_falls_back_to_fp32,
+          "mmengine.optim"),
+    Patch("safe_checkpoint_globals", _safe_loader_rejects_mmengine,
+          _allow_mmengine_checkpoint_globals, "torch"),
+    Patch("bos_none_tokenizers", _bos_none_crashes, _bos_none_means_no_bos, "xtuner"),
+    Patch("cfg_options_rebind", _rebind_not_installed, _install_rebind, "mmengine.config"),
     Patch("mmengine_paths_without_pkg_resources", _pkg_resources_missing,
-          _mmengine_package_paths_use_importlib),
-    Patch("dist_init_without_cuda", _init_dist_sets_a_cuda_device, _init_dist_without_device),
+          _mmengine_package_paths_use_importlib, "mmengine.config"),
+    Patch("dist_init_without_cuda", _init_dist_sets_a_cuda_device, _init_dist_without_device,
+          "mmengine.dist"),
     Patch("xtuner_train_exit_status", _xtuner_cli_drops_exit_status,
-          _xtuner_cli_returns_exit_status),
+          _xtuner_cli_returns_exit_status, "xtuner.entry_point"),
     Patch("qlora_zero3_without_quantization", _qlora_zero3_crashes_on_none,
-          _qlora_zero3_skips_none, after_import="xtuner.model.llava"),
+          _qlora_zero3_skips_none, "xtuner.model.llava"),
     Patch("llava_remote_code_only_when_asked", _llava_trusts_remote_code,
-          _llava_remote_code_only_when_asked),
+          _llava_remote_code_only_when_asked, "xtuner.model.llava"),
     Patch("bnb_cpu_4bit_training_layout", _bnb_cpu_repacks_for_inference,
-          _bnb_linear4bit_keeps_training_layout),
+          _bnb_linear4bit_keeps_training_layout, "bitsandbytes"),
 ]
 
 
@@ -525,18 +531,12 @@ def _apply_if_needed(patch: Patch) -> bool:
 
 
 def apply_all() -> list[str]:
-    """Apply every patch whose problem is present; return the names applied now.
-
-    A patch with ``after_import`` is checked and applied when its module is imported
-    (at once if it already is).
-    """
+    """Apply every patch whose problem is present, each when its ``after_import`` module is
+    imported (at once if it already is); return the names applied now."""
     before = list(APPLIED)
     for patch in PATCHES:
-        if patch.after_import:
-            xtuner_llava_swap_startup.call_after_import(
-                patch.after_import, lambda patch=patch: _apply_if_needed(patch))
-        else:
-            _apply_if_needed(patch)
+        xtuner_llava_swap_startup.call_after_import(
+            patch.after_import, lambda patch=patch: _apply_if_needed(patch))
     return [name for name in APPLIED if name not in before]
 
 

@@ -18,7 +18,7 @@ from support import REPO, requires_fixtures
 from xtuner_llava_swap.export import ExportError, convert
 from xtuner_llava_swap.export.layouts import (QWEN_V1_TO_QWEN2, TARGET_PREFIXES, KeyTable,
                                               from_target, to_target)
-from xtuner_llava_swap.export.shards import ShardWriter, parse_size
+from xtuner_llava_swap.export.shards import PlannedTensor, ShardWriter, parse_size
 
 TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
 
@@ -60,16 +60,21 @@ def test_shard_writer_bounds_shards_and_indexes(tmp_path):
     from safetensors.torch import load_file
 
     tensors = {f"w{i}": torch.full((10, 10), float(i)) for i in range(5)}  # 400 bytes each
-    writer = ShardWriter(tmp_path, max_shard_bytes=900)
+    tensors["half"] = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
+    layout = [PlannedTensor(name, tuple(t.shape), t.dtype) for name, t in tensors.items()]
+    writer = ShardWriter(tmp_path, layout, max_shard_bytes=900)
     for name, tensor in tensors.items():
         writer.add(name, tensor)
     files = writer.close()
     assert files == [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)]
-    assert writer.peak_pending_bytes == 800
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
-    assert index["metadata"]["total_size"] == 2000
+    assert index["metadata"]["total_size"] == 2012
+    assert [index["weight_map"][n] for n in tensors] == [files[0]] * 2 + [files[1]] * 2 + \
+        [files[2]] * 2
     for name, tensor in tensors.items():
         assert torch.equal(load_file(tmp_path / index["weight_map"][name])[name], tensor)
+    with pytest.raises(ValueError, match="arrived where the plan has w0"):
+        ShardWriter(tmp_path, layout, 900).add("w1", tensors["w1"])
     assert parse_size("2GB") == 2 * 10**9 and parse_size("1GiB") == 2**30
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .shards import ShardWriter
+from .shards import PlannedTensor, ShardWriter
 from .text_config import text_config
 
 
@@ -34,19 +34,24 @@ def image_seq_length(vision_config) -> int:
 def write_weights(out: Path, plan, fmt: str, dtype: torch.dtype, max_shard_bytes: int,
                   progress: bool, copies: dict | None = None) -> ShardWriter:
     """Stream the plan's tensors into ``out``; ``copies`` maps a name prefix to another
-    :class:`ShardWriter` that also receives those tensors, prefix stripped."""
+    folder that also receives those tensors (prefix stripped), sharded the same way."""
     from tqdm import tqdm
 
-    writer = ShardWriter(out, max_shard_bytes)
-    copies = copies or {}
-    for name, tensor in tqdm(plan.stream(fmt, dtype), total=plan.count(), unit="tensor",
+    layout = plan.layout(fmt, dtype)
+    writer = ShardWriter(out, layout, max_shard_bytes)
+    copy_writers = {
+        prefix: ShardWriter(folder, [PlannedTensor(e.name[len(prefix):], e.shape, e.dtype)
+                                     for e in layout if e.name.startswith(prefix)],
+                            max_shard_bytes)
+        for prefix, folder in (copies or {}).items()}
+    for name, tensor in tqdm(plan.stream(fmt, dtype), total=len(layout), unit="tensor",
                              desc=f"writing {fmt} weights", disable=not progress):
         writer.add(name, tensor)
-        for prefix, copy in copies.items():
+        for prefix, copy in copy_writers.items():
             if name.startswith(prefix):
                 copy.add(name[len(prefix):], tensor)
     writer.close()
-    for copy in copies.values():
+    for copy in copy_writers.values():
         copy.close()
     return writer
 

@@ -121,7 +121,7 @@ def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_b
     vision.architectures = ["CLIPVisionModel"]
     vision.save_pretrained(tower_dir)
     write_weights(out, plan, "llava", dtype, max_shard_bytes, progress,
-                  copies={TOWER_PREFIX: ShardWriter(tower_dir, max_shard_bytes)})
+                  copies={TOWER_PREFIX: tower_dir})
     tokenizer.chat_template = run.profile.chat_template()
     tokenizer.save_pretrained(out)
     image_processor = CLIPImageProcessor.from_pretrained(run.image_processor_path)

@@ -29,14 +29,17 @@ import torch
 from .errors import ExportError
 from .run_config import LoraSpec
 
-def checkpoint_allowlist() -> list:
-    """Globals allowed when loading xtuner/mmengine/DeepSpeed checkpoints with weights_only."""
+def checkpoint_allowlist(deepspeed: bool = True) -> list:
+    """Globals allowed when loading xtuner/mmengine (and DeepSpeed) checkpoints with
+    weights_only; DeepSpeed's own classes only with ``deepspeed`` (importing it is slow)."""
     from xtuner_llava_swap.compat import mmengine_checkpoint_globals
 
     allow = list(mmengine_checkpoint_globals())
     from mmengine.config import ConfigDict
 
     allow.append(ConfigDict)  # the run's DeepSpeed config, saved by mmengine's strategy
+    if not deepspeed:
+        return allow
     try:  # DeepSpeed records its ZeRO stage, loss scaler and fragment maps in its files
         from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
         from deepspeed.runtime.zero.config import ZeroStageEnum
@@ -59,7 +62,8 @@ def safe_load(path: Path, *, mmap: bool = True):
         raise ExportError(f"{path}: is not a torch checkpoint (not the zip archive torch.save "
                           "writes); check that this is the iter_N.pth file of the run")
     allowed = set(torch.serialization.get_safe_globals())
-    missing = [g for g in checkpoint_allowlist() if g not in allowed]
+    deepspeed_file = Path(path).name.endswith("_states.pt")  # *model_states.pt, *optim_states.pt
+    missing = [g for g in checkpoint_allowlist(deepspeed_file) if g not in allowed]
     try:
         with torch.serialization.safe_globals(missing):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)

@@ -5,8 +5,11 @@ updates of a checkpoint, checks them against each other BEFORE anything is writt
 (missing projector, trained weights the base model does not have, shape mismatches), and
 then yields every output tensor: base tensor read lazily -> trained update applied (LoRA
 merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2) -> embedding rows added for
-``<image>`` when the vocabulary has no spare row -> cast -> target name. Only one layer's
-tensors are alive at a time.
+``<image>`` when the vocabulary has no spare row -> cast -> target name. One weight's
+tensors are alive at a time: the memory-mapped pages of its base tensor and of its trained
+update are given back as soon as it is written (:mod:`.pages`). :meth:`WeightPlan.layout`
+runs the same steps on meta tensors to give the shard writer every name, shape and dtype
+before any data.
 """
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ import torch
 
 from .errors import ExportError
 from .layouts import guess_family, text_table, to_target
-from .lora import apply_update, component_updates
+from .lora import ComponentUpdate, apply_update, component_updates
+from .pages import release
 from .readers import WeightFolder
+from .shards import PlannedTensor
 
 PROJECTOR_KEYS = ("model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias")
 VISION_PREFIX = "vision_model."  # a CLIPModel folder also holds text_model.*: not exported
@@ -149,35 +154,51 @@ class WeightPlan:
                                       "(shape mismatch)")
 
     # ------------------------------------------------------------------ stream
-    def count(self) -> int:
-        """Number of tensors :meth:`stream` yields (for progress bars)."""
-        table = text_table(self.run.profile.weight_layout)
-        llm_names = [name for key in self.llm.keys()
-                     for name in ((table.forward(key) or (key,)) if table else (key,))]
-        if self.tie_word_embeddings:
-            llm_names = [name for name in llm_names if name != "lm_head.weight"]
-        return (len(llm_names) + len(PROJECTOR_KEYS)
-                + sum(k.startswith(VISION_PREFIX) for k in self.vision.keys()))
+    def layout(self, fmt: str, dtype: torch.dtype) -> list:
+        """Name, shape and dtype of every tensor :meth:`stream` yields, in its order: the
+        same code run on meta tensors, so no weight is read (the shard plan)."""
+        return [PlannedTensor(name, tuple(tensor.shape), tensor.dtype)
+                for name, tensor in self._tensors(fmt, dtype, meta=True)]
 
     def stream(self, fmt: str, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(target name, tensor in dtype)`` for every exported weight."""
+        """``(target name, tensor in dtype)`` for every exported weight, one at a time."""
+        return self._tensors(fmt, dtype, meta=False)
+
+    def _tensors(self, fmt: str, dtype: torch.dtype, meta: bool):
+        updates = {c: _on_meta(u) for c, u in self.updates.items()} if meta else self.updates
+        source = str(self.checkpoint.path)
+
+        def base(folder: WeightFolder, name: str) -> torch.Tensor:
+            return torch.empty(folder.shape(name), device="meta") if meta else folder.get(name)
+
         for name in self.vision.keys():
             if name.startswith(VISION_PREFIX):
-                value = apply_update(name, self.vision.get(name), self.updates["visual_encoder"],
-                                     str(self.checkpoint.path))
+                read = base(self.vision, name)
+                value = apply_update(name, read, updates["visual_encoder"], source)
                 yield to_target(fmt, "visual_encoder", name), _cast(value, dtype)
+                if not meta:
+                    self._done("visual_encoder", name, read)
         for name in PROJECTOR_KEYS:
-            yield to_target(fmt, "projector", name), _cast(self.updates["projector"].full[name],
-                                                           dtype)
+            yield to_target(fmt, "projector", name), _cast(updates["projector"].full[name], dtype)
         table = text_table(self.run.profile.weight_layout)
         for file, names in self.llm.by_file():
             for name in names:
-                yield from self._llm_tensors(name, table, fmt, dtype)
+                read = base(self.llm, name)
+                yield from self._llm_tensors(name, read, updates["llm"], table, fmt, dtype)
+                if not meta:
+                    self._done("llm", name, read)
             self.llm.release(file)
+        for file, _ in self.vision.by_file():
+            self.vision.release(file)
 
-    def _llm_tensors(self, name: str, table, fmt: str, dtype: torch.dtype):
-        value = apply_update(name, self.llm.get(name), self.updates["llm"],
-                             str(self.checkpoint.path))
+    def _done(self, component: str, name: str, read: torch.Tensor) -> None:
+        """Give back the memory of the file-mapped inputs of weight ``name`` once written."""
+        update = self.updates[component]
+        release([read, update.full.get(name), *update.lora.get(name, {}).values()])
+
+    def _llm_tensors(self, name: str, read: torch.Tensor, update, table, fmt: str,
+                     dtype: torch.dtype):
+        value = apply_update(name, read, update, str(self.checkpoint.path))
         if table is None:
             parts = ((name, value),)
         else:
@@ -217,10 +238,22 @@ def _lora_targets(base: WeightFolder, lora_cfg) -> list:
     return found
 
 
+def _on_meta(update: ComponentUpdate) -> ComponentUpdate:
+    """``update`` with every tensor replaced by an empty one of its shape on the meta device."""
+    def meta(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
+    return ComponentUpdate({k: meta(t) for k, t in update.full.items()},
+                           {k: {w: meta(t) for w, t in pair.items()}
+                            for k, pair in update.lora.items()}, update.scale)
+
+
 def _add_mean_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
     """``matrix`` grown to ``rows`` rows, the new ones set to the mean of the trained rows."""
-    extra = matrix.to(torch.float32).mean(dim=0, keepdim=True).expand(rows - matrix.shape[0], -1)
-    return torch.cat([matrix.to(torch.float32), extra], dim=0)
+    grown = torch.empty((rows, *matrix.shape[1:]), dtype=torch.float32, device=matrix.device)
+    trained = grown[:matrix.shape[0]]
+    trained.copy_(matrix)  # one fp32 matrix in memory, not a copy plus a concatenation
+    grown[matrix.shape[0]:] = trained.mean(dim=0, keepdim=True)
+    return grown
 
 
 def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
