@@ -1,12 +1,16 @@
 """Each compatibility patch: applied where its problem is present, a no-op where it is absent.
 
-Every case runs in a fresh interpreter, since the patches act on imported modules.
+Every case that applies patches runs in a fresh interpreter, since they act on imported
+modules.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+
+from pathlib import Path
 
 import pytest
 
@@ -16,8 +20,6 @@ from support import REPO, requires_fixtures
 def run_python(code: str, tmp_path, extra_path: str | None = None,
                python: str = sys.executable) -> str:
     env_path = [str(REPO)] + ([extra_path] if extra_path else [])
-    import os
-
     # no torch override of the weights-only default may leak in: the safe loader stays on
     env = {k: v for k, v in os.environ.items() if "WEIGHTS_ONLY" not in k}
     env["PYTHONPATH"] = os.pathsep.join(env_path)
@@ -337,3 +339,90 @@ def test_bnb_layout_patch_not_applied_where_bnb_cannot_quantize_on_cpu(tmp_path)
         print(version("bitsandbytes"), "bnb_cpu_4bit_training_layout" in compat.APPLIED)
     """, tmp_path)
     assert out.split() == ["0.45.0", "False"]
+
+
+DIST_ENV = """
+    import os, socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import torch, torch.distributed as dist
+    from mmengine.dist import init_dist
+"""
+
+
+def test_dist_init_joins_gloo_without_setting_a_cuda_device(tmp_path):
+    out = run_python(DIST_ENV + """
+    try:
+        init_dist("pytorch", backend="gloo")      # mmengine as shipped
+    except (AttributeError, RuntimeError, AssertionError) as err:
+        print("unpatched fails:", type(err).__name__)
+    from xtuner_llava_swap import compat
+    init_dist("pytorch", backend="gloo")
+    print("joined", dist.is_initialized(), dist.get_backend(), dist.get_world_size(),
+          "dist_init_without_cuda" in compat.APPLIED)
+    """, tmp_path)
+    assert "unpatched fails:" in out and "joined True gloo 1 True" in out
+
+
+def test_dist_init_untouched_with_an_accelerator(tmp_path):
+    out = run_python("""
+        import mmengine.device
+        mmengine.device.is_cuda_available = lambda: True   # pretend a GPU is present
+        from xtuner_llava_swap import compat
+        import mmengine.dist.utils as dist_utils
+        print("dist_init_without_cuda" in compat.APPLIED,
+              getattr(dist_utils._init_dist_pytorch, "_without_device", False))
+    """, tmp_path)
+    assert out.split() == ["False", "False"]
+
+
+def test_exit_status_check_sees_a_discarded_subprocess_result():
+    from xtuner_llava_swap.compat import _calls_discarding_the_result
+
+    def drops():
+        import subprocess
+        subprocess.run(["true"])
+
+    def keeps():
+        import subprocess
+        return subprocess.run(["true"]).returncode
+
+    assert _calls_discarding_the_result(drops, "subprocess.run")
+    assert not _calls_discarding_the_result(keeps, "subprocess.run")
+
+
+def test_xtuner_train_exits_with_the_training_status(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("NPROC_PER_NODE", "NNODES")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(["xtuner", "train", str(tmp_path / "no_such_config.py")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "no_such_config.py" in proc.stderr
+
+
+def test_qlora_zero3_patch_waits_for_xtuner_model_llava(tmp_path):
+    out = run_python("""
+        import sys
+        import xtuner_llava_swap_startup        # what the .pth line does at startup
+        import xtuner
+        from xtuner_llava_swap import compat
+        print("eager", "xtuner.model.llava" in sys.modules or "deepspeed" in sys.modules,
+              "qlora_zero3_without_quantization" in compat.APPLIED)
+        import torch
+        from mmengine.config import ConfigDict
+        from transformers.integrations import HfDeepSpeedConfig
+        from xtuner.model.llava import LLaVAModel
+        print("after import", "qlora_zero3_without_quantization" in compat.APPLIED)
+        zero3 = HfDeepSpeedConfig({"zero_optimization": {"stage": 3},
+                                   "train_micro_batch_size_per_gpu": 1})
+        plain = LLaVAModel._prepare_for_qlora_zero3(
+            ConfigDict(torch_dtype=torch.float32, quantization_config=None))
+        print("none kept", plain.torch_dtype, plain.quantization_config)
+        qlora = LLaVAModel._prepare_for_qlora_zero3(
+            ConfigDict(torch_dtype=torch.float32, quantization_config=ConfigDict(load_in_4bit=True)))
+        print("4-bit prepared", qlora.quantization_config.bnb_4bit_quant_storage == qlora.torch_dtype)
+    """, tmp_path)
+    assert "eager False False" in out and "after import True" in out
+    assert "none kept torch.float32 None" in out and "4-bit prepared True" in out
