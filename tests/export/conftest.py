@@ -1,7 +1,8 @@
 """Checkpoints for the export tests, each made once per session.
 
 Real ``xtuner train`` runs (the lead's Qwen-7B QLoRA config on the tiny parts): a plain
-``iter_N.pth``, a DeepSpeed ZeRO-2 and a ZeRO-3 directory. Every other family/setting is
+``iter_N.pth``, a DeepSpeed ZeRO-2 and a ZeRO-3 directory, and multi-rank DeepSpeed
+directories (2-rank ZeRO-2 and ZeRO-3, 3-rank ZeRO-3). Every other family/setting is
 built in-process with xtuner's ``LLaVAModel`` from the same CONFIG (paths, profile and LoRA
 targets swapped with ``--cfg-options``), its trainable weights moved off their init, and
 saved in exactly the ``iter_N.pth`` layout xtuner writes.
@@ -55,8 +56,9 @@ def _export_options(options: dict) -> dict:
     return {k: str(v) if v is not None else None for k, v in options.items() if k in keep}
 
 
-def _trained(config: Path, work_dir: Path, options: dict, deepspeed=None) -> TrainedRun:
-    proc = run_train(config, work_dir, options, deepspeed=deepspeed)
+def _trained(config: Path, work_dir: Path, options: dict, deepspeed=None,
+             nproc: int = 1) -> TrainedRun:
+    proc = run_train(config, work_dir, options, deepspeed=deepspeed, nproc=nproc)
     checkpoints = sorted(work_dir.glob("iter_*.pth"))
     assert checkpoints, f"xtuner train wrote no checkpoint:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return TrainedRun(config, checkpoints[-1], _export_options(options))
@@ -91,6 +93,33 @@ def zero3_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     options = {k: v for k, v in _train_options(tiny_parts).items() if "quantization" not in k}
     return _trained(_config_without_quantization(folder), folder, options,
                     deepspeed="deepspeed_zero3")
+
+
+def _multirank(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedRun:
+    """The QLoRA config on ``nproc`` ranks, a checkpoint every 2 iterations (two are kept)."""
+    options = {**_train_options(tiny_parts), "default_hooks.checkpoint.interval": 2}
+    return _trained(QLORA_CONFIG, folder, options, deepspeed=deepspeed, nproc=nproc)
+
+
+@pytest.fixture(scope="session")
+def zero2_2rank_run(tiny_parts, tmp_path_factory) -> TrainedRun:
+    """`xtuner train` on 2 ranks, ZeRO-2 -> iter_2.pth/ and iter_4.pth/ (2 optimizer files)."""
+    return _multirank(tiny_parts, tmp_path_factory.mktemp("train-zero2-2rank"),
+                      "deepspeed_zero2", 2)
+
+
+@pytest.fixture(scope="session")
+def zero3_2rank_run(tiny_parts, tmp_path_factory) -> TrainedRun:
+    """`xtuner train` on 2 ranks, ZeRO-3 -> iter_2.pth/ and iter_4.pth/."""
+    return _multirank(tiny_parts, tmp_path_factory.mktemp("train-zero3-2rank"),
+                      "deepspeed_zero3", 2)
+
+
+@pytest.fixture(scope="session")
+def zero3_3rank_run(tiny_parts, tmp_path_factory) -> TrainedRun:
+    """`xtuner train` on 3 ranks, ZeRO-3 (uneven partitions, padded) -> iter_2.pth/, iter_3.pth/."""
+    return _multirank(tiny_parts, tmp_path_factory.mktemp("train-zero3-3rank"),
+                      "deepspeed_zero3", 3)
 
 
 def build_inprocess_checkpoint(config: Path, cfg_options: dict, out_file: Path,

@@ -164,10 +164,11 @@ class _Save:
         facts = {}
         for rank, state in self.models.items():
             meta = state.get("meta") if isinstance(state.get("meta"), dict) else {}
+            steps = state.get("global_steps")
             facts[("model", rank)] = {
                 "world size": state.get("dp_world_size"),
-                "optimizer step": _int(state.get("global_steps"))
-                - _int(state.get("skipped_steps") or 0),
+                "optimizer step": None if steps is None
+                else _int(steps) - _int(state.get("skipped_steps") or 0),
                 "run": meta.get("experiment_name") if self.stage == 3 else None,
                 "parameters": _shapes_key(state["param_shapes"]) if self.stage == 3 else None}
         for rank, state in self.optim.items():
@@ -188,7 +189,8 @@ class _Save:
                     f"is missing: {name} was written by {self.world} ranks and every rank's "
                     "files are needed; copy the whole directory again")
             if (self.stage == 3 or rank == 0) and ("model", rank) not in self.files:
-                missing = model_files.get(rank) or self.path / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+                missing = (model_files.get(rank)
+                           or self.path / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
                 raise ExportError(f"{missing} is missing: {name} was written by {self.world} "
                                   "ranks and every rank's files are needed; copy the whole "
                                   "directory again")
