@@ -19,6 +19,12 @@ requires_fixtures = pytest.mark.skipif(
     reason="../shared/fixtures is absent (a fresh clone without the shared folder): "
            "this test needs the real tokenizers/samples")
 
+# The newer stack (transformers 4.57, bitsandbytes 0.50: nf4 on a CPU), built by `make setup`.
+TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
+requires_tf457 = pytest.mark.skipif(
+    not TF457_PYTHON.exists(),
+    reason=".venv-tf457 is absent; `make setup` builds it (tests/export/make_tf457_venv.sh)")
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -6,7 +6,7 @@
 # it is installed with --no-deps and the rest of its requirements are listed below (pip's
 # resolver would otherwise refuse the pair); torchvision is left out as in .venv (the
 # only wheel for torch 2.13 is a CUDA build), and so is transformers_stream_generator: it
-# does not import on transformers >= 4.56 (BeamSearchScorer is gone), and only Qwen-7B's
+# does not import on transformers 4.57 (BeamSearchScorer is gone), and only Qwen-7B's
 # (first generation) remote code asks for it, so that model stays on xtuner's stack.
 # CPU torch only (constraints file).
 # Usage: tests/export/make_tf457_venv.sh [VENV_DIR]   (default: .venv-tf457 in the repository)

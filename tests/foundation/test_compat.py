@@ -9,12 +9,9 @@ import os
 import subprocess
 import sys
 import textwrap
-
 from pathlib import Path
 
-import pytest
-
-from support import REPO, requires_fixtures
+from support import REPO, TF457_PYTHON, requires_fixtures, requires_tf457
 
 
 def run_python(code: str, tmp_path, extra_path: str | None = None,
@@ -284,13 +281,7 @@ def test_llava_model_problem_present_without_the_patch(tmp_path):
     assert "needed True" in out and "unasked ran True" in out
 
 
-# The newer stack (bitsandbytes >= 0.49 quantizes nf4 on a CPU), built by `make test`.
-TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
-
-
-@pytest.mark.skipif(not TF457_PYTHON.exists(),
-                    reason=".venv-tf457 is absent; `make test` builds it "
-                           "(tests/export/make_tf457_venv.sh)")
+@requires_tf457  # bitsandbytes >= 0.49, which quantizes nf4 on a CPU
 def test_bnb_4bit_layer_trains_after_cpu_inference(tmp_path):
     out = run_python("""
         import torch, bitsandbytes as bnb

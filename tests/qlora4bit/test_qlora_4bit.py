@@ -18,11 +18,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from support import FIXTURES, REPO, run_train
+from support import FIXTURES, REPO, TF457_PYTHON, requires_tf457, run_train
 from xtuner_llava_swap.testing.tiny import TinyLLaVA
 
 HERE = Path(__file__).resolve().parent
-TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
 CONFIG = REPO / "configs" / "llava_qwen2_5_7b_instruct_qlora.py"
 LINEAR4BIT = "bitsandbytes.nn.modules.Linear4bit"
 N_ITERS = 4
@@ -31,9 +30,7 @@ QUANTIZED = {f"model.layers.{i}.{m}" for i in range(2) for m in (
     "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
     "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")}
 
-pytestmark = pytest.mark.skipif(
-    not TF457_PYTHON.exists(),
-    reason=".venv-tf457 is absent; `make setup` builds it (tests/export/make_tf457_venv.sh)")
+pytestmark = requires_tf457
 
 
 def config_with_probe(folder: Path) -> Path:
@@ -77,8 +74,8 @@ def qlora_run(tiny_parts, tmp_path_factory):
     options = tiny_options(tiny_parts)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", str(HERE))  # the probe hook's module
-        run_train(config_with_probe(work_dir), work_dir, options, python=TF457_PYTHON,
-                  extra_args=("--seed", "0"))
+        proc = run_train(config_with_probe(work_dir), work_dir, options, python=TF457_PYTHON)
+    assert proc.returncode == 0, (work_dir / "test_stdout.log").read_text()[-3000:]
     return work_dir, options
 
 
