@@ -179,7 +179,8 @@ def _model_signature(folder: Path) -> dict | None:
 
 def check_recorded_config(run: TrainingRun, checkpoint) -> None:
     """Refuse a CONFIG whose LLM or vision tower is not the one the run recorded (a path
-    that differs is accepted when both folders hold the same model, e.g. a moved copy)."""
+    that differs is accepted when both folders hold the same model, e.g. a moved copy, or
+    when the recorded folder is not on this machine: the weight checks still apply)."""
     recorded = recorded_config(checkpoint)
     if recorded is None:
         return
@@ -191,10 +192,8 @@ def check_recorded_config(run: TrainingRun, checkpoint) -> None:
         if Path(trained_with).expanduser().resolve() == Path(named).expanduser().resolve():
             continue
         theirs, mine = _model_signature(Path(trained_with)), _model_signature(Path(named))
-        if theirs is None and Path(trained_with).name == Path(named).name:
-            continue  # the recorded folder is not here; same name: taken as moved
-        if theirs is not None and theirs == mine:
-            continue
+        if theirs is None or theirs == mine:
+            continue  # the recorded folder is not here (cannot tell), or the same model
         raise ExportError(
             f"{run.config_path}: model.{part} is {named}, but the checkpoint was trained with "
             f"{_RECORDED_PARTS[part]} {trained_with} (recorded in {where}); convert with the "
