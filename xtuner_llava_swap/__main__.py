@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     elif args.command == "cpu-cfg-options":
         print(" ".join(compat.cpu_cfg_options_args()))
     else:
+        compat.apply_all()  # every patch's module imported and checked, not only those in use
         for patch in compat.PATCHES:
             print(f"{patch.name:30s} {'applied' if patch.name in compat.APPLIED else 'not needed here'}")
     return 0

@@ -318,18 +318,12 @@ PATCHES = [
 
 def apply_all() -> list[str]:
     """Apply every patch whose problem is present; return the names applied now."""
-    applied_now = []
-    for patch in PATCHES:
-        if patch.name not in APPLIED and patch.needed():
-            patch.apply()
-            APPLIED.append(patch.name)
-            applied_now.append(patch.name)
-    return applied_now
+    return [patch.name for patch in PATCHES if _apply_one(patch)]
 
 
 # The module each patch acts on: :func:`apply_when_imported` applies a patch once that
-# module is imported, so that a process which never imports it (the converter never
-# imports xtuner or mmengine.optim) does not pay for importing it.
+# module is imported, so that a process which never imports it (the converter imports
+# neither mmengine.optim nor deepspeed, and its --help no xtuner) does not pay for it.
 PATCH_TARGETS = {
     "torch_cpu_bf16_query": "torch",
     "internvl_without_torchvision": "xtuner",  # before xtuner.dataset, which xtuner defers
@@ -347,10 +341,13 @@ def apply_when_imported() -> None:
         after_import(PATCH_TARGETS[patch.name], lambda patch=patch: _apply_one(patch))
 
 
-def _apply_one(patch: Patch) -> None:
-    if patch.name not in APPLIED and patch.needed():
-        patch.apply()
-        APPLIED.append(patch.name)
+def _apply_one(patch: Patch) -> bool:
+    """Apply ``patch`` if it is not yet and its problem is present; True if applied now."""
+    if patch.name in APPLIED or not patch.needed():
+        return False
+    patch.apply()
+    APPLIED.append(patch.name)
+    return True
 
 
 class _AfterImport(importlib.abc.MetaPathFinder):
