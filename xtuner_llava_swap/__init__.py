@@ -5,7 +5,8 @@ Importing the package applies the compatibility patches this machine needs
 transformers, each when the module it concerns is imported (at once if it already is):
 a patch when its target module is, the data map functions in xtuner's ``MAP_FUNC`` with
 ``xtuner``, the ``llava_qwen`` / ``llava_llama`` classes with ``transformers``. So a process
-that never imports xtuner (the converter) never pays for importing it.
+pays only for what it imports itself (``tools/convert_to_hf.py --help``: torch and
+mmengine.config, no xtuner, transformers or deepspeed).
 """
 from xtuner_llava_swap_startup import call_after_import
 
