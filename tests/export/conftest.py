@@ -9,7 +9,6 @@ saved in exactly the ``iter_N.pth`` layout xtuner writes.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,17 +69,6 @@ def qwen_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-qlora"), _train_options(tiny_parts))
 
 
-def _config_without_quantization(folder: Path) -> Path:
-    """The QLoRA config minus its 4-bit block: xtuner's ZeRO-3 path dereferences
-    ``quantization_config`` when the key exists, even when it is None (no CPU 4-bit)."""
-    text = QLORA_CONFIG.read_text()
-    stripped = re.sub(r"\n\s*quantization_config=dict\(.*?\n\s*\),", "", text, flags=re.S)
-    assert "quantization_config" not in stripped
-    target = folder / "llava_qwen7b_lora_cpu.py"
-    target.write_text(stripped)
-    return target
-
-
 @pytest.fixture(scope="session")
 def zero2_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-zero2"),
@@ -89,10 +77,8 @@ def zero2_run(tiny_parts, tmp_path_factory) -> TrainedRun:
 
 @pytest.fixture(scope="session")
 def zero3_run(tiny_parts, tmp_path_factory) -> TrainedRun:
-    folder = tmp_path_factory.mktemp("train-zero3")
-    options = {k: v for k, v in _train_options(tiny_parts).items() if "quantization" not in k}
-    return _trained(_config_without_quantization(folder), folder, options,
-                    deepspeed="deepspeed_zero3")
+    return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-zero3"),
+                    _train_options(tiny_parts), deepspeed="deepspeed_zero3")
 
 
 def _multirank(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedRun:
