@@ -51,8 +51,9 @@ def checkpoint_allowlist(deepspeed: bool = True) -> list:
     return allow
 
 
-def safe_load(path: Path, *, mmap: bool = True):
+def safe_load(path: str | Path, *, mmap: bool = True):
     """``torch.load`` with ``weights_only=True`` and :func:`checkpoint_allowlist`."""
+    path = Path(path)
     # Only what is not allowed already: leaving the context removes what it added, and
     # must not take away the globals compat allows process-wide (resume, load_from).
     if path.is_file() and path.stat().st_size == 0:
@@ -62,7 +63,7 @@ def safe_load(path: Path, *, mmap: bool = True):
         raise ExportError(f"{path}: is not a torch checkpoint (not the zip archive torch.save "
                           "writes); check that this is the iter_N.pth file of the run")
     allowed = set(torch.serialization.get_safe_globals())
-    deepspeed_file = Path(path).name.endswith("_states.pt")  # *model_states.pt, *optim_states.pt
+    deepspeed_file = path.name.endswith("_states.pt")  # *model_states.pt, *optim_states.pt
     missing = [g for g in checkpoint_allowlist(deepspeed_file) if g not in allowed]
     try:
         with torch.serialization.safe_globals(missing):
