@@ -51,7 +51,8 @@ def test_peak_memory_stays_under_one_and_a_half_shards(tmp_path):
                                                         heads=4, vocab=1024),
                                family="qwen2", real_tokenizer=False)
     run = build_synthetic_run(tmp_path / "run", SHAPE, family="qwen2", real_tokenizer=False)
-    checkpoint = write_lora_checkpoint(run, LORA_RANK, tmp_path / "iter_1.pth")
+    (tmp_path / "work_dir").mkdir()  # OUT_DIR may not lie inside the run's work dir
+    checkpoint = write_lora_checkpoint(run, LORA_RANK, tmp_path / "work_dir" / "iter_1.pth")
     assert checkpoint.stat().st_size > SHAPE.fp16_bytes() > 4 * SHARD_BYTES
     proc = subprocess.run(
         [sys.executable, "-c", MEASURE, str(warm.config(LORA_RANK)),
