@@ -30,7 +30,6 @@ import torch
 
 from .errors import ExportError
 from .hf_writer import generation_config, vision_config_of, write_weights
-from .shards import ShardWriter
 from .text_config import text_config
 
 TOWER_FOLDER = "clip_vision_tower"  # SGLang wants "clip" or "siglip" in the tower's name
