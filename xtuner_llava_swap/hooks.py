@@ -12,6 +12,8 @@ that differs where xtuner's hook is wrong for other LLMs:
 * stopping is decided on token ids (:class:`StopOnTokenIds`): each step compares the
   last generated id(s) with the stop sequences, never decodes the whole sequence;
 * ``bos_token_id`` is never passed as ``None`` to ``generate``;
+* under DeepSpeed ZeRO-3 on several ranks every rank runs every generation step
+  (``synced_gpus``), so ranks whose replies end at different steps stay in step;
 * no shared mutable defaults (xtuner's ``stop_words=[]`` grows with every instance);
 * before training it generates ``min(50, max_new_tokens)`` tokens (xtuner: always 50);
 * an id past the tokenizer's vocabulary (Qwen embeddings have spare rows that an
@@ -84,6 +86,17 @@ def stop_word_sequences(tokenizer, stop_words: Sequence[str]) -> list:
                              f"{type(tokenizer).__name__}")
         sequences.append(ids)
     return sequences
+
+
+def _partitioned_over_ranks(llm) -> bool:
+    """True when DeepSpeed ZeRO-3 splits ``llm``'s weights over several ranks. Every rank
+    must then run every generation step (transformers' ``synced_gpus``), also after its own
+    reply has ended, or the ranks' weight gathers fall out of step. transformers decides
+    this itself only under its own DeepSpeed integration, which xtuner does not use."""
+    import torch.distributed as dist
+
+    return (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+            and hasattr(next(llm.parameters()), "ds_id"))
 
 
 @dataclass(frozen=True)
@@ -256,7 +269,8 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         output = model.llm.generate(
             **inputs, generation_config=self.gen_config,
             max_new_tokens=max_new_tokens or self.max_new_tokens,
-            stopping_criteria=self.stop_criteria, logits_processor=logits_processor)
+            stopping_criteria=self.stop_criteria, logits_processor=logits_processor,
+            synced_gpus=_partitioned_over_ranks(model.llm))
         # generate returns the prompt ids too when it was given ids, only new ids for embeddings
         new_ids = output[0, input_ids.shape[1]:] if "input_ids" in inputs else output[0]
         new_ids = tuple(new_ids.tolist())

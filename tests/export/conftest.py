@@ -82,8 +82,12 @@ def zero3_run(tiny_parts, tmp_path_factory) -> TrainedRun:
 
 
 def _multirank(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedRun:
-    """The QLoRA config on ``nproc`` ranks, a checkpoint every 2 iterations (two are kept)."""
-    options = {**_train_options(tiny_parts), "default_hooks.checkpoint.interval": 2}
+    """The QLoRA config on ``nproc`` ranks, a checkpoint every 2 iterations (two are kept).
+
+    These runs are here for their checkpoints: EvaluateChatHook generates nothing (its
+    several-rank ZeRO-3 generation is tested in tests/foundation/test_multirank.py)."""
+    options = {**_train_options(tiny_parts), "default_hooks.checkpoint.interval": 2,
+               "custom_hooks.1.evaluation_inputs": []}
     return _trained(QLORA_CONFIG, folder, options, deepspeed=deepspeed, nproc=nproc)
 
 
