@@ -54,14 +54,14 @@ def _earlier(run):
     return saves[-2]
 
 
-def _assert_refused(run, checkpoint, tmp_path, capsys, names, says: str) -> None:
-    out = tmp_path / "llava-qwen-out"
+def _assert_refused(run, checkpoint, work_dir, capsys, names, says: str) -> None:
+    out = work_dir.parent / f"{work_dir.name}-llava-qwen-out"  # beside the run, never inside
     status, _, err = _cli(run, checkpoint, out, capsys)
     assert status == 1
     line = err.strip()
     assert "\n" not in line and "Traceback" not in line, err
     assert f"{names}" in line and says in line, line
-    assert not out.exists() and not list(tmp_path.glob(".*partial*"))
+    assert not out.exists() and not list(out.parent.glob(".*partial*"))
 
 
 @requires_fixtures
