@@ -52,6 +52,15 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
   in_features is not a multiple of the quantization block (64) crash at once. New
   ``Linear4bit`` layers keep the training layout; inference takes the generic path.
 
+* ``zero3_cpu_gathers_complete``: DeepSpeed's ZeRO-3 ``Init._allgather_params_coalesced``
+  (what ``zero.GatheredParameters`` runs for several parameters, e.g. a layer's weight and
+  bias while transformers loads them) launches one asynchronous all-gather per parameter and
+  waits only for the last, relying on a CUDA stream to order them. On a CPU (gloo) they run
+  on worker threads and finish in any order, so the others could still be writing when the
+  gathered weights were read and re-partitioned: now and then a layer kept uninitialised
+  memory (NaN in 1 of 3 two-rank runs, NaN trained weights in 2 of 4 three-rank runs). Each
+  parameter's gather is now waited for. Only where the accelerator orders nothing (a CPU).
+
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
 apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``).
@@ -469,6 +478,32 @@ def _mmengine_package_paths_use_importlib() -> None:
         module.is_installed = _package_importable
 
 
+# ------------------------------------------------------------------------- deepspeed
+def _zero3_waits_for_the_last_gather_only() -> bool:
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    gather = Init._allgather_params_coalesced
+    if getattr(gather, "_waits_for_each", False):
+        return False
+    accelerator = get_accelerator()
+    unordered = accelerator.is_synchronized_device() and accelerator.resolves_data_dependency()
+    return unordered and "launch_handles[-1].wait()" in inspect.getsource(gather)
+
+
+def _zero3_waits_for_each_gather() -> None:
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    gather = Init._allgather_params_coalesced
+
+    def _allgather_params_coalesced(self, param_list, hierarchy=0, quantize=False):
+        for param in param_list:  # one launch, one wait: complete when the call returns
+            gather(self, [param], hierarchy, quantize)
+
+    _allgather_params_coalesced._waits_for_each = True
+    Init._allgather_params_coalesced = _allgather_params_coalesced
+
+
 # ---------------------------------------------------------------------- bitsandbytes
 def _bnb_cpu_repacks_for_inference() -> bool:
     import torch
@@ -519,6 +554,8 @@ PATCHES = [
           _llava_remote_code_only_when_asked, "xtuner.model.llava"),
     Patch("bnb_cpu_4bit_training_layout", _bnb_cpu_repacks_for_inference,
           _bnb_linear4bit_keeps_training_layout, "bitsandbytes"),
+    Patch("zero3_cpu_gathers_complete", _zero3_waits_for_the_last_gather_only,
+          _zero3_waits_for_each_gather, "deepspeed.runtime.zero.partition_parameters"),
 ]
 
 
