@@ -9,7 +9,8 @@ One chain of real runs, each on 2 ranks, shared by the tests below:
    its ``pretrained_pth`` the 2-rank pretrain directory of step 2, EvaluateChatHook on;
 4. the same, resumed by ``torchrun --nproc_per_node 2 tools/train.py --resume``.
 
-Plus two runs that crash in every rank, to check the exit status of both entries.
+Plus two runs that crash in every rank, to check the exit status of both entries, and one
+whose rank 1 alone crashes.
 """
 from __future__ import annotations
 
@@ -195,4 +196,22 @@ def test_a_crash_in_the_ranks_gives_a_nonzero_exit_status(tiny, entry, tmp_path)
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert "missing.json" in output and "ChildFailedError" in output
+    assert not list(tmp_path.glob("iter_*.pth"))
+
+
+def test_a_crash_in_one_rank_gives_a_nonzero_exit_status(tiny, tmp_path, monkeypatch):
+    """Rank 1 raises after iteration 1 while rank 0 goes on into the next step's collectives:
+    torchrun stops rank 0 and ``xtuner train`` exits non-zero, with no checkpoint."""
+    config = tmp_path / "crash_in_rank_one.py"
+    config.write_text(FINETUNE_CFG.read_text() + "\n\nfrom rank_crash_hook import "
+                      "CrashInRankOneHook\n\ncustom_hooks.append(dict(type=CrashInRankOneHook))\n")
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))  # the hook's module
+    options = tiny.cfg_options(pretrained_pth=None, **SHORT,
+                               **{"custom_hooks.1.evaluation_inputs": []})
+    proc = run_train(config, tmp_path, {**options, "train_cfg.max_iters": 2},
+                     deepspeed="deepspeed_zero2", nproc=NPROC)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    assert "rank 1 crashes on purpose" in output and "ChildFailedError" in output
+    assert 2 not in iterations_logged(log_of(tmp_path))
     assert not list(tmp_path.glob("iter_*.pth"))
