@@ -58,8 +58,10 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
   waits only for the last, relying on a CUDA stream to order them. On a CPU (gloo) they run
   on worker threads and finish in any order, so the others could still be writing when the
   gathered weights were read and re-partitioned: now and then a layer kept uninitialised
-  memory (NaN in 1 of 3 two-rank runs, NaN trained weights in 2 of 4 three-rank runs). Each
-  parameter's gather is now waited for. Only where the accelerator orders nothing (a CPU).
+  memory (NaN in 1 of 3 two-rank runs, NaN trained weights in 2 of 4 three-rank runs). It
+  also sized every parameter's buffer by the first one's dtype, which gloo refuses for the
+  uint8 4-bit weights of QLoRA beside bfloat16 ones. Each parameter is now gathered into a
+  buffer of its own and waited for. Only where the accelerator orders nothing (a CPU).
 
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment

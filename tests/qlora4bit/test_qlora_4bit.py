@@ -6,6 +6,8 @@ The Qwen2.5 QLoRA config trains through that environment's ``xtuner train`` WITH
 parts; a probe hook records the LLM's linear layer classes before training and after every
 iteration. Then the environment's ``tools/convert_to_hf.py`` exports it with ``--verify``,
 and ``qlora_4bit_logits.py`` measures how far the export is from the 4-bit model trained.
+The same config also trains on 2 ranks under DeepSpeed ZeRO-3 (4-bit layers on every rank,
+EvaluateChatHook generating) and its 2-rank checkpoint directory exports with ``--verify``.
 """
 from __future__ import annotations
 
@@ -165,3 +167,45 @@ def test_export_logits_against_the_4bit_training_model(qlora_run, exported):
     # reference was not quantized)
     assert 0 < numbers["mean_abs_logit_diff"] < 0.1 * numbers["logit_scale"], numbers
     assert numbers["max_abs_logit_diff"] < numbers["logit_scale"], numbers
+
+
+@pytest.fixture(scope="module")
+def qlora_zero3_run(tiny_parts, tmp_path_factory):
+    """``(work_dir, cfg_options)`` of the same 4-bit config on 2 ranks under DeepSpeed ZeRO-3,
+    2 iterations (the path of a multi-GPU QLoRA run)."""
+    work_dir = tmp_path_factory.mktemp("qlora-4bit-zero3")
+    options = {**tiny_options(tiny_parts), "train_cfg.max_iters": 2,
+               "default_hooks.checkpoint.interval": 2}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", str(HERE))  # the probe hook's module
+        proc = run_train(config_with_probe(work_dir), work_dir, options, python=TF457_PYTHON,
+                         deepspeed="deepspeed_zero3", nproc=2)
+    assert proc.returncode == 0, (work_dir / "test_stdout.log").read_text()[-3000:]
+    return work_dir, options
+
+
+def test_zero3_two_ranks_train_in_4bit_and_export(qlora_zero3_run, tmp_path):
+    work_dir, options = qlora_zero3_run
+    log = (work_dir / "test_stdout.log").read_text()
+    checkpoint = work_dir / "iter_2.pth"
+    assert len(list(checkpoint.glob("zero_pp_rank_*_mp_rank_00_model_states.pt"))) == 2, log[-3000:]
+    records = probe_lines(work_dir)
+    for rank in (0, 1):  # every rank trains the 4-bit layers
+        mine = [r for r in records if r["rank"] == rank]
+        assert [r["iters_done"] for r in mine] == [0, 1, 2]
+        for record in mine:
+            base = {name.removesuffix(".base_layer"): cls[0] for name, cls in record["layers"].items()
+                    if name.endswith(".base_layer")}
+            assert base == {name: LINEAR4BIT for name in QUANTIZED}, record
+    losses = [float(x) for x in re.findall(r"Iter\(train\) \[\s*\d+/\d+\].*loss: ([0-9.]+)", log)]
+    assert len(losses) == 2 and all(0 < x < 100 for x in losses), losses
+    samples = re.findall(r"EvaluateChatHook: (\d+) new tokens", log)
+    assert samples and all(int(n) > 0 for n in samples), log[-3000:]  # generated under ZeRO-3
+    out = tmp_path / "hf"
+    proc = run_tf457(REPO / "tools" / "convert_to_hf.py", CONFIG, checkpoint, out, "--verify",
+                     "--no-progress", "--cfg-options", *export_options(options))
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["checkpoint_kind"] == "deepspeed-zero3"
+    verify = summary["verify"]
+    assert verify["max_abs_logit_diff"] <= verify["tolerance"], verify
+    assert verify["tokens"] == verify["reference_tokens"], verify
