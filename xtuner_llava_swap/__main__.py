@@ -2,8 +2,19 @@
 import argparse
 import importlib
 import sys
+import sysconfig
+from pathlib import Path
 
 from . import compat
+
+STARTUP_PTH = "xtuner_llava_swap.pth"
+
+
+def install_startup(site_packages: str | None = None) -> Path:
+    """Write the one-line .pth that imports :mod:`xtuner_llava_swap_startup` at startup."""
+    target = Path(site_packages or sysconfig.get_paths()["purelib"]) / STARTUP_PTH
+    target.write_text("import xtuner_llava_swap_startup\n")
+    return target
 
 
 def main(argv=None) -> int:
@@ -11,7 +22,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="list the compatibility patches and whether this machine needed them")
     sub.add_parser("install-startup",
-                   help=f"write {compat.STARTUP_PTH} into site-packages so that `xtuner train` "
+                   help=f"write {STARTUP_PTH} into site-packages so that `xtuner train` "
                         "applies the patches (needed on CPU-only machines)")
     sub.add_parser("cpu-cfg-options", help="print the --cfg-options that run this project's configs on a CPU")
     sub.add_parser("profiles", add_help=False,
@@ -24,9 +35,11 @@ def main(argv=None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "install-startup":
-        print(f"wrote {compat.install_startup()}")
+        print(f"wrote {install_startup()}")
     elif args.command == "cpu-cfg-options":
-        print(" ".join(compat.cpu_cfg_options_args()))
+        from .cpu_options import cpu_cfg_options_args
+
+        print(" ".join(cpu_cfg_options_args()))
     else:
         for patch in compat.PATCHES:
             importlib.import_module(patch.after_import)  # checked on import: import it to know

@@ -65,7 +65,8 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
-apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``).
+apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``). The switches that run
+the configs on a CPU are not fixes and live in :mod:`xtuner_llava_swap.cpu_options`.
 """
 from __future__ import annotations
 
@@ -74,7 +75,6 @@ import importlib.util
 import inspect
 import logging
 import sys
-import sysconfig
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -507,6 +507,22 @@ def _zero3_waits_for_each_gather() -> None:
 
 
 # ---------------------------------------------------------------------- bitsandbytes
+def bitsandbytes_quantizes_here() -> bool:
+    """True when bitsandbytes can load a 4-bit model on this machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    try:
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        return Version(version("bitsandbytes")) >= Version("0.46")
+    except Exception:
+        return False
+
+
 def _bnb_cpu_repacks_for_inference() -> bool:
     import torch
 
@@ -577,53 +593,3 @@ def apply_all() -> list[str]:
         xtuner_llava_swap_startup.call_after_import(
             patch.after_import, lambda patch=patch: _apply_if_needed(patch))
     return [name for name in APPLIED if name not in before]
-
-
-# Command-line switches that make the GPU configs of this project train on a CPU
-# (passed through `--cfg-options`): no 4-bit quantization where bitsandbytes cannot
-# quantize without CUDA, fp32 weights, no pinned memory, gloo instead of nccl.
-CPU_CFG_OPTIONS = {
-    "model.llm.torch_dtype": "float32",
-    "train_dataloader.pin_memory": False,
-    "train_dataloader.num_workers": 0,
-    "env_cfg.dist_cfg.backend": "gloo",
-}
-
-
-def bitsandbytes_quantizes_here() -> bool:
-    """True when bitsandbytes can load a 4-bit model on this machine."""
-    import torch
-
-    if torch.cuda.is_available():
-        return True
-    try:
-        from importlib.metadata import version
-
-        from packaging.version import Version
-
-        return Version(version("bitsandbytes")) >= Version("0.46")
-    except Exception:
-        return False
-
-
-def cpu_cfg_options(quantized: bool | None = None) -> dict:
-    """`--cfg-options` for a CPU run; drops the LLM's quantization where it cannot run."""
-    options = dict(CPU_CFG_OPTIONS)
-    if not (bitsandbytes_quantizes_here() if quantized is None else quantized):
-        options["model.llm.quantization_config"] = None
-    return options
-
-
-def cpu_cfg_options_args(quantized: bool | None = None) -> list[str]:
-    """The same as ``key=value`` strings for a command line."""
-    return [f"{k}={'None' if v is None else v}" for k, v in cpu_cfg_options(quantized).items()]
-
-
-STARTUP_PTH = "xtuner_llava_swap.pth"
-
-
-def install_startup(site_packages: str | None = None) -> Path:
-    """Write the one-line .pth that imports :mod:`xtuner_llava_swap_startup` at startup."""
-    target = Path(site_packages or sysconfig.get_paths()["purelib"]) / STARTUP_PTH
-    target.write_text("import xtuner_llava_swap_startup\n")
-    return target

@@ -30,12 +30,12 @@ class TrainedRun:
 
 def swap_options(profile_name: str, llm: Path, clip: Path) -> dict:
     """``--cfg-options`` that point CONFIG at a tiny LLM of another profile (CPU, fp32)."""
-    from xtuner_llava_swap import compat
+    from xtuner_llava_swap import cpu_options
     from xtuner_llava_swap.profiles import get_profile
     from xtuner_llava_swap.tokenizers import tokenizer_dict
 
     profile = get_profile(profile_name)
-    return {**compat.cpu_cfg_options(quantized=False), "llm_name_or_path": str(llm),
+    return {**cpu_options.cpu_cfg_options(quantized=False), "llm_name_or_path": str(llm),
             "visual_encoder_name_or_path": str(clip), "pretrained_pth": None,
             "tokenizer": dict(_delete_=True, **tokenizer_dict(profile_name, llm)),
             "model.llm.trust_remote_code": profile.trust_remote_code,

@@ -2,7 +2,7 @@
 swap of xtuner's own InternLM2 LLaVA config, and real `xtuner train` runs on tiny models.
 
 The end-to-end runs take the REAL config files with `--cfg-options` overrides of their path
-variables plus the CPU switches of ``xtuner_llava_swap.compat``. Where bitsandbytes cannot
+variables plus the CPU switches of ``xtuner_llava_swap.cpu_options``. Where bitsandbytes cannot
 quantize (0.45.0 without CUDA, see ``compat.bitsandbytes_quantizes_here``) those switches
 drop the LLM's ``quantization_config``: the LLM then runs unquantized in fp32, while
 everything else of the QLoRA configs (LoRA on the LLM with the profile's target modules,
@@ -19,7 +19,7 @@ import torch
 from mmengine.config import Config
 
 from support import REPO, requires_fixtures, run_train
-from xtuner_llava_swap import compat
+from xtuner_llava_swap import compat, cpu_options
 from xtuner_llava_swap.configs import ConfigSwapError, swap_llm
 from xtuner_llava_swap.hooks import EvaluateChatHook
 from xtuner_llava_swap.profiles import get_profile, template_map_fn_factory
@@ -110,7 +110,7 @@ def test_path_overrides_reach_every_place_that_used_the_path(name, tmp_path):
     cfg = Config.fromfile(CONFIGS / name)
     originals = {v: cfg[v] for v in PATH_VARIABLES[:-1]}
     overrides = {v: str(tmp_path / v) for v in originals}
-    cfg.merge_from_dict({**compat.cpu_cfg_options(quantized=False), **overrides})
+    cfg.merge_from_dict({**cpu_options.cpu_cfg_options(quantized=False), **overrides})
     text = cfg.pretty_text
     for name_, old in originals.items():
         assert old not in text, f"{name_} still {old!r} somewhere"

@@ -57,7 +57,7 @@ class TinyLLaVA:
         max_epochs`` would round to zero iterations on tiny data), generations are short
         and the seed is fixed. ``extra`` adds or overrides options.
         """
-        from xtuner_llava_swap.compat import cpu_cfg_options
+        from xtuner_llava_swap.cpu_options import cpu_cfg_options
 
         image = next(p for p in sorted(self.image_folder.rglob("*")) if p.is_file())
         data = self.pretrain_data_path if stage == "pretrain" else self.data_path

@@ -1,0 +1,80 @@
+"""The package's import graph has no cycles, counting imports inside functions too.
+
+Walks every module of ``xtuner_llava_swap`` with :mod:`ast` (nothing is imported): an edge
+goes from a module to each package module it imports, at the top or deferred inside a
+function; ``from . import name`` is an edge to the submodule ``name`` when there is one.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from support import REPO
+
+PACKAGE = REPO / "xtuner_llava_swap"
+
+
+def module_files() -> dict[str, Path]:
+    files = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            submodules = {f"{base}.{alias.name}" for alias in node.names} & known
+            found.update(submodules or {base})
+    return (found & known) - {name}
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: imported_modules(name, path, set(files)) for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One cycle of ``graph`` as a path that returns to its start, or [] when there is none."""
+    state: dict[str, str] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "open"
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return []
+
+
+def test_walker_sees_deferred_and_relative_imports():
+    graph = import_graph()
+    assert "xtuner_llava_swap.export.readers" in graph["xtuner_llava_swap.export.convert"]
+    # deferred (inside a function) and `from . import name` edges are both followed
+    assert "xtuner_llava_swap.export.verify" in graph["xtuner_llava_swap.export.convert"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert not cycle, " -> ".join(cycle)
