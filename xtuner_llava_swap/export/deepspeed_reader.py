@@ -81,6 +81,14 @@ class PartitionedTensors(Mapping):
     def __contains__(self, key) -> bool:
         return key in self._fixed or key in self._locate
 
+    def shape(self, key: str) -> tuple:
+        """Without assembling: the located shape is the last item of ``locate[key]``."""
+        return tuple(self._fixed[key].shape) if key in self._fixed else self._locate[key][-1]
+
+    def dtype(self, key: str) -> torch.dtype:
+        """Assembled parameters are the fp32 master weights."""
+        return self._fixed[key].dtype if key in self._fixed else torch.float32
+
     def __iter__(self):
         return iter(self._order)
 

@@ -95,6 +95,16 @@ class TrainedCheckpoint:
     lora: dict = field(default_factory=dict)  # component -> LoraSpec from adapter_config.json
     recorded_config: str | None = None  # the run's config text mmengine kept in meta["cfg"]
 
+    # Shape and dtype without reading: ``tensors`` may assemble a tensor on each access
+    # (DeepSpeed partitions), so it answers these itself when it can.
+    def shape(self, key: str) -> tuple:
+        known = getattr(self.tensors, "shape", None)
+        return tuple(known(key) if known else self.tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        known = getattr(self.tensors, "dtype", None)
+        return known(key) if known else self.tensors[key].dtype
+
 
 def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
     """Read any checkpoint form listed in the module docstring."""
