@@ -14,6 +14,8 @@ exactly as DeepSpeed's own ``zero_to_fp32`` does:
 Every file is memory-mapped and a parameter is assembled only when its tensor is asked
 for (:class:`PartitionedTensors`), so memory does not grow with the number of ranks;
 under ZeRO-1/2 a parameter that lies inside one rank's partition is a view of that file.
+The file pages an assembled copy was made from are given back at once (:mod:`.pages`),
+so a conversion does not keep the partitions it has read resident.
 
 Before anything is read, the directory is checked as one save: every rank's files are
 present, and all files agree on the world size, the optimizer step and (ZeRO-3) the
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .errors import ExportError
+from .pages import release
 from .readers import TrainedCheckpoint, safe_load
 
 _RANK_FILE = re.compile(r"^(?P<prefix>.*)zero_pp_rank_(?P<rank>\d+)_mp_rank_(?P<mp>\d+)_"
@@ -63,7 +66,11 @@ class _Flat:
             take = min(length, self.chunks[index].numel() - local)
             pieces.append(self.chunks[index][local:local + take])
             start, length, index = start + take, length - take, index + 1
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        if len(pieces) == 1:
+            return pieces[0]
+        joined = torch.cat(pieces)
+        release(pieces)  # the copy is what is used: the file pages read can go
+        return joined
 
 
 class PartitionedTensors(Mapping):
@@ -327,7 +334,10 @@ class _Save:
     def _zero3_param(self, start: int, shape: tuple) -> torch.Tensor:
         numel = math.prod(shape)
         piece = math.ceil(numel / self.world)
-        return torch.cat([flat.read(start, piece) for flat in self.flats])[:numel].view(shape)
+        pieces = [flat.read(start, piece) for flat in self.flats]
+        joined = torch.cat(pieces)
+        release(pieces)  # the copy is what is used: the file pages read can go
+        return joined[:numel].view(shape)
 
     def _frozen(self) -> dict:
         """Frozen parameters DeepSpeed saved beside the trained ones (``frozen_param_*``)."""
