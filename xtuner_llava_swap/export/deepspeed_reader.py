@@ -73,16 +73,30 @@ class _Flat:
         return joined
 
 
+class _Joined:
+    """A ZeRO-3 frozen parameter: its ranks' fragments, concatenated only when asked for."""
+
+    def __init__(self, pieces: list, shape: tuple):
+        self.pieces, self.shape, self.dtype = pieces, shape, pieces[0].dtype
+
+    def tensor(self) -> torch.Tensor:
+        flat = [piece.reshape(-1) for piece in self.pieces]
+        joined = torch.cat(flat)
+        release(flat)  # the copy is what is used: the file pages read can go
+        return joined[:math.prod(self.shape)].view(self.shape)
+
+
 class PartitionedTensors(Mapping):
-    """``name -> tensor`` of a DeepSpeed save; a trained parameter is assembled from the
-    ranks' partitions on each access (nothing is cached)."""
+    """``name -> tensor`` of a DeepSpeed save; a trained parameter (and a ZeRO-3 frozen one)
+    is assembled from the ranks' partitions on each access (nothing is cached)."""
 
     def __init__(self, order: list, fixed: dict, locate: dict, assemble):
         self._order, self._fixed, self._locate, self._assemble = order, fixed, locate, assemble
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key in self._fixed:
-            return self._fixed[key]
+            value = self._fixed[key]
+            return value.tensor() if isinstance(value, _Joined) else value
         return self._assemble(*self._locate[key])
 
     def __contains__(self, key) -> bool:
@@ -347,9 +361,8 @@ class _Save:
             if self.stage <= 2:
                 out[name] = self.reference["frozen_param_fragments"][name]
                 continue
-            numel = math.prod(shape)
             pieces = [self.models[r]["frozen_param_fragments"][name] for r in range(self.world)]
-            out[name] = torch.cat([p.reshape(-1) for p in pieces])[:numel].view(tuple(shape))
+            out[name] = _Joined(pieces, tuple(shape))  # assembled when asked for
         return out
 
 

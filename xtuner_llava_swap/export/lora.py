@@ -29,7 +29,7 @@ class ComponentUpdate:
     """What training changed in one component, under the base model's key names; the
     values are keys of ``checkpoint``, read on use (:meth:`tensor`)."""
 
-    checkpoint: object = None                      # the TrainedCheckpoint the keys are in
+    checkpoint: object                             # the TrainedCheckpoint the keys are in
     full: dict = field(default_factory=dict)       # name -> key of the replacement tensor
     lora: dict = field(default_factory=dict)       # "<module>.weight" -> {"A": key, "B": key}
     scale: float | None = None

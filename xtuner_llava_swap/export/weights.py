@@ -8,9 +8,9 @@ merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2) -> embedding rows a
 ``<image>`` when the vocabulary has no spare row -> cast -> target name. One weight's
 tensors are alive at a time: its trained update (replacement or LoRA pair) is read from the
 checkpoint only then (:mod:`.lora` keeps keys), and the memory-mapped pages of its base
-tensor and of its update are given back as soon as it is written (:mod:`.pages`). :meth:`WeightPlan.layout`
-runs the same steps on meta tensors to give the shard writer every name, shape and dtype
-before any data.
+tensor and of its update are given back as soon as it is written (:mod:`.pages`).
+:meth:`WeightPlan.layout` runs the same steps on meta tensors to give the shard writer
+every name, shape and dtype before any data.
 """
 from __future__ import annotations
 
