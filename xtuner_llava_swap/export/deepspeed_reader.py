@@ -58,19 +58,35 @@ class _Flat:
     def numel(self) -> int:
         return self.starts[-1]
 
-    def read(self, start: int, length: int) -> torch.Tensor:
-        """Values ``[start, start + length)``: a view when they lie in one chunk."""
+    def views(self, start: int, length: int) -> list:
+        """Values ``[start, start + length)`` as views of the chunks they lie in."""
         pieces, index = [], bisect.bisect_right(self.starts, start) - 1
         while length > 0:
             local = start - self.starts[index]
             take = min(length, self.chunks[index].numel() - local)
             pieces.append(self.chunks[index][local:local + take])
             start, length, index = start + take, length - take, index + 1
-        if len(pieces) == 1:
-            return pieces[0]
-        joined = torch.cat(pieces)
-        release(pieces)  # the copy is what is used: the file pages read can go
-        return joined
+        return pieces
+
+    def read(self, start: int, length: int) -> torch.Tensor:
+        """Values ``[start, start + length)``: a view when they lie in one chunk."""
+        pieces = self.views(start, length)
+        return pieces[0] if len(pieces) == 1 else _copy_out(pieces, length)
+
+
+def _copy_out(pieces: list, numel: int) -> torch.Tensor:
+    """The first ``numel`` values of the 1-D ``pieces`` one after the other, in a new tensor.
+    Each piece's file pages are given back once copied (:mod:`.pages`), so beside the result
+    at most one piece of the memory-mapped rank files is resident."""
+    out, at = torch.empty(numel, dtype=pieces[0].dtype), 0
+    for piece in pieces:
+        take = min(piece.numel(), numel - at)
+        out[at:at + take].copy_(piece[:take])
+        release([piece])
+        at += take
+        if at == numel:
+            break
+    return out
 
 
 class _Joined:
@@ -81,9 +97,7 @@ class _Joined:
 
     def tensor(self) -> torch.Tensor:
         flat = [piece.reshape(-1) for piece in self.pieces]
-        joined = torch.cat(flat)
-        release(flat)  # the copy is what is used: the file pages read can go
-        return joined[:math.prod(self.shape)].view(self.shape)
+        return _copy_out(flat, math.prod(self.shape)).view(self.shape)
 
 
 class PartitionedTensors(Mapping):
@@ -348,10 +362,8 @@ class _Save:
     def _zero3_param(self, start: int, shape: tuple) -> torch.Tensor:
         numel = math.prod(shape)
         piece = math.ceil(numel / self.world)
-        pieces = [flat.read(start, piece) for flat in self.flats]
-        joined = torch.cat(pieces)
-        release(pieces)  # the copy is what is used: the file pages read can go
-        return joined[:numel].view(shape)
+        views = [view for flat in self.flats for view in flat.views(start, piece)]
+        return _copy_out(views, numel).view(shape)
 
     def _frozen(self) -> dict:
         """Frozen parameters DeepSpeed saved beside the trained ones (``frozen_param_*``)."""
