@@ -93,7 +93,7 @@ class _Joined:
     """A ZeRO-3 frozen parameter: its ranks' fragments, concatenated only when asked for."""
 
     def __init__(self, pieces: list, shape: tuple):
-        self.pieces, self.shape, self.dtype = pieces, shape, pieces[0].dtype
+        self.pieces, self.shape = pieces, shape
 
     def tensor(self) -> torch.Tensor:
         flat = [piece.reshape(-1) for piece in self.pieces]
@@ -119,10 +119,6 @@ class PartitionedTensors(Mapping):
     def shape(self, key: str) -> tuple:
         """Without assembling: the located shape is the last item of ``locate[key]``."""
         return tuple(self._fixed[key].shape) if key in self._fixed else self._locate[key][-1]
-
-    def dtype(self, key: str) -> torch.dtype:
-        """Assembled parameters are the fp32 master weights."""
-        return self._fixed[key].dtype if key in self._fixed else torch.float32
 
     def __iter__(self):
         return iter(self._order)

@@ -39,9 +39,8 @@ class ComponentUpdate:
         return self.checkpoint.shape(key)
 
     def tensor(self, key: str) -> torch.Tensor:
-        if self.meta:
-            return torch.empty(self.shape(key), dtype=self.checkpoint.dtype(key),
-                               device="meta")
+        if self.meta:  # (float32: every exported tensor is cast, so its dtype is not used)
+            return torch.empty(self.shape(key), device="meta")
         return self.checkpoint.tensors[key]
 
     def on_meta(self) -> "ComponentUpdate":
