@@ -1,9 +1,10 @@
 """Text preprocessing speed of LLaVA data: xtuner's stock ``LLaVADataset`` against this
 project's ``LLaVASwapDataset`` (cold and from its cache) and the ceiling: a raw batched call
-of the same fast tokenizer on all cores (its thread pool, ``TOKENIZERS_PARALLELISM=true``).
-The cold dataset and the raw call also run on one core (``TOKENIZERS_PARALLELISM=false``):
-the dataset tokenizes everything in batched calls of the tokenizer's Rust backend, which
-spread over the cores it is given.
+of the same fast tokenizer on all cores (its thread pool). The cold dataset and the raw call
+also run on one core (the process is given one CPU, ``sched_setaffinity``): the dataset
+tokenizes everything in batched calls of the tokenizer's Rust backend, which spread over the
+cores it is given. The cold dataset also runs with the slow (Python) class of the same
+tokenizer, on all cores and on one: its pieces are spread over worker processes.
 
 No LLaVA-Instruct-150K copy exists on this machine, so the corpus is SYNTHESIZED from
 the real fixture samples (``../shared/fixtures``: lmms-finetune LLaVA json,
@@ -12,8 +13,8 @@ are recombined into LLaVA-Instruct-like conversations (multi-turn chats, long
 "detailed description" and "reasoning" answers, ``<image>`` before or after the
 question, a few text-only samples) over the real fixture images. Every method reads
 the SAME corpus file in the same run. Each method runs in its own process; peak memory
-is that process's peak RSS growth during preprocessing (xtuner's map worker processes
-not included), scaled to 100k samples.
+is that process's peak RSS growth during preprocessing (worker processes not included:
+xtuner's map workers, the slow tokenizer's), scaled to 100k samples.
 
     python bench/bench_data.py [--samples 5000] [--tokenizer FOLDER] [--out FILE.md]
 """
@@ -134,7 +135,7 @@ def run_method(method: str, corpus: Path, tokenizer_dir: Path, fixtures: Path,
 
     from xtuner_llava_swap.data import LLaVASwapDataset, llava_format_map_fn
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, use_fast=SLOW not in method)
     processor = CLIPImageProcessor.from_pretrained(fixtures / "llava-1.5-7b-hf")
     template = dict(type=template_map_fn_factory, template=PROMPT_TEMPLATE.qwen_chat)
     image_folder = fixtures / "llava_samples" / "lmms-finetune" / "images"
@@ -210,12 +211,19 @@ def _compare_with_swap(stock, corpus, tokenizer, processor, template, image_fold
 
 
 # --------------------------------------------------------------------------- main
-METHODS = ("xtuner_stock", "xtuner_1proc", "swap_cold", "swap_cold_1core", "swap_cached",
-           "raw_tokenizer_1core", "raw_tokenizer")
+METHODS = ("xtuner_stock", "xtuner_1proc", "swap_cold", "swap_cold_1core", "swap_cold_slow",
+           "swap_cold_slow_1core", "swap_cached", "raw_tokenizer_1core", "raw_tokenizer")
 # xtuner last: its ids are compared with the cached LLaVASwapDataset the runs before filled.
 RUN_ORDER = ("swap_cold", "swap_cached", "raw_tokenizer", "swap_cold_1core",
-             "raw_tokenizer_1core", "xtuner_1proc", "xtuner_stock")
-ONE_CORE = "_1core"  # the same method with the tokenizer's thread pool off (one core)
+             "raw_tokenizer_1core", "swap_cold_slow", "swap_cold_slow_1core", "xtuner_1proc",
+             "xtuner_stock")
+ONE_CORE = "_1core"  # the same method in a process given one CPU
+SLOW = "_slow"  # the same method with the tokenizer's slow (Python) class
+
+
+def _one_cpu() -> None:
+    """Run the calling process (a child, before exec) on one CPU only."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def main() -> None:
@@ -241,13 +249,14 @@ def main() -> None:
         stats = synthesize_corpus(args.fixtures, args.samples, corpus)
         results = {}
         for method in RUN_ORDER:
+            own_cache = method.endswith(ONE_CORE) or SLOW in method  # always cold
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", method, "--corpus", str(corpus),
-                 "--cache-dir", str(Path(tmp) / ("cache" + ONE_CORE * method.endswith(ONE_CORE))),
+                 "--cache-dir", str(Path(tmp) / ("cache-" + method if own_cache else "cache")),
                  "--fixtures", str(args.fixtures), "--tokenizer", str(tokenizer_dir)],
                 capture_output=True, text=True,
-                env={**os.environ, "TOKENIZERS_PARALLELISM": str(not method.endswith(ONE_CORE))
-                     .lower()})
+                preexec_fn=_one_cpu if method.endswith(ONE_CORE) else None,
+                env={**os.environ, "TOKENIZERS_PARALLELISM": "true"})
             if proc.returncode:
                 sys.exit(f"{method} failed:\n{proc.stderr[-4000:]}")
             results[method] = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -278,7 +287,9 @@ def format_report(stats: dict, results: dict, tokenizer_dir: Path) -> str:
     names = {"xtuner_stock": "xtuner stock LLaVADataset (map_num_proc 32, as shipped)",
              "xtuner_1proc": "xtuner LLaVADataset, map_num_proc 1",
              "swap_cold": "LLaVASwapDataset, cold (all cores)",
-             "swap_cold_1core": "LLaVASwapDataset, cold, one core (TOKENIZERS_PARALLELISM=false)",
+             "swap_cold_1core": "LLaVASwapDataset, cold, one core",
+             "swap_cold_slow": "LLaVASwapDataset, cold, slow tokenizer class (all cores)",
+             "swap_cold_slow_1core": "LLaVASwapDataset, cold, slow tokenizer class, one core",
              "swap_cached": "LLaVASwapDataset, from cache",
              "raw_tokenizer_1core": "raw batched tokenizer call, one core",
              "raw_tokenizer": "raw batched tokenizer call, all cores (ceiling)"}
@@ -294,7 +305,8 @@ def format_report(stats: dict, results: dict, tokenizer_dir: Path) -> str:
               f"different on {s['differ']}; kept by xtuner only: {s['only_xtuner']} "
               "(over-long: xtuner cuts them blindly, LLaVASwapDataset drops them)",
               "peak MB: growth of the process's peak RSS while preprocessing (fixed overheads "
-              "included, xtuner's map worker processes not), scaled to 100k samples; stored MB: "
+              "included, worker processes not: xtuner's map, the slow tokenizer's), scaled to "
+              "100k samples; stored MB: "
               "the processed text kept in memory (xtuner: Arrow table; LLaVASwapDataset: int32 "
               "ids + bool trained mask + offsets, memory-mapped from the cache)"]
     return "\n".join(lines)

@@ -72,12 +72,23 @@ def single_token_id(tokenizer, text: str, what: str = "token") -> int:
     return ids[0]
 
 
-def training_bos_ids(tokenizer) -> list:
-    """The bos ids xtuner's ``encode_fn`` puts at the start of every sample."""
-    from xtuner.dataset.utils import get_bos_eos_token_ids
+# How xtuner 0.2.0's get_bos_eos_token_ids (xtuner/dataset/utils.py) picks the bos ids, by
+# tokenizer class name; computed here so that the converter never imports xtuner.
+_NO_BOS_CLASSES = ("QWenTokenizer", "QWen2Tokenizer", "Qwen2TokenizerFast")
+_CHATGLM_BOS = (64790, 64792)
 
-    bos, _ = get_bos_eos_token_ids(tokenizer)
-    return list(bos or [])
+
+def training_bos_ids(tokenizer) -> list:
+    """The bos ids xtuner's ``encode_fn`` puts at the start of every sample: none for the
+    Qwen classes xtuner names, ChatGLM's two fixed ids, else ``bos_token_id`` (none when
+    it is None, as :mod:`.compat`'s ``bos_none_tokenizers`` makes xtuner do)."""
+    name = type(tokenizer).__name__
+    if name in _NO_BOS_CLASSES:
+        return []
+    if name == "ChatGLMTokenizer":
+        return list(_CHATGLM_BOS)
+    bos = tokenizer.bos_token_id
+    return [] if bos is None else [bos]
 
 
 def check_tokenizer_contract(tokenizer, profile, *, image_token: bool = False,

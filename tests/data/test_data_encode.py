@@ -218,3 +218,27 @@ def test_samples_without_trained_tokens_are_removed(three_samples):
                           np.asarray(three_samples.offsets))
     _, kept, removed = apply_length_policy(masked, 576, 4096, "drop")
     assert kept.tolist() == [] and {e.reason for e in removed.values()} == {"no_supervised_tokens"}
+
+
+def test_slow_tokenizer_on_worker_processes_gives_xtuners_ids(monkeypatch):
+    """A slow tokenizer (sentencepiece Llama-2) is spread over worker processes, one per core
+    given; the ids and labels stay xtuner's (the threshold is lowered to reach the workers
+    with the fixture's samples)."""
+    from xtuner.dataset.map_fns import llava_map_fn, template_map_fn_factory
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    from xtuner_llava_swap.data import encode
+
+    monkeypatch.setattr(encode, "SLOW_TEXTS_PER_WORKER", 16)
+    if encode.slow_workers(10**6) < 2:
+        pytest.skip("one core given (or no fork): no worker processes to check")
+    samples = single_image_llava_samples()
+    tokenizer = llama2_slow_tokenizer()
+    template = template_map_fn_factory(PROMPT_TEMPLATE.vicuna)
+    texts = {t for s in samples for turn in template(llava_map_fn(copy.deepcopy(s)))["conversation"]
+             for t in (turn["input"], turn["output"])}
+    assert encode.slow_workers(len(texts)) >= 2
+    reference = xtuner_reference(samples, llava_map_fn, template, tokenizer)
+    encoded = ours(samples, llava_format_map_fn, template, tokenizer)
+    assert [encoded.sample(i) for i in range(len(samples))] == \
+        [(r["input_ids"], r["labels"]) for r in reference]

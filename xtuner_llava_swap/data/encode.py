@@ -8,6 +8,12 @@ speed comes from doing it in bulk: every distinct piece of a chunk of samples is
 tokenized once, in one batched call of the fast tokenizer, and the sequences are
 gathered with numpy instead of per-sample Python lists.
 
+Every core the process is given is used: a fast tokenizer's batched call runs on its own
+Rust thread pool (measured on 2 cores: the whole preprocessing at 100-117% of a raw
+batched call of the same tokenizer, the Python part ~13% of the CPU time), a slow one
+(sentencepiece Llama-2 / Vicuna, tiktoken Qwen-7B) is called per text in forked worker
+processes (:func:`slow_workers`), as it has no pool of its own.
+
 Differences from xtuner, on purpose:
 
 * more than one ``<image>`` in a turn is encoded (xtuner asserts); the dataset's
@@ -148,6 +154,48 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return shift + np.arange(total, dtype=np.int64)
 
 
+# ------------------------------------------ slow tokenizers on every core: worker processes
+SLOW_TEXTS_PER_WORKER = 512  # fewer per worker is not worth a process (~0.1 s of work)
+_FOR_WORKERS: dict = {}  # what the forked workers read (inherited at fork, never pickled)
+
+
+def slow_workers(n_texts: int) -> int:
+    """Worker processes for ``n_texts`` texts of a slow tokenizer: one per core this process
+    may run on, each with at least :data:`SLOW_TEXTS_PER_WORKER` texts; 1 (no workers) where
+    ``fork`` is unavailable or in a daemon process (a DataLoader or pool worker)."""
+    import multiprocessing
+    import os
+
+    if "fork" not in multiprocessing.get_all_start_methods() \
+            or multiprocessing.current_process().daemon:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, n_texts // SLOW_TEXTS_PER_WORKER))
+
+
+def _encode_slice(bounds: tuple[int, int]) -> list[list[int]]:
+    tokenizer, texts = _FOR_WORKERS["tokenizer"], _FOR_WORKERS["texts"]
+    return [tokenizer.encode(t, add_special_tokens=False) for t in texts[bounds[0]:bounds[1]]]
+
+
+def encode_slow(tokenizer, texts: list[str]) -> list[list[int]]:
+    """``tokenizer.encode`` of every text, in order, spread over :func:`slow_workers`."""
+    workers = slow_workers(len(texts))
+    if workers == 1:
+        return [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    import multiprocessing
+
+    step = -(-len(texts) // (4 * workers))  # 4 slices a worker: even when texts differ
+    slices = [(start, start + step) for start in range(0, len(texts), step)]
+    _FOR_WORKERS.update(tokenizer=tokenizer, texts=texts)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return list(chain.from_iterable(pool.map(_encode_slice, slices)))
+    finally:
+        _FOR_WORKERS.clear()
+# ------------------------------------------------------------------------------------------
+
+
 class BatchEncoder:
     """Encodes lists of templated turns the way ``encode_fn`` does, in bulk."""
 
@@ -167,7 +215,7 @@ class BatchEncoder:
         return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
     def _slow(self, texts: list[str]) -> list[list[int]]:
-        return [self.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        return encode_slow(self.tokenizer, texts)
 
     def encode(self, samples: Iterable[list[Turn]]) -> EncodedTexts:
         """Encode every sample (no truncation: see :func:`apply_length_policy`)."""

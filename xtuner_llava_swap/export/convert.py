@@ -82,7 +82,7 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
         check_llava_target(run, out)
     trained_checkpoint = read_checkpoint(checkpoint)
     check_recorded_config(run, trained_checkpoint)
-    trained_tok = training_tokenizer(run, trust_remote_code)
+    trained_tok = training_tokenizer(run, trust_remote_code, check_contract=verify)
     tokenizer = export_tokenizer(run, trained_tok, add_image_token=(fmt == "hf"))
     plan = WeightPlan.build(run, trained_checkpoint, allow_no_lora=pretrain_checkpoint)
     if len(tokenizer) > plan.vocab_rows:  # a token (<image>, an added one) has no row: grow

@@ -14,6 +14,8 @@ exactly as DeepSpeed's own ``zero_to_fp32`` does:
 Every file is memory-mapped and a parameter is assembled only when its tensor is asked
 for (:class:`PartitionedTensors`), so memory does not grow with the number of ranks;
 under ZeRO-1/2 a parameter that lies inside one rank's partition is a view of that file.
+The file pages an assembled copy was made from are given back at once (:mod:`.pages`),
+so a conversion does not keep the partitions it has read resident.
 
 Before anything is read, the directory is checked as one save: every rank's files are
 present, and all files agree on the world size, the optimizer step and (ZeRO-3) the
@@ -34,6 +36,7 @@ from pathlib import Path
 import torch
 
 from .errors import ExportError
+from .pages import release
 from .readers import TrainedCheckpoint, safe_load
 
 _RANK_FILE = re.compile(r"^(?P<prefix>.*)zero_pp_rank_(?P<rank>\d+)_mp_rank_(?P<mp>\d+)_"
@@ -55,31 +58,67 @@ class _Flat:
     def numel(self) -> int:
         return self.starts[-1]
 
-    def read(self, start: int, length: int) -> torch.Tensor:
-        """Values ``[start, start + length)``: a view when they lie in one chunk."""
+    def views(self, start: int, length: int) -> list:
+        """Values ``[start, start + length)`` as views of the chunks they lie in."""
         pieces, index = [], bisect.bisect_right(self.starts, start) - 1
         while length > 0:
             local = start - self.starts[index]
             take = min(length, self.chunks[index].numel() - local)
             pieces.append(self.chunks[index][local:local + take])
             start, length, index = start + take, length - take, index + 1
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return pieces
+
+    def read(self, start: int, length: int) -> torch.Tensor:
+        """Values ``[start, start + length)``: a view when they lie in one chunk."""
+        pieces = self.views(start, length)
+        return pieces[0] if len(pieces) == 1 else _copy_out(pieces, length)
+
+
+def _copy_out(pieces: list, numel: int) -> torch.Tensor:
+    """The first ``numel`` values of the 1-D ``pieces`` one after the other, in a new tensor.
+    Each piece's file pages are given back once copied (:mod:`.pages`), so beside the result
+    at most one piece of the memory-mapped rank files is resident."""
+    out, at = torch.empty(numel, dtype=pieces[0].dtype), 0
+    for piece in pieces:
+        take = min(piece.numel(), numel - at)
+        out[at:at + take].copy_(piece[:take])
+        release([piece])
+        at += take
+        if at == numel:
+            break
+    return out
+
+
+class _Joined:
+    """A ZeRO-3 frozen parameter: its ranks' fragments, concatenated only when asked for."""
+
+    def __init__(self, pieces: list, shape: tuple):
+        self.pieces, self.shape = pieces, shape
+
+    def tensor(self) -> torch.Tensor:
+        flat = [piece.reshape(-1) for piece in self.pieces]
+        return _copy_out(flat, math.prod(self.shape)).view(self.shape)
 
 
 class PartitionedTensors(Mapping):
-    """``name -> tensor`` of a DeepSpeed save; a trained parameter is assembled from the
-    ranks' partitions on each access (nothing is cached)."""
+    """``name -> tensor`` of a DeepSpeed save; a trained parameter (and a ZeRO-3 frozen one)
+    is assembled from the ranks' partitions on each access (nothing is cached)."""
 
     def __init__(self, order: list, fixed: dict, locate: dict, assemble):
         self._order, self._fixed, self._locate, self._assemble = order, fixed, locate, assemble
 
     def __getitem__(self, key: str) -> torch.Tensor:
         if key in self._fixed:
-            return self._fixed[key]
+            value = self._fixed[key]
+            return value.tensor() if isinstance(value, _Joined) else value
         return self._assemble(*self._locate[key])
 
     def __contains__(self, key) -> bool:
         return key in self._fixed or key in self._locate
+
+    def shape(self, key: str) -> tuple:
+        """Without assembling: the located shape is the last item of ``locate[key]``."""
+        return tuple(self._fixed[key].shape) if key in self._fixed else self._locate[key][-1]
 
     def __iter__(self):
         return iter(self._order)
@@ -319,7 +358,8 @@ class _Save:
     def _zero3_param(self, start: int, shape: tuple) -> torch.Tensor:
         numel = math.prod(shape)
         piece = math.ceil(numel / self.world)
-        return torch.cat([flat.read(start, piece) for flat in self.flats])[:numel].view(shape)
+        views = [view for flat in self.flats for view in flat.views(start, piece)]
+        return _copy_out(views, numel).view(shape)
 
     def _frozen(self) -> dict:
         """Frozen parameters DeepSpeed saved beside the trained ones (``frozen_param_*``)."""
@@ -329,9 +369,8 @@ class _Save:
             if self.stage <= 2:
                 out[name] = self.reference["frozen_param_fragments"][name]
                 continue
-            numel = math.prod(shape)
             pieces = [self.models[r]["frozen_param_fragments"][name] for r in range(self.world)]
-            out[name] = torch.cat([p.reshape(-1) for p in pieces])[:numel].view(tuple(shape))
+            out[name] = _Joined(pieces, tuple(shape))  # assembled when asked for
         return out
 
 

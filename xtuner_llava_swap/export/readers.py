@@ -21,6 +21,7 @@ import json
 import re
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,9 +92,15 @@ class TrainedCheckpoint:
 
     path: Path
     kind: str
-    tensors: "OrderedDict[str, torch.Tensor]"
+    tensors: "Mapping[str, torch.Tensor]"  # read (or assembled) on access where it can be
     lora: dict = field(default_factory=dict)  # component -> LoraSpec from adapter_config.json
     recorded_config: str | None = None  # the run's config text mmengine kept in meta["cfg"]
+
+    def shape(self, key: str) -> tuple:
+        """Shape of ``key`` without reading it: ``tensors`` may read or assemble a tensor on
+        each access (DeepSpeed partitions, pth_to_hf folders), so it answers when it can."""
+        known = getattr(self.tensors, "shape", None)
+        return tuple(known(key) if known else self.tensors[key].shape)
 
 
 def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
@@ -134,8 +141,33 @@ _PTH_TO_HF_ADAPTERS = {"llm_adapter": ("llm", "llm."), "visual_encoder_adapter":
 _PTH_TO_HF_FULL = {"projector": "projector.", "visual_encoder": "visual_encoder."}
 
 
+class FolderTensors(Mapping):
+    """``name -> tensor`` of Hugging Face weight folders, each read when asked for (an
+    adapter of r=512 is as large as the model: it is not held)."""
+
+    def __init__(self):
+        self._where: dict = {}  # name -> (WeightFolder, its key there)
+
+    def add(self, name: str, folder: "WeightFolder", key: str) -> None:
+        self._where[name] = (folder, key)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        folder, key = self._where[name]
+        return folder.get(key)
+
+    def shape(self, name: str) -> tuple:
+        folder, key = self._where[name]
+        return folder.shape(key)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+
 def _read_pth_to_hf_folder(path: Path) -> TrainedCheckpoint:
-    tensors: OrderedDict = OrderedDict()
+    tensors = FolderTensors()
     lora = {}
     for sub, (component, prefix) in _PTH_TO_HF_ADAPTERS.items():
         folder = path / sub
@@ -153,17 +185,17 @@ def _read_pth_to_hf_folder(path: Path) -> TrainedCheckpoint:
         for key in weights.keys():
             # peft drops the adapter name on save; LLaVAModel's names keep `.default`
             named = re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", key)
-            tensors[prefix + named] = weights.get(key)
+            tensors.add(prefix + named, weights, key)
     for sub, prefix in _PTH_TO_HF_FULL.items():
         folder = path / sub
         if folder.is_dir() and (any(folder.glob("*.safetensors")) or any(folder.glob("*.bin"))):
             weights = WeightFolder(folder)
             for key in weights.keys():
-                tensors[prefix + key] = weights.get(key)
+                tensors.add(prefix + key, weights, key)
     if any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin")):
         weights = WeightFolder(path)  # full LLM finetune: saved at the top of the folder
         for key in weights.keys():
-            tensors["llm." + key] = weights.get(key)
+            tensors.add("llm." + key, weights, key)
     return TrainedCheckpoint(path, "xtuner-pth_to_hf", tensors, lora)
 
 

@@ -1,8 +1,10 @@
 """The tokenizers of an export: the one the run trained with, and the plain-transformers one
 written into the exported folder.
 
-* The training tokenizer is built from CONFIG's ``tokenizer`` dict with xtuner's BUILDER
-  (profile tokens injected), exactly as training did.
+* The training tokenizer is built from CONFIG's ``tokenizer`` dict as xtuner's BUILDER
+  builds it (profile tokens injected), exactly as training did, but without importing
+  xtuner: the profile's contract check (which runs xtuner's text pipeline) runs only with
+  ``--verify``, which imports xtuner anyway; training ran it on the same dict.
 * The export tokenizer needs no remote code: the fast tokenizer when it gives the training
   ids, else the slow one training used (the folder then loads with ``use_fast=False``). For a remote-code
   tokenizer whose vocabulary is a tiktoken file (Qwen-7B first generation's
@@ -37,16 +39,22 @@ def remote_code_allowed(run, flag: bool) -> bool:
     return bool(flag or run.profile.trust_remote_code)
 
 
-def training_tokenizer(run, trust_remote_code: bool):
-    """CONFIG's tokenizer, built as training built it."""
-    from xtuner.registry import BUILDER
+def training_tokenizer(run, trust_remote_code: bool, check_contract: bool = True):
+    """CONFIG's tokenizer, built as training built it; ``check_contract=False`` skips the
+    profile contract check of :func:`~xtuner_llava_swap.tokenizers.build_tokenizer`."""
+    from mmengine.registry import Registry
+
+    from xtuner_llava_swap.tokenizers import build_tokenizer
 
     cfg = run.cfg.tokenizer.copy()
     if cfg.get("trust_remote_code") and not remote_code_allowed(run, trust_remote_code):
         raise ExportError(f"{run.config_path}: the tokenizer needs remote code from "
                           f"{run.llm_path}; pass --trust-remote-code if you trust it")
+    if cfg.get("type") is build_tokenizer and not check_contract:
+        cfg["check_contract"] = False
     try:
-        return BUILDER.build(cfg)
+        # xtuner's BUILDER is this: an mmengine Registry("builder") with nothing registered
+        return Registry("builder").build(cfg)
     except Exception as err:  # noqa: BLE001
         raise ExportError(f"{run.config_path}: cannot build the training tokenizer from "
                           f"{run.llm_path}: {err}") from err

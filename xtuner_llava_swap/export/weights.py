@@ -6,10 +6,11 @@ updates of a checkpoint, checks them against each other BEFORE anything is writt
 then yields every output tensor: base tensor read lazily -> trained update applied (LoRA
 merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2) -> embedding rows added for
 ``<image>`` when the vocabulary has no spare row -> cast -> target name. One weight's
-tensors are alive at a time: the memory-mapped pages of its base tensor and of its trained
-update are given back as soon as it is written (:mod:`.pages`). :meth:`WeightPlan.layout`
-runs the same steps on meta tensors to give the shard writer every name, shape and dtype
-before any data.
+tensors are alive at a time: its trained update (replacement or LoRA pair) is read from the
+checkpoint only then (:mod:`.lora` keeps keys), and the memory-mapped pages of its base
+tensor and of its update are given back as soon as it is written (:mod:`.pages`).
+:meth:`WeightPlan.layout` runs the same steps on meta tensors to give the shard writer
+every name, shape and dtype before any data.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch
 
 from .errors import ExportError
 from .layouts import guess_family, text_table, to_target
-from .lora import ComponentUpdate, apply_update, component_updates
+from .lora import apply_update, component_updates
 from .pages import release
 from .readers import WeightFolder
 from .shards import PlannedTensor
@@ -87,10 +88,11 @@ class WeightPlan:
                     "model.2.weight": (llm_hidden, llm_hidden), "model.2.bias": (llm_hidden,)}
         projector = self.updates["projector"].full
         for key, shape in expected.items():
-            if tuple(projector[key].shape) != shape:
+            found = self.checkpoint.shape(projector[key])
+            if found != shape:
                 raise ExportError(
                     f"{self.checkpoint.path}: projector.{key} has shape "
-                    f"{tuple(projector[key].shape)}, but {self.run.visual_encoder_path} "
+                    f"{found}, but {self.run.visual_encoder_path} "
                     f"(hidden {vision_hidden}) and {self.run.llm_path} (hidden {llm_hidden}) "
                     f"need {shape} (shape mismatch): the checkpoint is from another run")
 
@@ -140,17 +142,17 @@ class WeightPlan:
                               "base model it was trained with")
         for name, pair in update.lora.items():
             shape = base.shape(name)
-            fits = (pair["B"].shape[0], pair["A"].shape[1]) == shape
-            if len(shape) != 2 or not fits:
+            b, a = update.shape(pair["B"]), update.shape(pair["A"])
+            if len(shape) != 2 or (b[0], a[1]) != shape:
                 raise ExportError(f"{self.checkpoint.path}: {component} LoRA of {name}: B "
-                                  f"{tuple(pair['B'].shape)} @ A {tuple(pair['A'].shape)} does "
-                                  f"not fit {base_path}'s {shape} (shape mismatch)")
-        for name, tensor in update.full.items():
+                                  f"{b} @ A {a} does not fit {base_path}'s {shape} (shape "
+                                  "mismatch)")
+        for name, key in update.full.items():
             if name in base:
-                shape = base.shape(name)
-                if tuple(tensor.shape) != shape:
+                shape, trained = base.shape(name), update.shape(key)
+                if trained != shape:
                     raise ExportError(f"{self.checkpoint.path}: trained {component}.{name} has "
-                                      f"shape {tuple(tensor.shape)}, {base_path} has {shape} "
+                                      f"shape {trained}, {base_path} has {shape} "
                                       "(shape mismatch)")
 
     # ------------------------------------------------------------------ stream
@@ -165,7 +167,7 @@ class WeightPlan:
         return self._tensors(fmt, dtype, meta=False)
 
     def _tensors(self, fmt: str, dtype: torch.dtype, meta: bool):
-        updates = {c: _on_meta(u) for c, u in self.updates.items()} if meta else self.updates
+        updates = {c: u.on_meta() for c, u in self.updates.items()} if meta else self.updates
         source = str(self.checkpoint.path)
 
         def base(folder: WeightFolder, name: str) -> torch.Tensor:
@@ -174,31 +176,33 @@ class WeightPlan:
         for name in self.vision.keys():
             if name.startswith(VISION_PREFIX):
                 read = base(self.vision, name)
-                value = apply_update(name, read, updates["visual_encoder"], source)
+                value, inputs = apply_update(name, read, updates["visual_encoder"], source)
                 yield to_target(fmt, "visual_encoder", name), _cast(value, dtype)
                 if not meta:
-                    self._done("visual_encoder", name, read)
+                    release([read, *inputs])
+                del value, inputs
+        projector = updates["projector"]
         for name in PROJECTOR_KEYS:
-            yield to_target(fmt, "projector", name), _cast(updates["projector"].full[name], dtype)
+            yield (to_target(fmt, "projector", name),
+                   _cast(projector.tensor(projector.full[name]), dtype))
         table = text_table(self.run.profile.weight_layout)
         for file, names in self.llm.by_file():
             for name in names:
                 read = base(self.llm, name)
-                yield from self._llm_tensors(name, read, updates["llm"], table, fmt, dtype)
+                inputs = yield from self._llm_tensors(name, read, updates["llm"], table, fmt,
+                                                      dtype)
                 if not meta:
-                    self._done("llm", name, read)
+                    release([read, *inputs])
+                del inputs
             self.llm.release(file)
         for file, _ in self.vision.by_file():
             self.vision.release(file)
 
-    def _done(self, component: str, name: str, read: torch.Tensor) -> None:
-        """Give back the memory of the file-mapped inputs of weight ``name`` once written."""
-        update = self.updates[component]
-        release([read, update.full.get(name), *update.lora.get(name, {}).values()])
-
     def _llm_tensors(self, name: str, read: torch.Tensor, update, table, fmt: str,
                      dtype: torch.dtype):
-        value = apply_update(name, read, update, str(self.checkpoint.path))
+        """Yield the target tensors of LLM weight ``name``; return the checkpoint tensors
+        read for it (their file-mapped pages are given back once written)."""
+        value, inputs = apply_update(name, read, update, str(self.checkpoint.path))
         if table is None:
             parts = ((name, value),)
         else:
@@ -213,6 +217,7 @@ class WeightPlan:
             if text_name in EMBEDDING_ROWS and tensor.shape[0] < self.vocab_rows:
                 tensor = _add_mean_rows(tensor, self.vocab_rows)
             yield to_target(fmt, "llm", text_name), _cast(tensor, dtype)
+        return inputs
 
 
 def _layer_pattern(name: str) -> str:
@@ -236,15 +241,6 @@ def _lora_targets(base: WeightFolder, lora_cfg) -> list:
                 else any(module == t or module.endswith("." + t) for t in targets)):
             found.append(key)
     return found
-
-
-def _on_meta(update: ComponentUpdate) -> ComponentUpdate:
-    """``update`` with every tensor replaced by an empty one of its shape on the meta device."""
-    def meta(tensor: torch.Tensor) -> torch.Tensor:
-        return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
-    return ComponentUpdate({k: meta(t) for k, t in update.full.items()},
-                           {k: {w: meta(t) for w, t in pair.items()}
-                            for k, pair in update.lora.items()}, update.scale)
 
 
 def _add_mean_rows(matrix: torch.Tensor, rows: int) -> torch.Tensor:
