@@ -18,6 +18,7 @@ import copy
 
 from .profiles import get_profile
 from .profiles.chat_template import IMAGE_TOKEN
+from .token_contract import TokenizerContractError, single_token_id
 
 # The conversation check_tokenizer_contract encodes both ways (two turns, text only).
 PROBE_CONVERSATION = [
@@ -26,10 +27,6 @@ PROBE_CONVERSATION = [
     {"from": "human", "value": "Name a colour, please."},
     {"from": "gpt", "value": "Blue.\nIt is calm."},
 ]
-
-
-class TokenizerContractError(ValueError):
-    """A tokenizer does not match its profile; the message names each problem and its fix."""
 
 
 def tokenizer_dict(profile_name, pretrained_model_name_or_path, **overrides) -> dict:
@@ -58,18 +55,6 @@ def build_tokenizer(pretrained_model_name_or_path, profile, check_contract: bool
     if check_contract:
         check_tokenizer_contract(tokenizer, profile, source=str(pretrained_model_name_or_path))
     return tokenizer
-
-
-def single_token_id(tokenizer, text: str, what: str = "token") -> int:
-    """The id of ``text`` when the tokenizer encodes it as exactly one token, else an error."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if len(ids) != 1:
-        pieces = tokenizer.convert_ids_to_tokens(ids)
-        raise TokenizerContractError(
-            f"{what} {text!r} is tokenized into {len(ids)} pieces {pieces}, not one token. "
-            f"Fix: use the model's own tokenizer, where {text!r} is a special token "
-            f"(or add it with tokenizer.add_special_tokens).")
-    return ids[0]
 
 
 # How xtuner 0.2.0's get_bos_eos_token_ids (xtuner/dataset/utils.py) picks the bos ids, by

@@ -37,7 +37,7 @@ import torch
 
 from .errors import ExportError
 from .pages import release
-from .readers import TrainedCheckpoint, safe_load
+from .checkpoint_files import TrainedCheckpoint, safe_load
 
 _RANK_FILE = re.compile(r"^(?P<prefix>.*)zero_pp_rank_(?P<rank>\d+)_mp_rank_(?P<mp>\d+)_"
                         r"(?P<kind>model|optim)_states\.pt$")

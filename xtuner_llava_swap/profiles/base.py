@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterator, Mapping
 
+from ..token_contract import single_token_id
+
 # Keys of an xtuner prompt template dict (``xtuner.utils.PROMPT_TEMPLATE``).
 TEMPLATE_KEYS = ("SYSTEM", "INSTRUCTION", "SUFFIX", "SUFFIX_AS_EOS", "SEP", "STOP_WORDS")
 # Extra key carried in the template dict: the system prompt the model's own chat template
@@ -100,8 +102,6 @@ class LLMProfile:
 
     def stop_token_ids(self, tokenizer) -> list:
         """Ids of :attr:`stop_words`; each must be exactly one token of ``tokenizer``."""
-        from ..tokenizers import single_token_id
-
         return [single_token_id(tokenizer, word, what=f"stop word of profile {self.name!r}")
                 for word in self.stop_words]
 
