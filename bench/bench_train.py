@@ -14,9 +14,8 @@ finetune set), with the same seed, batch size, sampler, optimizer and
 Per-iteration time is mmengine's own ``time`` of every logged iteration (data loading,
 forward, backward, optimizer, hooks), warm-up iterations dropped, median over the
 iterations and then over ``--repeats`` alternating runs. Run:
-``python bench/bench_train.py [--iters 30] [--repeats 3]``. The same script runs on a GPU
-(``--device-options`` off) once the configs' GPU settings apply; this repository measures
-it on the CPU.
+``python bench/bench_train.py [--iters 30] [--repeats 3]``. It measures on the CPU only
+(fp32, no DeepSpeed); a GPU variant with a 7B-shaped model is not written yet.
 """
 from __future__ import annotations
 

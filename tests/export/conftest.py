@@ -70,12 +70,6 @@ def qwen_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def zero2_run(tiny_parts, tmp_path_factory) -> TrainedRun:
-    return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-zero2"),
-                    _train_options(tiny_parts), deepspeed="deepspeed_zero2")
-
-
-@pytest.fixture(scope="session")
 def zero3_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-zero3"),
                     _train_options(tiny_parts), deepspeed="deepspeed_zero3")

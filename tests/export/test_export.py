@@ -180,8 +180,10 @@ def test_pth_to_hf_folder_input(qwen_qlora_run, tmp_path):
 
 
 @requires_fixtures
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+@pytest.mark.parametrize("stage", ["zero3"])  # ZeRO-2: tests/export/test_export_multirank.py
 def test_deepspeed_real_runs_to_hf(stage, request, tmp_path):
+    """A one-rank DeepSpeed run (one GPU with --deepspeed); several ranks, ZeRO-2 and -3,
+    are in tests/export/test_export_multirank.py."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     from xtuner_llava_swap.export import read_checkpoint

@@ -39,3 +39,5 @@ for round_ in range(ROUNDS):
         mismatches += sum(not torch.equal(p.data, value) for p, value in zip(params, expected))
 print(f"rank {rank} patched {sys.argv[1] == 'patched'}: ROUNDS {ROUNDS} MISMATCHES {mismatches}",
       flush=True)
+dist.barrier()
+dist.destroy_process_group()  # a rank that exits with the group alive may abort at shutdown
