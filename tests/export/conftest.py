@@ -69,12 +69,6 @@ def qwen_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-qlora"), _train_options(tiny_parts))
 
 
-@pytest.fixture(scope="session")
-def zero3_run(tiny_parts, tmp_path_factory) -> TrainedRun:
-    return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-zero3"),
-                    _train_options(tiny_parts), deepspeed="deepspeed_zero3")
-
-
 def _multirank(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedRun:
     """The QLoRA config on ``nproc`` ranks, a checkpoint every 2 iterations (two are kept).
 

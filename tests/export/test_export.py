@@ -179,26 +179,6 @@ def test_pth_to_hf_folder_input(qwen_qlora_run, tmp_path):
     assert summary["checkpoint_kind"] == "xtuner-pth_to_hf"
 
 
-@requires_fixtures
-@pytest.mark.parametrize("stage", ["zero3"])  # ZeRO-2: tests/export/test_export_multirank.py
-def test_deepspeed_real_runs_to_hf(stage, request, tmp_path):
-    """A one-rank DeepSpeed run (one GPU with --deepspeed); several ranks, ZeRO-2 and -3,
-    are in tests/export/test_export_multirank.py."""
-    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-    from xtuner_llava_swap.export import read_checkpoint
-
-    run = request.getfixturevalue(f"{stage}_run")
-    ours = read_checkpoint(run.checkpoint)
-    assert ours.kind == f"deepspeed-{stage}"
-    theirs = get_fp32_state_dict_from_zero_checkpoint(str(run.checkpoint.parent),
-                                                      tag=run.checkpoint.name)
-    assert set(ours.tensors) == set(theirs)
-    for key, value in theirs.items():
-        assert torch.equal(ours.tensors[key], value.float()), key
-    _assert_verified(_convert(run, tmp_path / f"{stage}-hf", verify=True))
-
-
 FAMILIES = [  # profile, tiny family, tied embeddings, format
     ("qwen2.5", "qwen2", False, "hf"),
     ("qwen2.5", "qwen2", True, "hf"),
