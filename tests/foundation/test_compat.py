@@ -421,13 +421,15 @@ def test_qlora_zero3_patch_waits_for_xtuner_model_llava(tmp_path):
 
 
 def run_ranks(script: Path, *args, nproc: int = 2) -> str:
-    """``script`` under ``torchrun`` on ``nproc`` CPU ranks (gloo); its stdout."""
-    from support import free_port
+    """``script`` under ``torchrun`` on ``nproc`` CPU ranks (gloo); its stdout. The
+    environment is the trainings' (DeepSpeed's compiled CPU op cached in the venv)."""
+    from support import free_port, train_env
 
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run",
                            f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
                            f"--master_port={free_port()}", str(script), *map(str, args)],
-                          capture_output=True, text=True, timeout=300, cwd=script.parent)
+                          capture_output=True, text=True, timeout=300, cwd=script.parent,
+                          env=train_env(deepspeed=True, nproc=nproc))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
