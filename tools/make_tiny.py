@@ -7,13 +7,13 @@ Prints the paths to pass to a config's path variables (`--cfg-options llm_name_o
 """
 import argparse
 
-from xtuner_llava_swap.testing.tiny import FAMILIES, build_tiny_llava
+from xtuner_llava_swap.testing.tiny import build_tiny_llava, tiny_families
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir")
-    parser.add_argument("--family", choices=FAMILIES, default="qwen")
+    parser.add_argument("--family", choices=tiny_families(), default="qwen")
     parser.add_argument("--synthetic-tokenizer", action="store_true",
                         help="use a small synthetic tokenizer with the family's special tokens "
                              "instead of the real one from ../shared/fixtures")

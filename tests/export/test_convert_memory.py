@@ -59,9 +59,9 @@ MEASURE = textwrap.dedent("""
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
 def test_peak_memory_stays_under_one_and_a_half_shards(tmp_path):
-    warm = build_synthetic_run(tmp_path / "warm", TINY, family="qwen2", real_tokenizer=False)
-    run = build_synthetic_run(tmp_path / "run", SHAPE, family="qwen2", real_tokenizer=False)
-    zero3 = build_synthetic_run(tmp_path / "zero3", ZERO3_SHAPE, family="qwen2",
+    warm = build_synthetic_run(tmp_path / "warm", TINY, profile="qwen2.5", real_tokenizer=False)
+    run = build_synthetic_run(tmp_path / "run", SHAPE, profile="qwen2.5", real_tokenizer=False)
+    zero3 = build_synthetic_run(tmp_path / "zero3", ZERO3_SHAPE, profile="qwen2.5",
                                 real_tokenizer=False)
     work = tmp_path / "work_dir"  # OUT_DIR may not lie inside the run's work dir
     work.mkdir()

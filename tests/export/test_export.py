@@ -16,8 +16,8 @@ import torch
 from support import REPO, requires_fixtures
 
 from xtuner_llava_swap.export import ExportError, convert
-from xtuner_llava_swap.export.layouts import (QWEN_V1_TO_QWEN2, TARGET_PREFIXES, KeyTable,
-                                              from_target, to_target)
+from xtuner_llava_swap.export.layouts import TARGET_PREFIXES, KeyTable, from_target, to_target
+from xtuner_llava_swap.families.qwen.export import QWEN_V1_TO_QWEN2
 from xtuner_llava_swap.export.shards import PlannedTensor, ShardWriter, parse_size
 
 TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"

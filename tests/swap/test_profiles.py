@@ -9,6 +9,7 @@ import pytest
 from support import FIXTURES, requires_fixtures
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner.dataset)
+from xtuner_llava_swap.families import FAMILIES, LLMFamily
 from xtuner_llava_swap.profiles import (PROFILES, PROMPT_TEMPLATE, LLMProfile, ProfileRegistry,
                                         UnknownProfileError, get_profile, list_profiles,
                                         template_map_fn_factory)
@@ -39,20 +40,22 @@ def test_registry_names_and_unknown_name():
     assert get_profile(get_profile("qwen")) is get_profile("qwen")
 
 
-@pytest.mark.parametrize("name, family, text_type, official, layout, remote, lora", [
-    ("qwen", "qwen", "qwen2", "LlavaQwenForCausalLM", "qwen_v1", True, "c_attn"),
-    ("qwen-base", "qwen", "qwen2", "LlavaQwenForCausalLM", "qwen_v1", True, "w2"),
-    ("qwen1.5", "qwen2", "qwen2", "LlavaQwenForCausalLM", "native", False, "q_proj"),
-    ("qwen2.5", "qwen2", "qwen2", "LlavaQwenForCausalLM", "native", False, "down_proj"),
-    ("internlm2-chat", "internlm2", "internlm2", None, "native", True, "wqkv"),
-    ("llama3-instruct", "llama", "llama", "LlavaLlamaForCausalLM", "native", False, "o_proj"),
-    ("vicuna-v1.5", "llama", "llama", "LlavaLlamaForCausalLM", "native", False, "gate_proj"),
-    ("phi3-mini", "phi3", "phi3", None, "native", False, "qkv_proj"),
+@pytest.mark.parametrize("name, family, text_type, official, mapped, remote, lora", [
+    ("qwen", "qwen", "qwen2", "LlavaQwenForCausalLM", True, True, "c_attn"),
+    ("qwen-base", "qwen", "qwen2", "LlavaQwenForCausalLM", True, True, "w2"),
+    ("qwen1.5", "qwen2", "qwen2", "LlavaQwenForCausalLM", False, False, "q_proj"),
+    ("qwen2.5", "qwen2", "qwen2", "LlavaQwenForCausalLM", False, False, "down_proj"),
+    ("internlm2-chat", "internlm2", "internlm2", None, False, True, "wqkv"),
+    ("llama3-instruct", "llama", "llama", "LlavaLlamaForCausalLM", False, False, "o_proj"),
+    ("vicuna-v1.5", "llama", "llama", "LlavaLlamaForCausalLM", False, False, "gate_proj"),
+    ("phi3-mini", "phi3", "phi3", None, False, False, "qkv_proj"),
 ])
-def test_profile_facts(name, family, text_type, official, layout, remote, lora):
+def test_profile_facts(name, family, text_type, official, mapped, remote, lora):
     p = get_profile(name)
-    assert (p.name, p.family, p.hf_text_model_type, p.official_llava_class, p.weight_layout,
-            p.trust_remote_code) == (name, family, text_type, official, layout, remote)
+    f = p.family
+    assert (p.name, f.name, f.hf_text_model_type, f.official_llava_class, bool(f.weight_table),
+            p.trust_remote_code) == (name, family, text_type, official, mapped, remote)
+    assert FAMILIES[family] is f and (official or f.no_official_llava)
     assert lora in p.lora_target_modules
     assert p.stop_words[0] == p.end_of_turn == p.template["SUFFIX"]
     assert p.template["SUFFIX_AS_EOS"] is True
@@ -92,19 +95,21 @@ def test_command_line_lists_and_describes(capsys):
     shown = json.loads(capsys.readouterr().out)
     assert shown["end_of_turn"] == "<|im_end|>" and shown["template"]["DEFAULT_SYSTEM"].startswith("You are Qwen")
     with pytest.raises(SystemExit):
-        main(["qwen3"])
-    assert "unknown LLM profile 'qwen3'" in capsys.readouterr().err
+        main(["gpt-9"])
+    assert "unknown LLM profile 'gpt-9'" in capsys.readouterr().err
 
 
 def test_profile_definition_is_validated():
-    base = dict(family="qwen2", default_system="", has_bos=False)
+    base = dict(family=FAMILIES["qwen2"], default_system="", has_bos=False)
     chatml = dict(get_profile("qwen2").prompt)
     with pytest.raises(ValueError, match="SUFFIX_AS_EOS must be True"):
         LLMProfile(name="x", prompt={**chatml, "SUFFIX_AS_EOS": False}, **base)
     with pytest.raises(ValueError, match="must be a stop word"):
         LLMProfile(name="x", prompt={**chatml, "STOP_WORDS": ["<|endoftext|>"]}, **base)
-    with pytest.raises(ValueError, match="weight_layout 'gpt'"):
-        LLMProfile(name="x", prompt=chatml, weight_layout="gpt", **base)
+    with pytest.raises(ValueError, match="family must be an LLMFamily"):
+        LLMProfile(name="x", prompt=chatml, **{**base, "family": "qwen2"})
+    with pytest.raises(ValueError, match="say why it has no official LLaVA class"):
+        LLMFamily(name="x", hf_text_model_type="x")
     with pytest.raises(ValueError, match="INSTRUCTION must contain"):
         LLMProfile(name="x", prompt={**chatml, "INSTRUCTION": "{round}: {input}"}, **base)
     registry = ProfileRegistry()
@@ -115,20 +120,18 @@ def test_profile_definition_is_validated():
 
 def test_adding_a_family_is_one_small_definition():
     """The worked example of docs/profiles.md (in a private registry)."""
+    from xtuner_llava_swap.families.llama.profiles import LLAMA_LORA_TARGETS
     from xtuner_llava_swap.profiles.formats import chatml
-    from xtuner_llava_swap.profiles.llama import LLAMA_LORA_TARGETS
 
     registry = ProfileRegistry()
     yi = registry.register(LLMProfile(
         name="yi-chat",
-        family="llama",
+        family=FAMILIES["llama"],
         prompt=chatml("<|im_end|>", ("<|im_end|>",)),
         default_system="",
         has_bos=False,
         tokenizer_kwargs=dict(eos_token="<|im_end|>", pad_token="<unk>"),
         lora_target_modules=LLAMA_LORA_TARGETS,
-        hf_text_model_type="llama",
-        official_llava_class="LlavaLlamaForCausalLM",
         hf_example="01-ai/Yi-6B-Chat",
     ))
     assert registry["yi-chat"] is yi and "yi-chat" not in PROFILES

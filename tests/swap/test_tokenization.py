@@ -174,15 +174,14 @@ def vicuna_tok():
 def save_phi3_tokenizer(out_dir, rstrip: bool = True):
     """Llama-2 sentencepiece + Phi-3-mini's added tokens 32000-32010 (in Phi-3's tokenizer
     all but <|endoftext|> strip the whitespace to their right) + its chat template."""
-    from transformers import AddedToken, LlamaTokenizerFast
+    from transformers import LlamaTokenizerFast
 
-    from xtuner_llava_swap.testing.tiny import PHI3_ADDED_TOKENS, PHI3_CHAT_TEMPLATE
+    from xtuner_llava_swap.families.phi3.tiny import CHAT_TEMPLATE, added_tokens
 
     tok = LlamaTokenizerFast.from_pretrained(FIXTURES / "llama-2", from_slow=True, legacy=True)
-    tok.add_tokens([AddedToken(t, special=True, normalized=False,
-                               rstrip=rstrip and t != "<|endoftext|>") for t in PHI3_ADDED_TOKENS])
+    tok.add_tokens(added_tokens(rstrip))
     tok.eos_token = tok.pad_token = "<|endoftext|>"
-    tok.chat_template = PHI3_CHAT_TEMPLATE
+    tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out_dir)
     return out_dir
 

@@ -74,7 +74,7 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     vision = vision_config_of(run)
-    text = text_config(plan.llm.config(), run.profile.weight_layout, plan.vocab_rows,
+    text = text_config(plan.llm.config(), run.profile.family, plan.vocab_rows,
                        run.llm_path)
     text["architectures"] = [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[text["model_type"]]]
     text["tie_word_embeddings"] = plan.tie_word_embeddings

@@ -1,41 +1,16 @@
-"""Key-renaming tables, as data: base LLM layouts -> export text layout, and components ->
-target formats. Every table is used in both directions (the tests check the round trip).
+"""Key renaming, as data used in both directions (the tests check the round trip).
 
-* :data:`TEXT_LAYOUTS`: a profile's ``weight_layout`` -> ``{source pattern: target}``.
-  ``native`` keeps names. ``qwen_v1`` maps Qwen-7B (first generation) names onto Qwen2
-  names; a tuple target splits the tensor into equal parts along dim 0 (``c_attn`` ->
-  q/k/v), the inverse concatenates them. Qwen-7B's MLP is ``c_proj(w1(x) * silu(w2(x)))``,
-  so ``w2`` is the gate and ``w1`` the up projection.
+* :class:`KeyTable`: a family's ``weight_table`` (``{source pattern: target}``, ``{n}`` a
+  layer index; a tuple target splits the tensor into equal parts along dim 0, the inverse
+  concatenates them), see :func:`text_table`.
 * :data:`TARGET_PREFIXES`: export format -> component (``llm``, ``visual_encoder``,
   ``projector``) -> ``(source prefix, target prefix)`` pairs.
-* :data:`FAMILY_SIGNATURES`: a key pattern that only one family's weights have, used to
-  name the family of a checkpoint that does not match CONFIG.
 """
 from __future__ import annotations
 
 import re
 
 N = "{n}"  # layer index placeholder in the patterns below
-
-QWEN_V1_TO_QWEN2 = {
-    "transformer.wte.weight": "model.embed_tokens.weight",
-    "transformer.h.{n}.ln_1.weight": "model.layers.{n}.input_layernorm.weight",
-    "transformer.h.{n}.ln_2.weight": "model.layers.{n}.post_attention_layernorm.weight",
-    "transformer.h.{n}.attn.c_attn.weight": ("model.layers.{n}.self_attn.q_proj.weight",
-                                             "model.layers.{n}.self_attn.k_proj.weight",
-                                             "model.layers.{n}.self_attn.v_proj.weight"),
-    "transformer.h.{n}.attn.c_attn.bias": ("model.layers.{n}.self_attn.q_proj.bias",
-                                           "model.layers.{n}.self_attn.k_proj.bias",
-                                           "model.layers.{n}.self_attn.v_proj.bias"),
-    "transformer.h.{n}.attn.c_proj.weight": "model.layers.{n}.self_attn.o_proj.weight",
-    "transformer.h.{n}.mlp.w2.weight": "model.layers.{n}.mlp.gate_proj.weight",
-    "transformer.h.{n}.mlp.w1.weight": "model.layers.{n}.mlp.up_proj.weight",
-    "transformer.h.{n}.mlp.c_proj.weight": "model.layers.{n}.mlp.down_proj.weight",
-    "transformer.ln_f.weight": "model.norm.weight",
-    "lm_head.weight": "lm_head.weight",
-}
-
-TEXT_LAYOUTS = {"native": None, "qwen_v1": QWEN_V1_TO_QWEN2}
 
 TARGET_PREFIXES = {
     "hf": {  # transformers LlavaForConditionalGeneration (on-disk names, read by 4.48 .. 4.57)
@@ -51,15 +26,6 @@ TARGET_PREFIXES = {
                       ("model.2.", "model.mm_projector.2.")],
     },
 }
-
-FAMILY_SIGNATURES = {
-    r"(^|\.)transformer\.h\.\d+\.attn\.c_attn": "qwen (Qwen-7B first generation)",
-    r"(^|\.)layers\.\d+\.attention\.wqkv": "internlm2",
-    r"(^|\.)layers\.\d+\.self_attn\.qkv_proj": "phi3",
-    r"(^|\.)layers\.\d+\.mlp\.gate_up_proj": "phi3",
-    r"(^|\.)layers\.\d+\.self_attn\.q_proj": "llama / qwen2 (separate q/k/v projections)",
-}
-
 
 def _compile(pattern: str) -> re.Pattern:
     return re.compile("^" + re.escape(pattern).replace(re.escape(N), r"(\d+)") + "$")
@@ -96,12 +62,9 @@ class KeyTable:
         return None
 
 
-def text_table(weight_layout: str) -> KeyTable | None:
-    """The table of a profile's ``weight_layout`` (None: names are kept)."""
-    if weight_layout not in TEXT_LAYOUTS:
-        raise ValueError(f"unknown weight layout {weight_layout!r}; known: {sorted(TEXT_LAYOUTS)}")
-    table = TEXT_LAYOUTS[weight_layout]
-    return KeyTable(table) if table else None
+def text_table(family) -> KeyTable | None:
+    """The key table of ``family`` (an LLMFamily); None when its names are kept."""
+    return KeyTable(family.weight_table) if family.weight_table else None
 
 
 def to_target(fmt: str, component: str, key: str) -> str:
@@ -123,12 +86,3 @@ def from_target(fmt: str, key: str) -> tuple:
         raise KeyError(f"{key!r} is not a name of the {fmt!r} layout")
     component, src, dst = best
     return component, src + key[len(dst):]
-
-
-def guess_family(keys) -> str | None:
-    """The family whose signature the first matching key shows, if any."""
-    for key in keys:
-        for pattern, family in FAMILY_SIGNATURES.items():
-            if re.search(pattern, key):
-                return family
-    return None

@@ -45,9 +45,10 @@ OFFICIAL_CLASSES = {
 
 def check_llava_target(run, out_dir: Path) -> tuple:
     """``(class name, model_type)``; raises when the family or the folder name do not fit."""
-    name = run.profile.official_llava_class
-    if name not in OFFICIAL_CLASSES:
-        raise ExportError(f"profile {run.profile.name!r} has no official LLaVA class; use "
+    family = run.profile.family
+    name = family.official_llava_class
+    if name is None:
+        raise ExportError(f"profile {run.profile.name!r}: {family.no_official_llava}; use "
                           "--format hf")
     model_type, words = OFFICIAL_CLASSES[name]
     missing = [w for w in words if w not in out_dir.name.lower()]
@@ -99,7 +100,7 @@ def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_b
     hub_id = tower_hub_id(run, vision_tower_id)
     tower = hub_id or str(final_dir / TOWER_FOLDER)
     vision = vision_config_of(run)
-    text = text_config(plan.llm.config(), run.profile.weight_layout, plan.vocab_rows,
+    text = text_config(plan.llm.config(), run.profile.family, plan.vocab_rows,
                        run.llm_path)
     text.pop("model_type")
     config = AutoConfig.for_model(

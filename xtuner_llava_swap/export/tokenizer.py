@@ -7,26 +7,17 @@ written into the exported folder.
   ``--verify``, which imports xtuner anyway; training ran it on the same dict.
 * The export tokenizer needs no remote code: the fast tokenizer when it gives the training
   ids, else the slow one training used (the folder then loads with ``use_fast=False``). For a remote-code
-  tokenizer whose vocabulary is a tiktoken file (Qwen-7B first generation's
-  ``qwen.tiktoken``) it is rebuilt from that file: byte-level BPE over the same ranks, the
-  same pre-tokenization pattern, NFC normalization, and the special tokens at their ids.
+  tokenizer with no transformers class the family rebuilds it (``export_tokenizer`` of
+  its :class:`~xtuner_llava_swap.families.LLMFamily`; Qwen-7B's from ``qwen.tiktoken``).
   :func:`check_same_ids` compares the two on real text before anything is written.
 """
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 from .errors import ExportError
 
 IMAGE_TOKEN = "<image>"
-
-# Qwen-7B (first generation) tokenizer facts (tokenization_qwen.py of the model repository)
-QWEN_V1_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
-                   r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
-QWEN_V1_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>",
-                          *(f"<|extra_{i}|>" for i in range(205)))
-QWEN_V1_VOCAB_FILE = "qwen.tiktoken"
 
 # Texts compared between the training and the export tokenizer
 PROBE_TEXTS = ("Describe the image briefly.\n", "请描述一下这张照片", "  spaces\tand\n\nnew lines",
@@ -74,8 +65,8 @@ def export_tokenizer(run, trained, add_image_token: bool = True):
             # words differently from sentencepiece itself. Keep the slow tokenizer training
             # used; the folder then loads with use_fast=False.
             tokenizer = copy.deepcopy(trained)
-    elif (Path(run.llm_path) / QWEN_V1_VOCAB_FILE).is_file():
-        tokenizer = _qwen_v1_fast(Path(run.llm_path) / QWEN_V1_VOCAB_FILE, trained)
+    elif run.profile.family.export_tokenizer is not None:
+        tokenizer = run.profile.family.export_tokenizer(run.llm_path, trained)
     else:
         raise ExportError(f"{run.llm_path}: tokenizer {type(trained).__name__} needs remote code "
                           "and has no plain-transformers form this export knows")
@@ -101,25 +92,6 @@ def _fast_twin(run, trained):
     settings = {k: v for k, v in settings.items() if k not in _NOT_TOKENIZER_SETTINGS}
     fast_class = getattr(transformers, type(trained).__name__ + "Fast")
     return fast_class.from_pretrained(run.llm_path, from_slow=True, **settings)
-
-
-def _qwen_v1_fast(vocab_file: Path, trained):
-    from tokenizers import normalizers
-    from transformers import Qwen2TokenizerFast
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    converter = TikTokenConverter(vocab_file=str(vocab_file), pattern=QWEN_V1_PATTERN,
-                                  additional_special_tokens=list(QWEN_V1_SPECIAL_TOKENS))
-    backend = converter.converted()
-    backend.normalizer = normalizers.NFC()
-    first_special = backend.token_to_id(QWEN_V1_SPECIAL_TOKENS[0])
-    if first_special != 151643:
-        raise ExportError(f"{vocab_file}: {QWEN_V1_SPECIAL_TOKENS[0]} lands on id "
-                          f"{first_special}, Qwen-7B has it at 151643")
-    special = {name: getattr(trained, name) for name in ("eos_token", "pad_token")
-               if getattr(trained, name, None)}
-    return Qwen2TokenizerFast(tokenizer_object=backend, bos_token=None, unk_token=None,
-                              errors="replace", **special)
 
 
 def same_ids(trained, exported) -> bool:

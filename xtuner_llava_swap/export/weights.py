@@ -21,7 +21,7 @@ from typing import Iterator
 import torch
 
 from .errors import ExportError
-from .layouts import guess_family, text_table, to_target
+from .layouts import text_table, to_target
 from .lora import apply_update, component_updates
 from .pages import release
 from .readers import WeightFolder
@@ -129,6 +129,8 @@ class WeightPlan:
             known.add("lm_head.weight")  # a tied model's state dict names it too
         unknown = [n for n in names if n not in known]
         if unknown:
+            from xtuner_llava_swap.families import guess_family
+
             seen = guess_family(unknown)
             model_type = base.config().get("model_type", "?")
             head = (f"{self.checkpoint.path}: {len(unknown)} trained {component} weights are "
@@ -185,7 +187,7 @@ class WeightPlan:
         for name in PROJECTOR_KEYS:
             yield (to_target(fmt, "projector", name),
                    _cast(projector.tensor(projector.full[name]), dtype))
-        table = text_table(self.run.profile.weight_layout)
+        table = text_table(self.run.profile.family)
         for file, names in self.llm.by_file():
             for name in names:
                 read = base(self.llm, name)
@@ -207,9 +209,10 @@ class WeightPlan:
             parts = ((name, value),)
         else:
             targets = table.forward(name)
+            family = self.run.profile.family
             if targets is None:
                 raise ExportError(f"{self.run.llm_path}: weight {name!r} has no place in the "
-                                  f"{self.run.profile.weight_layout} -> Qwen2 mapping")
+                                  f"{family.name} -> {family.hf_text_model_type} key table")
             parts = tuple(zip(targets, torch.chunk(value, len(targets), dim=0)))
         for text_name, tensor in parts:
             if text_name == "lm_head.weight" and self.tie_word_embeddings:

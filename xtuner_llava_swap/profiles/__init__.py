@@ -10,13 +10,20 @@ xtuner configs, in the style of ``xtuner.utils.PROMPT_TEMPLATE``.
 """
 from mmengine.config import ConfigDict
 
-# Each family module registers its profiles; this order is the order of list_profiles().
-from . import qwen, qwen2, internlm2, llama, phi3  # noqa: F401,I001
+from .. import families  # noqa: F401  (each family folder registers its profiles)
 from .base import (DEFAULT_SYSTEM_KEY, PROFILES, LLMProfile, ProfileRegistry, UnknownProfileError,
                    get_profile, list_profiles, register_profile)
 from .template_map import template_map_fn, template_map_fn_factory
 
-PROMPT_TEMPLATE = ConfigDict({p.config_key: p.template for p in PROFILES.values()})
+
+
+def __getattr__(name):
+    # PROMPT_TEMPLATE is made on first use: the family folders that fill PROFILES import
+    # this package while they register, so it cannot be complete when this module runs.
+    if name == "PROMPT_TEMPLATE":
+        return ConfigDict({p.config_key: p.template for p in PROFILES.values()})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["LLMProfile", "PROFILES", "PROMPT_TEMPLATE", "DEFAULT_SYSTEM_KEY", "ProfileRegistry",
            "UnknownProfileError", "get_profile", "list_profiles", "register_profile",

@@ -9,13 +9,15 @@ from . import UnknownProfileError, get_profile, list_profiles
 
 def describe(name: str) -> str:
     p = get_profile(name)
-    fields = dict(name=p.name, family=p.family, example=p.hf_example, has_bos=p.has_bos,
+    family = p.family
+    fields = dict(name=p.name, family=family.name, example=p.hf_example, has_bos=p.has_bos,
                   end_of_turn=p.end_of_turn, stop_words=list(p.stop_words),
                   default_system=p.default_system, tokenizer_kwargs=dict(p.tokenizer_kwargs),
                   trust_remote_code=p.trust_remote_code,
                   lora_target_modules=list(p.lora_target_modules),
-                  hf_text_model_type=p.hf_text_model_type,
-                  official_llava_class=p.official_llava_class, weight_layout=p.weight_layout,
+                  hf_text_model_type=family.hf_text_model_type,
+                  official_llava_class=family.official_llava_class or family.no_official_llava,
+                  weight_names=("mapped on export" if family.weight_table else "kept"),
                   template={k: v for k, v in p.template.items()})
     return json.dumps(fields, indent=2, ensure_ascii=False)
 
@@ -24,7 +26,7 @@ def table() -> str:
     rows = [("name", "family", "example model", "end of turn", "default system")]
     for name in list_profiles():
         p = get_profile(name)
-        rows.append((p.name, p.family, p.hf_example, p.end_of_turn, p.default_system or "-"))
+        rows.append((p.name, p.family.name, p.hf_example, p.end_of_turn, p.default_system or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]
                      for r in rows)

@@ -3,24 +3,26 @@
 A profile is data: everything that differs between chat LLMs when they sit inside
 XTuner's LLaVA (prompt template, end-of-turn and stop tokens, default system prompt,
 bos/eos/pad policy of the tokenizer, remote code, LoRA target modules, export facts).
-Family modules (``qwen.py``, ``qwen2.py``...) create :class:`LLMProfile` objects and
-:func:`register_profile` them; the rest of the package only asks the profile.
+The family folders (``families/<name>/profiles.py``) create :class:`LLMProfile` objects and
+:func:`register_profile` them; the rest of the package only asks the profile (and, for
+weights and files, the profile's :class:`~xtuner_llava_swap.families.LLMFamily`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import TYPE_CHECKING, Iterator, Mapping
 
 from ..token_contract import single_token_id
+
+if TYPE_CHECKING:
+    from ..families.family import LLMFamily
 
 # Keys of an xtuner prompt template dict (``xtuner.utils.PROMPT_TEMPLATE``).
 TEMPLATE_KEYS = ("SYSTEM", "INSTRUCTION", "SUFFIX", "SUFFIX_AS_EOS", "SEP", "STOP_WORDS")
 # Extra key carried in the template dict: the system prompt the model's own chat template
 # inserts when none is given. xtuner ignores it; this package's template map fn applies it.
 DEFAULT_SYSTEM_KEY = "DEFAULT_SYSTEM"
-
-WEIGHT_LAYOUTS = ("qwen_v1", "native")
 
 
 class UnknownProfileError(KeyError):
@@ -43,7 +45,7 @@ class LLMProfile:
     """
 
     name: str
-    family: str
+    family: LLMFamily
     prompt: Mapping
     default_system: str
     has_bos: bool
@@ -51,17 +53,14 @@ class LLMProfile:
     tokenizer_kwargs: Mapping = field(default_factory=dict)
     trust_remote_code: bool = False
     lora_target_modules: tuple = ()
-    hf_text_model_type: str = "llama"
-    official_llava_class: str | None = None
-    weight_layout: str = "native"
     hf_example: str = ""
 
     def __post_init__(self):
-        if not self.name or not self.family:
-            raise ValueError("a profile needs a name and a family")
-        if self.weight_layout not in WEIGHT_LAYOUTS:
-            raise ValueError(f"profile {self.name!r}: weight_layout {self.weight_layout!r} "
-                             f"is not one of {WEIGHT_LAYOUTS}")
+        if not self.name:
+            raise ValueError("a profile needs a name")
+        if not hasattr(self.family, "hf_text_model_type"):
+            raise ValueError(f"profile {self.name!r}: family must be an LLMFamily "
+                             f"(xtuner_llava_swap.families), got {self.family!r}")
         unknown = set(self.prompt) - set(TEMPLATE_KEYS)
         if unknown:
             raise ValueError(f"profile {self.name!r}: unknown template keys {sorted(unknown)}")

@@ -1,8 +1,9 @@
 """Synthetic xtuner LLaVA runs of any size, for the export bench and the export memory test.
 
-A run is what the converter reads: a base LLM folder (Llama or Qwen2 architecture at the
-size asked, random fp16 weights written one safetensors file per layer, the family's
-tokenizer from :func:`~xtuner_llava_swap.testing.tiny.build_tiny_llm`), a tiny CLIP, an
+A run is what the converter reads: a base LLM folder (the architecture of the profile's
+family at the size asked, random fp16 weights written one safetensors file per layer, the
+family's tiny tokenizer from :func:`~xtuner_llava_swap.testing.tiny.build_tiny_llm`; the
+family needs separate ``*_proj`` linear layers, as Llama and Qwen2 have), a tiny CLIP, an
 xtuner CONFIG naming them, and a trained checkpoint under the names of
 ``LLaVAModel.state_dict()``:
 
@@ -25,8 +26,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-PROFILES = {"llama": "vicuna-v1.5", "qwen2": "qwen2.5"}
-LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 CONFIG = '''\
 import torch
@@ -71,76 +70,72 @@ class Shape:
     heads: int = 16
     vocab: int = 32000
 
-    def linear_shapes(self) -> dict:
-        h, i = self.hidden, self.intermediate
-        return {"q_proj": (h, h), "k_proj": (h, h), "v_proj": (h, h), "o_proj": (h, h),
-                "gate_proj": (i, h), "up_proj": (i, h), "down_proj": (h, i)}
-
-    def fp16_bytes(self) -> int:
-        per_layer = sum(r * c for r, c in self.linear_shapes().values()) + 2 * self.hidden
-        return 2 * (self.layers * per_layer + 2 * self.vocab * self.hidden + self.hidden)
+    def config_fields(self) -> dict:
+        """The ``config.json`` fields this shape sets (every family's names for them)."""
+        return dict(vocab_size=self.vocab, hidden_size=self.hidden,
+                    intermediate_size=self.intermediate, num_hidden_layers=self.layers,
+                    num_attention_heads=self.heads, num_key_value_heads=self.heads,
+                    max_position_embeddings=4096, torch_dtype="float16")
 
 
 @dataclass(frozen=True)
 class SyntheticRun:
     folder: Path
-    family: str
+    profile: str
     shape: Shape
     llm: Path
     clip: Path
+    shapes: dict  # {Hugging Face name: shape} of every base LLM weight
 
     def config(self, lora_rank: int | None) -> Path:
         """The CONFIG of a LoRA run of rank ``lora_rank``, or of a full finetune (None)."""
         name = f"config_lora{lora_rank}.py" if lora_rank else "config_full.py"
         path = self.folder / name
         if not path.is_file():
-            lora = (LLM_LORA.format(r=lora_rank, alpha=2 * lora_rank, targets=list(LINEAR))
+            from xtuner_llava_swap.profiles import get_profile
+
+            targets = list(get_profile(self.profile).lora_target_modules)
+            lora = (LLM_LORA.format(r=lora_rank, alpha=2 * lora_rank, targets=targets)
                     if lora_rank else "None")
             path.write_text(CONFIG.format(
-                llm=self.llm, clip=self.clip, profile=PROFILES[self.family],
+                llm=self.llm, clip=self.clip, profile=self.profile,
                 freeze_llm=bool(lora_rank), llm_lora=lora,
                 visual_encoder_lora=CLIP_LORA if lora_rank else "None"))
         return path
 
     def layer_keys(self, index: int) -> dict:
         """``{key: shape}`` of layer ``index`` of the base LLM (Hugging Face names)."""
-        p, h = f"model.layers.{index}.", self.shape.hidden
-        keys = {p + ("self_attn." if n.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))
-                     else "mlp.") + n + ".weight": s
-                for n, s in self.shape.linear_shapes().items()}
-        if self.family == "qwen2":
-            keys.update({p + f"self_attn.{n}.bias": (h,) for n in ("q_proj", "k_proj", "v_proj")})
-        keys.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,)})
-        return keys
+        prefix = f"model.layers.{index}."
+        return {k: v for k, v in self.shapes.items() if k.startswith(prefix)}
 
     def top_keys(self) -> dict:
-        v, h = self.shape.vocab, self.shape.hidden
-        return {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,),
-                "lm_head.weight": (v, h)}
+        """``{key: shape}`` of the weights outside the layers (embedding, norm, head)."""
+        return {k: v for k, v in self.shapes.items() if not k.startswith("model.layers.")}
 
 
-def build_synthetic_run(folder: Path, shape: Shape, family: str = "llama",
+def build_synthetic_run(folder: Path, shape: Shape, profile: str = "vicuna-v1.5",
                         real_tokenizer: bool | None = None) -> SyntheticRun:
     """Base LLM of ``shape`` and tiny CLIP under ``folder`` (see the module docstring)."""
     import torch
     from safetensors.torch import save_file
-    from transformers import LlamaConfig, Qwen2Config
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from xtuner_llava_swap.profiles import get_profile
 
     from .tiny import build_tiny_clip, build_tiny_llm
 
     folder = Path(folder)
+    family = get_profile(profile).family.name
     llm = build_tiny_llm(family, folder / "llm", real_tokenizer=real_tokenizer)
     for stale in llm.glob("model*.safetensors*"):
         stale.unlink()
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[family]
-    tokenizer_config = json.loads((llm / "config.json").read_text())
-    config_class(vocab_size=shape.vocab, hidden_size=shape.hidden,
-                 intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
-                 num_attention_heads=shape.heads, num_key_value_heads=shape.heads,
-                 max_position_embeddings=4096, torch_dtype="float16",
-                 bos_token_id=tokenizer_config.get("bos_token_id"),
-                 eos_token_id=tokenizer_config.get("eos_token_id")).save_pretrained(llm)
-    run = SyntheticRun(folder, family, shape, llm, build_tiny_clip(folder / "clip"))
+    config = AutoConfig.from_pretrained(llm)  # the tiny model's, with its tokenizer's ids
+    config.update(shape.config_fields())
+    config.save_pretrained(llm)
+    with torch.device("meta"):
+        shapes = {k: tuple(v.shape) for k, v in AutoModelForCausalLM.from_config(config)
+                  .state_dict().items()}
+    run = SyntheticRun(folder, profile, shape, llm, build_tiny_clip(folder / "clip"), shapes)
     generator = torch.Generator().manual_seed(0)
     files = {"model-top.safetensors": run.top_keys(),
              **{f"model-layer{i:03d}.safetensors": run.layer_keys(i) for i in range(shape.layers)}}
@@ -150,7 +145,8 @@ def build_synthetic_run(folder: Path, shape: Shape, family: str = "llama",
         save_file(tensors, str(llm / file), metadata={"format": "pt"})
         weight_map.update({k: file for k in keys})
     (llm / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": shape.fp16_bytes()}, "weight_map": weight_map}))
+        {"metadata": {"total_size": 2 * sum(math.prod(s) for s in shapes.values())},
+         "weight_map": weight_map}))
     return run
 
 

@@ -5,17 +5,15 @@ and pad is ``<|endoftext|>``. Weights use the v1 names (``transformer.h.N.attn.c
 mapped onto Qwen2 names on export. The base model (``qwen-base``) is trained on ChatML
 turns that end with ``<|endoftext|>``, the only end token it knows, without a system prompt.
 """
-from .base import LLMProfile, register_profile
-from .formats import chatml
+from ...profiles.base import LLMProfile, register_profile
+from ...profiles.formats import chatml
+from .family import FAMILY
 
 _COMMON = dict(
-    family="qwen",
+    family=FAMILY,
     has_bos=False,
     trust_remote_code=True,
     lora_target_modules=("c_attn", "c_proj", "w1", "w2"),
-    hf_text_model_type="qwen2",
-    official_llava_class="LlavaQwenForCausalLM",
-    weight_layout="qwen_v1",
 )
 
 QWEN_CHAT = register_profile(LLMProfile(

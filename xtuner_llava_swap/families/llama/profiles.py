@@ -6,13 +6,14 @@ sentencepiece tokenizer in legacy mode is required: it reads ``</s>`` written in
 one token and gives text after a special token the same leading ``▁`` that a separately
 encoded piece gets (what Vicuna and LLaVA-1.5 were trained with).
 """
-from .base import LLMProfile, register_profile
+from ...profiles.base import LLMProfile, register_profile
+from .family import FAMILY
 
 LLAMA_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 VICUNA_V1_5 = register_profile(LLMProfile(
     name="vicuna-v1.5",
-    family="llama",
+    family=FAMILY,
     prompt=dict(
         SYSTEM="{system} ",
         INSTRUCTION="USER: {input} ASSISTANT:",
@@ -28,14 +29,12 @@ VICUNA_V1_5 = register_profile(LLMProfile(
     reply_prefix=" ",
     tokenizer_kwargs=dict(use_fast=False, legacy=True, pad_token="<unk>"),
     lora_target_modules=LLAMA_LORA_TARGETS,
-    hf_text_model_type="llama",
-    official_llava_class="LlavaLlamaForCausalLM",
     hf_example="lmsys/vicuna-7b-v1.5",
 ))
 
 LLAMA3_INSTRUCT = register_profile(LLMProfile(
     name="llama3-instruct",
-    family="llama",
+    family=FAMILY,
     prompt=dict(
         SYSTEM="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
         INSTRUCTION=("<|start_header_id|>user<|end_header_id|>\n\n{input}<|eot_id|>"
@@ -49,7 +48,5 @@ LLAMA3_INSTRUCT = register_profile(LLMProfile(
     has_bos=True,
     tokenizer_kwargs=dict(eos_token="<|eot_id|>", pad_token="<|end_of_text|>"),
     lora_target_modules=LLAMA_LORA_TARGETS,
-    hf_text_model_type="llama",
-    official_llava_class="LlavaLlamaForCausalLM",
     hf_example="meta-llama/Meta-Llama-3-8B-Instruct",
 ))

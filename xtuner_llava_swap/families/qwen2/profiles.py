@@ -5,18 +5,17 @@ The tokenizers have no bos; eos (the end-of-turn ``<|im_end|>``) and pad
 The only difference between the generations is the default system prompt that their
 chat templates insert.
 """
-from .base import LLMProfile, register_profile
-from .formats import chatml
+from ...profiles.base import LLMProfile, register_profile
+from ...profiles.formats import chatml
+from .family import FAMILY
 
 _COMMON = dict(
-    family="qwen2",
+    family=FAMILY,
     prompt=chatml("<|im_end|>", ("<|im_end|>", "<|endoftext|>")),
     has_bos=False,
     tokenizer_kwargs=dict(eos_token="<|im_end|>", pad_token="<|endoftext|>"),
     lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                          "down_proj"),
-    hf_text_model_type="qwen2",
-    official_llava_class="LlavaQwenForCausalLM",
 )
 
 QWEN1_5 = register_profile(LLMProfile(

@@ -1,0 +1,102 @@
+"""The LLM family type and the registry that holds one per family folder.
+
+A family is what the weights and files of a model line are: the Hugging Face text
+``model_type`` an export writes, the official LLaVA class it maps to (or why there is
+none), how its checkpoint names and ``config.json`` become the export's text model, how a
+remote-code tokenizer becomes a plain-transformers one, the key patterns that recognise
+its weights, and the recipe of its tiny test model. Profiles (chat formats) belong to a
+family; everything below ``export/`` and ``testing/`` asks the family, never its name.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping
+
+
+@dataclass(frozen=True)
+class LLMFamily:
+    """One model line's export facts and tiny-model recipe.
+
+    Attributes:
+        name: the family folder's name.
+        hf_text_model_type: ``model_type`` of the text config in an ``hf`` export.
+        official_llava_class: the official LLaVA class (``LlavaQwenForCausalLM``...), or
+            None; then ``no_official_llava`` says why ``--format llava`` is refused.
+        weight_table: checkpoint name pattern -> export name(s) (``{n}`` is a layer index,
+            a tuple target splits the tensor along dim 0); None keeps the names.
+        text_config: ``(base config.json dict, where) -> text config dict`` for families
+            whose config changes type on export; None keeps the base config.
+        export_tokenizer: ``(llm folder, training tokenizer) -> fast tokenizer`` for a
+            remote-code tokenizer with no transformers class; None when there is one.
+        weight_signatures: ``{regex: label}``; a key matching one shows this family's weights.
+        build_tiny: ``(out folder, fixtures folder or None, tie embeddings)`` saves a tiny
+            random model and its tokenizer; None when the family has no tiny recipe.
+    """
+
+    name: str
+    hf_text_model_type: str
+    official_llava_class: str | None = None
+    no_official_llava: str = ""
+    weight_table: Mapping | None = None
+    text_config: Callable[[dict, str], dict] | None = None
+    export_tokenizer: Callable | None = None
+    weight_signatures: Mapping = field(default_factory=dict)
+    build_tiny: Callable | None = None
+
+    def __post_init__(self):
+        if self.official_llava_class is None and not self.no_official_llava:
+            raise ValueError(f"family {self.name!r}: say why it has no official LLaVA class")
+        object.__setattr__(self, "weight_signatures", MappingProxyType(dict(self.weight_signatures)))
+
+
+class FamilyRegistry(Mapping):
+    """Name -> :class:`LLMFamily`; registering a taken name is an error."""
+
+    def __init__(self):
+        self._families: dict[str, LLMFamily] = {}
+
+    def register(self, family: LLMFamily) -> LLMFamily:
+        if family.name in self._families:
+            raise ValueError(f"family {family.name!r} is already registered")
+        self._families[family.name] = family
+        return family
+
+    def __getitem__(self, name: str) -> LLMFamily:
+        try:
+            return self._families[name]
+        except KeyError:
+            raise KeyError(f"unknown LLM family {name!r}; known families: "
+                           f"{', '.join(self._families)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._families)
+
+    def __len__(self) -> int:
+        return len(self._families)
+
+
+FAMILIES = FamilyRegistry()
+
+
+def register_family(family: LLMFamily) -> LLMFamily:
+    """Add ``family`` to :data:`FAMILIES` (each family folder calls this once)."""
+    return FAMILIES.register(family)
+
+
+def guess_family(keys) -> str | None:
+    """The label of the first family signature a key of ``keys`` matches, if any."""
+    import re
+
+    signatures = [(re.compile(pattern), label) for family in FAMILIES.values()
+                  for pattern, label in family.weight_signatures.items()]
+    for key in keys:
+        for pattern, label in signatures:
+            if pattern.search(key):
+                return label
+    return None
+
+
+def get_family(name) -> LLMFamily:
+    """The family registered as ``name`` (an :class:`LLMFamily` is returned as is)."""
+    return name if isinstance(name, LLMFamily) else FAMILIES[name]

@@ -1,0 +1,5 @@
+"""InternLM2-chat: remote code, sentencepiece tokenizer with bos ``<s>``, fused ``wqkv``."""
+from . import profiles  # noqa: F401  (registers the family and its profiles)
+from .family import FAMILY
+
+__all__ = ["FAMILY"]

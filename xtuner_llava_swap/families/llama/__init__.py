@@ -1,0 +1,5 @@
+"""Llama architecture: Vicuna v1.5 (Llama-2 sentencepiece) and Llama-3-Instruct (tiktoken BPE)."""
+from . import profiles  # noqa: F401  (registers the family and its profiles)
+from .family import FAMILY
+
+__all__ = ["FAMILY"]

@@ -1,0 +1,16 @@
+"""The ``qwen`` family: Qwen-7B's v1 names (``transformer.h.N.attn.c_attn``) map onto Qwen2
+names, its config onto a Qwen2 config, its tiktoken vocabulary onto a fast Qwen2 tokenizer;
+LLaVA-NeXT's ``LlavaQwenForCausalLM`` loads the result."""
+from ..family import LLMFamily, register_family
+from . import export, tiny
+
+FAMILY = register_family(LLMFamily(
+    name="qwen",
+    hf_text_model_type="qwen2",
+    official_llava_class="LlavaQwenForCausalLM",
+    weight_table=export.QWEN_V1_TO_QWEN2,
+    text_config=export.qwen2_text_config,
+    export_tokenizer=export.fast_tokenizer,
+    weight_signatures={r"(^|\.)transformer\.h\.\d+\.attn\.c_attn": "qwen (Qwen-7B first generation)"},
+    build_tiny=tiny.build,
+))
