@@ -20,7 +20,7 @@ def _register_data() -> None:
 
 
 def _register_models() -> None:
-    from . import models  # noqa: F401  (registers llava_qwen / llava_llama with transformers' Auto classes)
+    from .export import loaders  # noqa: F401  (registers llava_qwen / llava_llama with transformers' Auto classes)
 
 
 call_after_import("xtuner", _register_data)

@@ -37,7 +37,7 @@ HEAVY = textwrap.dedent("""
 def test_conversion_imports_no_xtuner_and_deepspeed_only_for_deepspeed_input(tmp_path):
     run = build_synthetic_run(tmp_path / "run", Shape(layers=1, hidden=64, intermediate=128,
                                                       heads=4, vocab=1024),
-                              family="qwen2", real_tokenizer=False)
+                              profile="qwen2.5", real_tokenizer=False)
     (tmp_path / "work_dir").mkdir()
     lora = write_lora_checkpoint(run, 8, tmp_path / "work_dir" / "iter_1.pth")
     zero3 = write_zero3_checkpoint(run, 2, tmp_path / "work_dir" / "iter_2.pth")

@@ -77,7 +77,7 @@ def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_p
                               AutoTokenizer, LlavaForConditionalGeneration)
 
     from xtuner_llava_swap.export import upstream
-    from xtuner_llava_swap.models import process_images, tokenizer_image_token
+    from xtuner_llava_swap.export.loaders import process_images, tokenizer_image_token
 
     run = inprocess_run("qwen2.5", "qwen2")
     bases = tmp_path / "bases"  # base folders of this export only, deleted below

@@ -6,7 +6,8 @@ Python: :func:`convert`. Modules, in data-flow order: :mod:`.run_config` (CONFIG
 :mod:`.readers` / :mod:`.deepspeed_reader` (CHECKPOINT, base folders), :mod:`.lora`
 (updates and merge), :mod:`.layouts` (key tables), :mod:`.weights` (the checked stream),
 :mod:`.text_config`, :mod:`.tokenizer`, :mod:`.shards`, :mod:`.hf_writer`,
-:mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`.
+:mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`. :mod:`.loaders` holds the classes
+that load an official-format export with plain transformers (registered at import).
 """
 from .convert import DTYPES, FORMATS, convert
 from .errors import ExportError

@@ -68,7 +68,7 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
              progress: bool = True) -> None:
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
 
-    from xtuner_llava_swap.models.pad_image_processor import LlavaImageProcessor
+    from .loaders.pad_image_processor import LlavaImageProcessor
     from .tokenizer import IMAGE_TOKEN
 
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES

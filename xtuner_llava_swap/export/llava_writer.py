@@ -93,7 +93,7 @@ def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_b
     (``mm_vision_tower`` and, when it is a local path, ``note``)."""
     from transformers import AutoConfig, CLIPImageProcessor
 
-    import xtuner_llava_swap.models  # noqa: F401  (registers llava_qwen / llava_llama)
+    from . import loaders  # noqa: F401  (registers llava_qwen / llava_llama)
 
     final_dir = Path(final_dir or out)
     class_name, model_type = check_llava_target(run, final_dir)

@@ -146,7 +146,7 @@ def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens, for
 def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens, forced):
     from transformers import AutoImageProcessor, AutoModelForCausalLM
 
-    from xtuner_llava_swap.models import process_images, tokenizer_image_token
+    from xtuner_llava_swap.export.loaders import process_images, tokenizer_image_token
 
     tokenizer = _export_tokenizer(folder)
     image_processor = AutoImageProcessor.from_pretrained(folder)

@@ -108,6 +108,10 @@ class SyntheticRun:
         prefix = f"model.layers.{index}."
         return {k: v for k, v in self.shapes.items() if k.startswith(prefix)}
 
+    def fp16_bytes(self) -> int:
+        """Size of the base LLM's weights in fp16."""
+        return 2 * sum(math.prod(shape) for shape in self.shapes.values())
+
     def top_keys(self) -> dict:
         """``{key: shape}`` of the weights outside the layers (embedding, norm, head)."""
         return {k: v for k, v in self.shapes.items() if not k.startswith("model.layers.")}
@@ -145,7 +149,7 @@ def build_synthetic_run(folder: Path, shape: Shape, profile: str = "vicuna-v1.5"
         save_file(tensors, str(llm / file), metadata={"format": "pt"})
         weight_map.update({k: file for k in keys})
     (llm / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": 2 * sum(math.prod(s) for s in shapes.values())},
+        {"metadata": {"total_size": run.fp16_bytes()},
          "weight_map": weight_map}))
     return run
 
