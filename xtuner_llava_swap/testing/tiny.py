@@ -9,7 +9,8 @@ by the same configs users run, so the tiny run takes the real code paths.
   The tokenizer is the family's REAL one from ``../shared/fixtures`` when present (the
   embedding then has the real model's row count), otherwise a small synthetic tokenizer
   with the same special-token contract (bos/eos/pad and chat tokens).
-* Vision (:func:`build_tiny_clip`): ``CLIPVisionModel`` + ``CLIPImageProcessor``.
+* Vision (:func:`build_tiny_tower`, :func:`build_tiny_clip`): each tower's own recipe
+  (``towers/<family>/tiny.py``), the real model and image processor classes.
 * Data (:func:`build_tiny_dataset`): LLaVA-format json (pretrain captions, and
   finetune conversations: multi-turn and text-only samples mixed in) over the real
   fixture images, or generated images when the fixtures are absent.
@@ -22,7 +23,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .tiny_recipe import HEADS, HIDDEN, INTERMEDIATE, LAYERS
 
 
 def fixtures_dir() -> Path | None:
@@ -97,24 +97,25 @@ def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | N
 
 
 # --------------------------------------------------------------------------- vision
-def build_tiny_clip(out_dir: str | Path, *, image_size: int = 56, patch_size: int = 14,
-                    seed: int = 0) -> Path:
-    """Save a tiny ``CLIPVisionModel`` and a matching ``CLIPImageProcessor``."""
+def build_tiny_tower(tower: str, out_dir: str | Path, *, image_size: int = 56,
+                     patch_size: int = 14, seed: int = 0) -> Path:
+    """Save a tiny random vision model of ``tower``'s real class and its image processor
+    (the tower folder's recipe, ``towers/<family>/tiny.py``)."""
     import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from xtuner_llava_swap.towers import get_tower
 
     out = Path(out_dir)
     torch.manual_seed(seed)
-    config = CLIPVisionConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                              num_hidden_layers=LAYERS, num_attention_heads=HEADS,
-                              image_size=image_size, patch_size=patch_size,
-                              projection_dim=HIDDEN)
-    CLIPVisionModel(config).save_pretrained(out, safe_serialization=True)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size},
-                       image_mean=[0.48145466, 0.4578275, 0.40821073],
-                       image_std=[0.26862954, 0.26130258, 0.27577711]).save_pretrained(out)
+    get_tower(tower).build_tiny(out, image_size, patch_size)
     return out
+
+
+def build_tiny_clip(out_dir: str | Path, *, image_size: int = 56, patch_size: int = 14,
+                    seed: int = 0) -> Path:
+    """Save a tiny ``CLIPVisionModel`` and a matching ``CLIPImageProcessor``."""
+    return build_tiny_tower("clip-vit-large-336", out_dir, image_size=image_size,
+                            patch_size=patch_size, seed=seed)
 
 
 # ----------------------------------------------------------------------------- data

@@ -1,0 +1,128 @@
+"""The vision tower type and the registry that holds one per supported encoder.
+
+A tower is data, the counterpart of an LLM profile: what changes when another vision
+encoder sits in front of the projector. The model and image processor classes, whether
+the encoder prepends a class token (then the features drop position 0, LLaVA's ``patch``
+selection; SigLIP has none and keeps every position), the tokens one image takes, the
+layer whose hidden states are used, the pad-to-square colour (the processor's mean), LoRA
+targets, and the export facts of both formats. Tower folders (``towers/<name>/``) create
+:class:`VisionTower` objects and :func:`register_tower` them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+
+@dataclass(frozen=True)
+class VisionTower:
+    """One vision encoder as LLaVA uses it.
+
+    Attributes:
+        name: the tower's name (``clip-vit-large-336``...).
+        family: its folder's name (``clip``, ``siglip``).
+        hf_example: the hub id of the real encoder.
+        model_class / processor_class: transformers class names of the vision model and
+            its image processor.
+        vision_model_type: ``model_type`` of the vision config (the ``hf`` export's
+            ``vision_config``).
+        image_size / patch_size: the square input side and the patch side, in pixels.
+        class_token: True when position 0 of the hidden states is a class token.
+        image_mean: the processor's normalisation mean (the pad-to-square colour).
+        select_layer: index of the hidden states the projector reads (LLaVA: -2).
+        lora_target_modules: the linear layers a LoRA of the tower targets.
+        llava_name_word: the word the official loaders look for in ``mm_vision_tower`` to
+            choose this tower's class.
+        llava_select_layers: the select layers the official format can express for this
+            tower (None: any; LLaVA-NeXT's SigLIP tower drops the last layer itself, so -2).
+        build_tiny: ``(out folder, image_size, patch_size)`` saves a tiny random model of
+            the real class and its image processor (the tower folder's ``tiny.py``).
+    """
+
+    name: str
+    family: str
+    hf_example: str
+    model_class: str
+    processor_class: str
+    vision_model_type: str
+    image_size: int
+    patch_size: int
+    class_token: bool
+    image_mean: tuple
+    select_layer: int = -2
+    lora_target_modules: tuple = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    llava_name_word: str = ""
+    llava_select_layers: tuple | None = None
+    build_tiny: Callable | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_mean", tuple(self.image_mean))
+        object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+
+    @property
+    def tokens_per_image(self) -> int:
+        """LLM positions one image takes: every patch (a class token is dropped); the patch
+        convolution has stride ``patch_size`` and no padding (384 / 14 gives 27 x 27)."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def drops_first_position(self) -> bool:
+        """Whether the features drop position 0 (the class token)."""
+        return self.class_token
+
+    @property
+    def hf_select_strategy(self) -> str:
+        """``vision_feature_select_strategy`` of a Hugging Face LLaVA export."""
+        return "default" if self.class_token else "full"
+
+    @property
+    def pad_colour(self) -> tuple:
+        """The pad-to-square background, the processor's mean as 0-255 RGB."""
+        return tuple(int(m * 255) for m in self.image_mean)
+
+    def llava_select_layer_refusal(self, select_layer: int) -> str | None:
+        """Why the official format cannot express ``select_layer`` for this tower, or None."""
+        if self.llava_select_layers is None or select_layer in self.llava_select_layers:
+            return None
+        return (f"the official LLaVA loaders build the {self.family} tower with select layer "
+                f"{' or '.join(map(str, self.llava_select_layers))} only (LLaVA-NeXT removes "
+                f"the last encoder layer itself); this run uses {select_layer}: use --format hf")
+
+
+class TowerRegistry(Mapping):
+    """Name -> :class:`VisionTower`; registering a taken name is an error."""
+
+    def __init__(self):
+        self._towers: dict[str, VisionTower] = {}
+
+    def register(self, tower: VisionTower) -> VisionTower:
+        if tower.name in self._towers:
+            raise ValueError(f"vision tower {tower.name!r} is already registered")
+        self._towers[tower.name] = tower
+        return tower
+
+    def __getitem__(self, name: str) -> VisionTower:
+        try:
+            return self._towers[name]
+        except KeyError:
+            raise KeyError(f"unknown vision tower {name!r}; known towers: "
+                           f"{', '.join(self._towers)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._towers)
+
+    def __len__(self) -> int:
+        return len(self._towers)
+
+
+TOWERS = TowerRegistry()
+
+
+def register_tower(tower: VisionTower) -> VisionTower:
+    """Add ``tower`` to :data:`TOWERS` (each tower folder calls this once per variant)."""
+    return TOWERS.register(tower)
+
+
+def get_tower(name) -> VisionTower:
+    """The tower registered as ``name`` (a :class:`VisionTower` is returned as is)."""
+    return name if isinstance(name, VisionTower) else TOWERS[name]
