@@ -19,25 +19,9 @@ from mmengine.registry import Registry
 from xtuner.model import LLaVAModel
 from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
-from .towers import TOWERS, get_tower
+from .towers import tower_for
 
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtuner_llava_swap")
-
-
-def tower_of(visual_encoder, name=None):
-    """The :class:`~xtuner_llava_swap.towers.VisionTower` of ``visual_encoder``."""
-    model_type = getattr(visual_encoder.config, "model_type", None)
-    if name is not None:
-        tower = get_tower(name)
-        if tower.vision_model_type != model_type:
-            raise ValueError(f"vision_tower={tower.name!r} is a {tower.vision_model_type} tower, "
-                             f"but the visual encoder is a {model_type}")
-        return tower
-    for tower in TOWERS.values():
-        if tower.vision_model_type == model_type:
-            return tower
-    raise ValueError(f"no vision tower profile has model_type {model_type!r} (known: "
-                     f"{', '.join(TOWERS)}); pass vision_tower=<name>")
 
 
 @MODELS.register_module()
@@ -46,7 +30,8 @@ class LLaVASwapModel(LLaVAModel):
 
     def __init__(self, *args, vision_tower=None, visual_select_layer=None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.vision_tower = tower_of(self.visual_encoder, vision_tower)
+        self.vision_tower = tower_for(getattr(self.visual_encoder.config, "model_type", None),
+                                      vision_tower)
         self.visual_select_layer = (self.vision_tower.select_layer if visual_select_layer is None
                                     else visual_select_layer)
 

@@ -122,6 +122,20 @@ def build_inprocess_checkpoint(config: Path, cfg_options: dict, out_file: Path,
     return out_file
 
 
+def tower_options(tower_name: str) -> dict:
+    """``--cfg-options`` that train CONFIG through ``LLaVASwapModel`` with another tower's
+    model and image processor classes (the tower's path is set by :func:`swap_options`)."""
+    import transformers
+
+    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.towers import get_tower
+
+    tower = get_tower(tower_name)
+    return {"model.type": LLaVASwapModel, "model.vision_tower": tower.name,
+            "model.visual_encoder.type": getattr(transformers, tower.model_class).from_pretrained,
+            "image_processor.type": getattr(transformers, tower.processor_class).from_pretrained}
+
+
 # --cfg-options of each training variant built in-process
 VARIANTS = {
     "lora": {},  # the CONFIG's own setting: LoRA on the LLM and on CLIP, projector trained
@@ -132,15 +146,21 @@ VARIANTS = {
 
 @pytest.fixture(scope="session")
 def inprocess_run(tiny_parts, tmp_path_factory):
-    """``inprocess_run(profile, family, tie=False, variant='lora') -> TrainedRun``."""
+    """``inprocess_run(profile, family, tie=False, variant='lora', tower=None) -> TrainedRun``;
+    ``tower`` (a tower name) trains through ``LLaVASwapModel`` on a tiny tower of that class."""
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
     cache = {}
 
-    def get(profile: str, family: str, tie: bool = False, variant: str = "lora") -> TrainedRun:
-        key = (profile, family, tie, variant)
+    def get(profile: str, family: str, tie: bool = False, variant: str = "lora",
+            tower: str | None = None) -> TrainedRun:
+        key = (profile, family, tie, variant, tower)
         if key not in cache:
             llm = tiny_parts(family, tie_word_embeddings=True) if tie else tiny_parts(family)
-            options = {**swap_options(profile, llm, tiny_parts("clip")), **VARIANTS[variant]}
-            folder = tmp_path_factory.mktemp(f"inproc-{profile}-{tie}-{variant}")
+            folder = tmp_path_factory.mktemp(f"inproc-{profile}-{tie}-{variant}-{tower}")
+            vision = build_tiny_tower(tower, folder / "tower") if tower else tiny_parts("clip")
+            options = {**swap_options(profile, llm, vision), **VARIANTS[variant],
+                       **(tower_options(tower) if tower else {})}
             checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, folder / "iter_1.pth")
             cache[key] = TrainedRun(QLORA_CONFIG, checkpoint, options)
         return cache[key]

@@ -207,6 +207,27 @@ def test_families_inprocess_checkpoints(inprocess_run, profile, family, tie, fmt
 
 
 @requires_fixtures
+def test_siglip_run_exports_to_hf_keeping_every_patch(inprocess_run, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    run = inprocess_run("qwen2.5", "qwen2", tower="siglip-so400m-384")
+    out = tmp_path / "siglip-hf"
+    _assert_verified(_convert(run, out, verify=True))
+    config = json.loads((out / "config.json").read_text())
+    assert config["vision_config"]["model_type"] == "siglip_vision_model"
+    assert config["vision_feature_select_strategy"] == "full"
+    assert config["image_seq_length"] == (56 // 14) ** 2  # all patches: SigLIP has no class token
+    processor = AutoProcessor.from_pretrained(out)
+    ids = processor(images=Image.new("RGB", (70, 40), "red"), text="<image>\nWhat is it?",
+                    return_tensors="pt")["input_ids"][0].tolist()
+    assert ids.count(config["image_token_index"]) == 16
+    with pytest.raises(ExportError, match="official layout of a siglip tower"):
+        _convert(run, tmp_path / "llava-qwen-siglip", fmt="llava")
+    assert not (tmp_path / "llava-qwen-siglip").exists()
+
+
+@requires_fixtures
 @pytest.mark.parametrize("variant", ["pretrain", "full"])
 def test_pretrain_and_full_finetune_checkpoints(inprocess_run, variant, tmp_path):
     from xtuner_llava_swap.export import read_checkpoint

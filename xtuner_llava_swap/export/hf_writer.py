@@ -1,15 +1,16 @@
 """``--format hf``: a folder that ``LlavaForConditionalGeneration`` and ``AutoProcessor`` load.
 
-Writes ``config.json`` (``LlavaConfig``: the text model's type and config, the CLIP vision
-config, ``image_token_index``, ``vision_feature_layer`` = the run's
-``visual_select_layer``, strategy ``default`` = CLS dropped as xtuner does,
-``image_seq_length``; ``text_config.architectures`` and ``tie_word_embeddings`` at both
-levels, which vLLM reads), sharded safetensors with an index (on-disk names
-``language_model.*``, ``vision_tower.*``, ``multi_modal_projector.*``), the tokenizer with
-``<image>`` and the profile's chat template, the processor (``patch_size``,
-``num_additional_image_tokens=1``, ``LlavaImageProcessor`` padding to square like
-training when the run did) and ``generation_config.json`` whose eos ids are the profile's
-stop token ids.
+Writes ``config.json`` (``LlavaConfig``: the text model's type and config, the tower's own
+vision config, ``image_token_index``, ``vision_feature_layer`` = the run's
+``visual_select_layer``, strategy ``default`` when the features drop position 0 (CLIP's
+class token, or any tower under xtuner's own LLaVAModel) else ``full`` (SigLIP under
+``LLaVASwapModel``), ``image_seq_length``; ``text_config.architectures`` and
+``tie_word_embeddings`` at both levels, which vLLM reads), sharded safetensors with an
+index (on-disk names ``language_model.*``, ``vision_tower.*``, ``multi_modal_projector.*``),
+the tokenizer with ``<image>`` and the profile's chat template, the processor
+(``patch_size``, ``num_additional_image_tokens`` = 1 for a class token else 0, the
+tower's preprocessing as a ``LlavaImageProcessor`` padding to square like training when
+the run did) and ``generation_config.json`` whose eos ids are the profile's stop token ids.
 """
 from __future__ import annotations
 
@@ -22,13 +23,35 @@ from .text_config import text_config
 
 
 def vision_config_of(run):
-    from transformers import CLIPVisionConfig
+    """The vision config of the run's tower (its model class's config, read from its folder)."""
+    import transformers
 
-    return CLIPVisionConfig.from_pretrained(run.visual_encoder_path)
+    model_class = getattr(transformers, run.tower.model_class)
+    return model_class.config_class.from_pretrained(run.visual_encoder_path)
 
 
-def image_seq_length(vision_config) -> int:
-    return (vision_config.image_size // vision_config.patch_size) ** 2
+def image_seq_length(vision_config, drops_first_position: bool, class_token: bool) -> int:
+    """Positions one image takes in the LLM: the patches, plus a class token that is kept."""
+    return (vision_config.image_size // vision_config.patch_size) ** 2 + int(class_token) \
+        - int(drops_first_position)
+
+
+def select_strategy(run) -> str:
+    """``vision_feature_select_strategy``: ``default`` drops position 0, ``full`` keeps all."""
+    return "default" if run.drops_first_position else "full"
+
+
+def image_processor_settings(run) -> dict:
+    """The tower's image processor settings, as keyword arguments of ``LlavaImageProcessor``
+    (a CLIP-style processor: a tower without a centre crop says so explicitly)."""
+    import transformers
+
+    base = getattr(transformers, run.tower.processor_class).from_pretrained(
+        run.image_processor_path)
+    settings = {k: v for k, v in base.to_dict().items()
+                if k not in ("image_processor_type", "processor_class", "do_pad")}
+    settings.setdefault("do_center_crop", False)
+    return settings
 
 
 def write_weights(out: Path, plan, fmt: str, dtype: torch.dtype, max_shard_bytes: int,
@@ -66,7 +89,7 @@ def generation_config(run, tokenizer):
 
 def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_bytes: int,
              progress: bool = True) -> None:
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaProcessor
+    from transformers import LlavaConfig, LlavaProcessor
 
     from .loaders.pad_image_processor import LlavaImageProcessor
     from .tokenizer import IMAGE_TOKEN
@@ -82,8 +105,9 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
                          image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
                          projector_hidden_act="gelu",
                          vision_feature_layer=run.visual_select_layer,
-                         vision_feature_select_strategy="default",
-                         image_seq_length=image_seq_length(vision),
+                         vision_feature_select_strategy=select_strategy(run),
+                         image_seq_length=image_seq_length(vision, run.drops_first_position,
+                                                           run.tower.class_token),
                          tie_word_embeddings=plan.tie_word_embeddings,
                          torch_dtype=dtype, architectures=["LlavaForConditionalGeneration"])
     # every field written: tie_word_embeddings=True equals the top-level default and would
@@ -91,15 +115,14 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
     config.to_json_file(out / "config.json", use_diff=False)
     write_weights(out, plan, "hf", dtype, max_shard_bytes, progress)
 
-    base_processor = CLIPImageProcessor.from_pretrained(run.image_processor_path)
-    settings = {k: v for k, v in base_processor.to_dict().items()
-                if k not in ("image_processor_type", "processor_class", "do_pad")}
-    image_processor = LlavaImageProcessor(do_pad=run.pad_image_to_square, **settings)
+    image_processor = LlavaImageProcessor(do_pad=run.pad_image_to_square,
+                                          **image_processor_settings(run))
     tokenizer.chat_template = run.profile.chat_template()
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                patch_size=vision.patch_size,
-                               vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, image_token=IMAGE_TOKEN,
+                               vision_feature_select_strategy=select_strategy(run),
+                               num_additional_image_tokens=int(run.tower.class_token),
+                               image_token=IMAGE_TOKEN,
                                chat_template=run.profile.chat_template())
     processor.save_pretrained(out)
     generation_config(run, tokenizer).save_pretrained(out)

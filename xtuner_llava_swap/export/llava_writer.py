@@ -36,6 +36,8 @@ TOWER_FOLDER = "clip_vision_tower"  # SGLang wants "clip" or "siglip" in the tow
 TOWER_PREFIX = "model.vision_tower.vision_tower."
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+# The official loaders' tower classes this writer lays out (a CLIPVisionModel folder).
+WRITTEN_TOWER_CLASSES = ("CLIPVisionTower",)
 # official class -> (model_type, words the folder name must contain)
 OFFICIAL_CLASSES = {
     "LlavaLlamaForCausalLM": ("llava_llama", ("llava",)),
@@ -45,6 +47,11 @@ OFFICIAL_CLASSES = {
 
 def check_llava_target(run, out_dir: Path) -> tuple:
     """``(class name, model_type)``; raises when the family or the folder name do not fit."""
+    tower = run.tower
+    if tower.llava_tower_class not in WRITTEN_TOWER_CLASSES:
+        raise ExportError(f"--format llava: the official layout of a {tower.family} tower "
+                          f"({tower.llava_tower_class}) is not written by this version; use "
+                          "--format hf")
     family = run.profile.family
     name = family.official_llava_class
     if name is None:

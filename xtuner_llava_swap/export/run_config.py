@@ -44,6 +44,8 @@ class TrainingRun:
     profile: object
     llm_lora: LoraSpec | None
     visual_encoder_lora: LoraSpec | None
+    tower: object  # xtuner_llava_swap.towers.VisionTower
+    drops_first_position: bool  # the features skip position 0 (a class token, or xtuner's [:, 1:])
     visual_select_layer: int
     projector_depth: int
     pad_image_to_square: bool
@@ -56,6 +58,31 @@ def _path_of(cfg_node, what: str, config_path: Path) -> str:
     if not value:
         raise ExportError(f"{config_path}: {what} has no pretrained_model_name_or_path")
     return str(value)
+
+
+# The model class that selects vision features as the tower says; xtuner's own LLaVAModel
+# drops position 0 whatever the tower is.
+TOWER_SELECTING_MODEL = "LLaVASwapModel"
+
+
+def _class_name(type_value) -> str:
+    """The class name of a config ``type`` (a class, a bound ``from_pretrained`` or a dotted string)."""
+    owner = getattr(type_value, "__self__", type_value)
+    return getattr(owner, "__name__", str(type_value).rpartition(".")[2])
+
+
+def _tower_of(model, encoder_path: str, config_path: Path):
+    import json
+
+    from xtuner_llava_swap.towers import tower_for
+
+    config_file = Path(encoder_path) / "config.json"
+    fields = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    model_type = fields.get("vision_config", {}).get("model_type") or fields.get("model_type")
+    try:
+        return tower_for(model_type, model.get("vision_tower"))
+    except (KeyError, ValueError) as err:
+        raise ExportError(f"{config_path}: model.visual_encoder {encoder_path}: {err}") from None
 
 
 def _dataset_of(cfg):
@@ -104,17 +131,22 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
     ve_lora = model.get("visual_encoder_lora")
     image_processor = cfg.get("image_processor") or model["visual_encoder"]
     system = cfg.get("SYSTEM")
+    encoder_path = _path_of(model["visual_encoder"], "model.visual_encoder", config_path)
+    tower = _tower_of(model, encoder_path, config_path)
+    selects_by_tower = _class_name(model.get("type")) == TOWER_SELECTING_MODEL
+    select_layer = model.get("visual_select_layer")
     return TrainingRun(
         config_path=config_path,
         cfg=cfg,
         llm_path=_path_of(model["llm"], "model.llm", config_path),
-        visual_encoder_path=_path_of(model["visual_encoder"], "model.visual_encoder",
-                                     config_path),
+        visual_encoder_path=encoder_path,
         image_processor_path=_path_of(image_processor, "image_processor", config_path),
         profile=profile,
         llm_lora=LoraSpec.from_mapping(llm_lora) if llm_lora else None,
         visual_encoder_lora=LoraSpec.from_mapping(ve_lora) if ve_lora else None,
-        visual_select_layer=int(model.get("visual_select_layer", -2)),
+        tower=tower,
+        drops_first_position=tower.drops_first_position or not selects_by_tower,
+        visual_select_layer=int(tower.select_layer if select_layer is None else select_layer),
         projector_depth=int(model.get("projector_depth", 2)),
         pad_image_to_square=bool(_dataset_of(cfg).get("pad_image_to_square", False)),
         system=system,

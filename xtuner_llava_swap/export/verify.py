@@ -111,7 +111,8 @@ def _reference(run, model, tokenizer, image, prompt, stop_ids, max_new_tokens):
     pixels = image_processor.preprocess(picture, return_tensors="pt")["pixel_values"]
     ids = _reference_ids(tokenizer, _reference_prompt(run, prompt))
     visual = model.visual_encoder(pixels, output_hidden_states=True)
-    features = model.projector(visual.hidden_states[model.visual_select_layer][:, 1:])
+    hidden = visual.hidden_states[model.visual_select_layer]
+    features = model.projector(hidden[:, 1:] if run.drops_first_position else hidden)
     data = prepare_inputs_labels_for_multimodal(
         llm=model.llm, input_ids=torch.tensor([ids]), pixel_values=features)
     generated = model.llm.generate(inputs_embeds=data["inputs_embeds"], do_sample=False,

@@ -37,6 +37,8 @@ class VisionTower:
             tower (None: any; LLaVA-NeXT's SigLIP tower drops the last layer itself, so -2).
         build_tiny: ``(out folder, image_size, patch_size)`` saves a tiny random model of
             the real class and its image processor (the tower folder's ``tiny.py``).
+        llava_tower_class: the official loaders' class for this tower (``CLIPVisionTower``,
+            ``SigLipVisionTower``).
     """
 
     name: str
@@ -54,6 +56,7 @@ class VisionTower:
     llava_name_word: str = ""
     llava_select_layers: tuple | None = None
     build_tiny: Callable | None = None
+    llava_tower_class: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image_mean", tuple(self.image_mean))
@@ -126,3 +129,19 @@ def register_tower(tower: VisionTower) -> VisionTower:
 def get_tower(name) -> VisionTower:
     """The tower registered as ``name`` (a :class:`VisionTower` is returned as is)."""
     return name if isinstance(name, VisionTower) else TOWERS[name]
+
+
+def tower_for(model_type: str | None, name=None) -> VisionTower:
+    """The tower named ``name`` (checked against the encoder's ``model_type``), or else the
+    first registered tower of that vision ``model_type``."""
+    if name is not None:
+        tower = get_tower(name)
+        if tower.vision_model_type != model_type:
+            raise ValueError(f"vision_tower={tower.name!r} is a {tower.vision_model_type} tower, "
+                             f"but the visual encoder is a {model_type}")
+        return tower
+    for tower in TOWERS.values():
+        if tower.vision_model_type == model_type:
+            return tower
+    raise ValueError(f"no vision tower profile has model_type {model_type!r} (known: "
+                     f"{', '.join(TOWERS)}); pass vision_tower=<name>")

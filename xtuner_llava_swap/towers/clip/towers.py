@@ -11,6 +11,7 @@ _COMMON = dict(
     class_token=True,
     image_mean=(0.48145466, 0.4578275, 0.40821073),
     llava_name_word="clip",
+    llava_tower_class="CLIPVisionTower",
     build_tiny=tiny.build,
 )
 

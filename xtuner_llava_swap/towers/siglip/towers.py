@@ -10,6 +10,7 @@ _COMMON = dict(
     class_token=False,
     image_mean=(0.5, 0.5, 0.5),
     llava_name_word="siglip",
+    llava_tower_class="SigLipVisionTower",
     llava_select_layers=(-2,),
     build_tiny=tiny.build,
 )
