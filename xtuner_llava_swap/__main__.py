@@ -26,7 +26,7 @@ def main(argv=None) -> int:
                         "applies the patches (needed on CPU-only machines)")
     sub.add_parser("cpu-cfg-options", help="print the --cfg-options that run this project's configs on a CPU")
     sub.add_parser("profiles", add_help=False,
-                   help="list the LLM profiles, or show one: profiles [NAME] (see `profiles -h`)")
+                   help="list the LLM profiles and vision towers, or show one: profiles [NAME] (see `profiles -h`)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "profiles":
         from .profiles.__main__ import main as profiles_main

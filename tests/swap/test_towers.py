@@ -137,3 +137,14 @@ def test_a_tower_that_does_not_match_the_encoder_is_refused(tiny_parts, towers):
         build_model(LLaVASwapModel, tiny_parts("qwen2", real_tokenizer=False),
                     towers["siglip-so400m-384"], vision_tower="clip-vit-large-336")
     assert set(TOWERS) >= {"clip-vit-large-336", "siglip-so400m-384"}
+
+
+def test_command_line_lists_and_describes_towers(capsys):
+    from xtuner_llava_swap.profiles.__main__ import main
+
+    main([])
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in TOWERS)
+    main(["siglip-so400m-384"])
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["tokens_per_image"], shown["hf_select_strategy"], shown["class_token"]) == (729, "full", False)

@@ -1,4 +1,5 @@
-"""``python -m xtuner_llava_swap.profiles [NAME]``: list the profiles, or show one in full."""
+"""``python -m xtuner_llava_swap.profiles [NAME]``: list the LLM profiles and the vision
+towers, or show one in full."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,10 @@ from . import UnknownProfileError, get_profile, list_profiles
 
 
 def describe(name: str) -> str:
+    from ..towers import TOWERS
+
+    if name in TOWERS:
+        return describe_tower(TOWERS[name])
     p = get_profile(name)
     family = p.family
     fields = dict(name=p.name, family=family.name, example=p.hf_example, has_bos=p.has_bos,
@@ -22,6 +27,24 @@ def describe(name: str) -> str:
     return json.dumps(fields, indent=2, ensure_ascii=False)
 
 
+def describe_tower(tower) -> str:
+    fields = {k: v for k, v in vars(tower).items() if not callable(v)}
+    fields.update(tokens_per_image=tower.tokens_per_image, hf_select_strategy=tower.hf_select_strategy,
+                  pad_colour=tower.pad_colour)
+    return json.dumps(fields, indent=2, ensure_ascii=False)
+
+
+def tower_table() -> str:
+    from ..towers import TOWERS
+
+    rows = [("vision tower", "example model", "tokens/image", "class token", "features")]
+    for tower in TOWERS.values():
+        rows.append((tower.name, tower.hf_example, str(tower.tokens_per_image),
+                     "yes (dropped)" if tower.class_token else "no", tower.hf_select_strategy))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def table() -> str:
     rows = [("name", "family", "example model", "end of turn", "default system")]
     for name in list_profiles():
@@ -34,11 +57,11 @@ def table() -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m xtuner_llava_swap.profiles",
-                                     description="List the LLM profiles, or show one in full.")
-    parser.add_argument("name", nargs="?", help="a profile name: print all its fields as JSON")
+                                     description="List the LLM profiles and vision towers, or show one in full.")
+    parser.add_argument("name", nargs="?", help="a profile or tower name: print all its fields as JSON")
     args = parser.parse_args(argv)
     try:
-        print(describe(args.name) if args.name else table())
+        print(describe(args.name) if args.name else table() + "\n\n" + tower_table())
     except UnknownProfileError as error:
         parser.error(str(error))
 
