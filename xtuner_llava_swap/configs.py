@@ -30,6 +30,7 @@ config can inherit one of xtuner's own and swap it in a few lines (see
     swap_llm.build()(globals(), "qwen", llm_name_or_path)
 
 Nothing else changes (vision encoder, data, schedule, quantization, DeepSpeed settings).
+:func:`swap_vision_tower` does the same for the vision tower.
 """
 from __future__ import annotations
 
@@ -96,6 +97,94 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
         for model in _dicts_with_key(namespace, "llm"):
             model["pretrained_pth"] = pretrained_pth
     return cfg
+
+
+_IMAGE_PROCESSOR_TYPES = ("ImageProcessor.from_pretrained",)
+_TOWER_SELECTING_DATASETS = ("LLaVASwapDataset",)
+PROJECTOR_INPUT = "projector.model.0.weight"  # (LLM width, tower width)
+
+
+def swap_vision_tower(cfg, tower, visual_encoder_name_or_path, *, pretrained_pth: Any = _KEEP):
+    """Rewrite the xtuner LLaVA config ``cfg`` for another vision ``tower`` (a name or a
+    :class:`~xtuner_llava_swap.towers.VisionTower`), the counterpart of :func:`swap_llm`.
+
+    Every place the tower is named follows: the model becomes ``LLaVASwapModel`` with
+    ``vision_tower`` set (so the features are selected as the tower says), the
+    visual encoder and every image processor dict get the tower's classes, the visual
+    encoder's LoRA its target modules, ``LLaVASwapDataset`` its ``select_feature``, and
+    every string equal to the old encoder path (``visual_encoder_name_or_path``, the
+    processors' paths) the new path. A projector checkpoint (``pretrained_pth``, the
+    config's or the one given) whose input width no longer fits the tower is refused.
+
+    Returns ``cfg``, changed in place.
+    """
+    from mmengine.config import Config
+
+    from .llava_model import LLaVASwapModel
+    from .towers import get_tower
+
+    tower = get_tower(tower)
+    namespace = cfg._cfg_dict if isinstance(cfg, Config) else cfg
+    models = [m for m in _dicts_with_key(namespace, "visual_encoder")]
+    if not models:
+        raise ConfigSwapError("no LLaVA model dict with visual_encoder=... in this config: is it "
+                              "an xtuner LLaVA config?")
+    lazy = _is_lazy(dict.get(models[0]["visual_encoder"], "type"))
+    old_path = dict.get(models[0]["visual_encoder"], "pretrained_model_name_or_path")
+    new_path = str(visual_encoder_name_or_path)
+    if old_path:
+        _replace_strings(namespace, old_path, new_path)
+    model_type = _from_pretrained_reference(tower.model_class, lazy)
+    processor_type = _from_pretrained_reference(tower.processor_class, lazy)
+    for model in models:
+        model["type"] = _reference(LLaVASwapModel, lazy)
+        model["vision_tower"] = tower.name
+        model["visual_encoder"]["type"] = model_type
+        model["visual_encoder"]["pretrained_model_name_or_path"] = new_path
+        if isinstance(dict.get(model, "visual_encoder_lora"), dict):
+            model["visual_encoder_lora"]["target_modules"] = list(tower.lora_target_modules)
+        if pretrained_pth is not _KEEP:
+            model["pretrained_pth"] = pretrained_pth
+        _check_projector_width(dict.get(model, "pretrained_pth"), new_path, tower)
+    if pretrained_pth is not _KEEP and "pretrained_pth" in namespace:
+        namespace["pretrained_pth"] = pretrained_pth
+    for processor in _dicts_of_type(namespace, _IMAGE_PROCESSOR_TYPES):
+        processor["type"] = processor_type
+    for dataset in _dicts_of_type(namespace, _TOWER_SELECTING_DATASETS):
+        dataset["select_feature"] = "patch" if tower.class_token else "cls_patch"
+    return cfg
+
+
+def _check_projector_width(pretrained_pth, encoder_path: str, tower) -> None:
+    """Refuse a projector checkpoint whose input width is not the new tower's hidden size."""
+    import json
+    from pathlib import Path
+
+    config_file = Path(encoder_path) / "config.json"
+    if not pretrained_pth or not Path(str(pretrained_pth)).exists() or not config_file.is_file():
+        return  # nothing to compare here (a hub id, or the checkpoint is not written yet)
+    from .export.readers import read_checkpoint
+
+    fields = json.loads(config_file.read_text())
+    width = fields.get("vision_config", fields)["hidden_size"]
+    checkpoint = read_checkpoint(pretrained_pth)
+    if PROJECTOR_INPUT in checkpoint.tensors and checkpoint.shape(PROJECTOR_INPUT)[1] != width:
+        raise ConfigSwapError(
+            f"pretrained_pth {pretrained_pth}: its projector reads "
+            f"{checkpoint.shape(PROJECTOR_INPUT)[1]}-wide features, the {tower.name} tower at "
+            f"{encoder_path} gives {width}: pretrain the projector for this tower and pass its "
+            "checkpoint, or pretrained_pth=None")
+
+
+def _from_pretrained_reference(class_name: str, lazy: bool):
+    """``transformers.<class_name>.from_pretrained``, or its lazy form in a lazy config."""
+    if not lazy:
+        import transformers
+
+        return getattr(transformers, class_name).from_pretrained
+    from mmengine.config.lazy import LazyAttr, LazyObject
+
+    return LazyAttr("from_pretrained", LazyObject("transformers", class_name))
 
 
 class _Swapper:
