@@ -1,9 +1,18 @@
-"""The smallest piece of the tokenizer contract: a text that must be exactly one token.
+"""The token facts every stage shares, defined once: the image placeholder, the id that
+stands for an image in training ids, the label of untrained positions, and the rule that
+a text must be exactly one token.
 
-Profiles (their stop words) and the tokenizer check (stop words, ``<image>``) both need it;
-it imports nothing of the package, so neither depends on the other through it.
+Profiles (their stop words), the tokenizer check (stop words, ``<image>``), the data
+pipeline, the hooks and the export all use them; this module imports nothing of the
+package, so none of them depends on another through it. The values are xtuner's
+(``xtuner.utils.DEFAULT_IMAGE_TOKEN``, ``IMAGE_TOKEN_INDEX``, ``IGNORE_INDEX``) and
+official LLaVA's (``llava.constants``), checked by the tests.
 """
 from __future__ import annotations
+
+IMAGE_TOKEN = "<image>"  # where an image goes in a prompt's text
+IMAGE_TOKEN_INDEX = -200  # where an image goes in training ids (never a real token id)
+IGNORE_INDEX = -100  # the label of a position that is not trained
 
 
 class TokenizerContractError(ValueError):

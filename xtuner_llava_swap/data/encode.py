@@ -33,10 +33,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..token_contract import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .validate import DEFAULT_IMAGE_TOKEN, SampleError
 
-IMAGE_TOKEN_INDEX = -200  # xtuner.utils.IMAGE_TOKEN_INDEX
-IGNORE_INDEX = -100  # xtuner.utils.IGNORE_INDEX
 LENGTH_POLICIES = ("drop", "truncate", "error")
 
 # A templated turn: (input text, output text, need eos, separator, output trained)

@@ -12,7 +12,7 @@ from typing import Iterable
 
 from PIL import Image
 
-DEFAULT_IMAGE_TOKEN = "<image>"
+from ..token_contract import IMAGE_TOKEN as DEFAULT_IMAGE_TOKEN
 
 # reason code -> what it means (the table's right column).
 REASONS = {

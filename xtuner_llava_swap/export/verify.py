@@ -34,10 +34,9 @@ from pathlib import Path
 import torch
 
 from .errors import ExportError
-from .tokenizer import IMAGE_TOKEN
+from ..token_contract import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 VERIFY_PROMPT = "Describe the image briefly."
-IMAGE_TOKEN_INDEX = -200
 
 
 def uses_fast_tokenizer(folder: Path) -> bool:

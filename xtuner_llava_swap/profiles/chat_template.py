@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-IMAGE_TOKEN = "<image>"
+from ..token_contract import IMAGE_TOKEN
 
 
 def _literal(text: str) -> str:

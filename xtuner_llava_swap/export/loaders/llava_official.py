@@ -25,8 +25,7 @@ from torch import nn
 from transformers import (CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
                           Qwen2Config, Qwen2ForCausalLM)
 
-IMAGE_TOKEN_INDEX = -200
-IMAGE_TOKEN = "<image>"
+from ...token_contract import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 
 class CLIPVisionTower(nn.Module):
