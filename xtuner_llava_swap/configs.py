@@ -13,10 +13,12 @@
   included, unless ``system`` says otherwise);
 * every ``EvaluateChatHook`` (xtuner's or this package's): this package's hook with the
   profile's template, stop words and the same system prompt as the training data;
-* every ``dataset_map_fn`` that is xtuner's ``llava_map_fn``: this package's
-  ``llava_format_map_fn`` (same input format), so that a sample whose ``<image>`` count
-  differs from its images is counted (``LLaVASwapDataset``) or raised (xtuner's
-  ``LLaVADataset``) as ``image_count_mismatch`` instead of rewritten to one ``<image>``;
+* xtuner's ``llava_map_fn`` as the ``dataset_map_fn`` of a ``LLaVASwapDataset``: this
+  package's ``llava_format_map_fn`` (same input format), so that a sample whose ``<image>``
+  count differs from its images is counted as ``image_count_mismatch`` instead of rewritten
+  to one ``<image>``. xtuner's own ``LLaVADataset`` keeps ``llava_map_fn``: it maps with
+  Hugging Face ``datasets`` workers, which cannot join the ``images`` list column when one
+  worker's samples are all text-only (``LLaVASwapDataset`` reads the map output itself);
 * top-level ``llm_name_or_path``, ``SYSTEM`` and, when given, ``pretrained_pth``; any
   other string equal to the old LLM path.
 
@@ -47,6 +49,7 @@ _LLM_TYPES = ("AutoModelForCausalLM.from_pretrained",)
 _TEMPLATE_MAP_FN_TYPES = ("template_map_fn_factory",)
 _CHAT_HOOK_TYPES = ("EvaluateChatHook",)
 _XTUNER_LLAVA_MAP_FN = "llava_map_fn"
+_SWAP_DATASET_TYPES = ("LLaVASwapDataset",)
 # Arguments of xtuner's EvaluateChatHook that the profile decides instead.
 _HOOK_ARGS_FROM_PROFILE = ("stop_word", "stop_words")
 
@@ -124,7 +127,8 @@ class _Swapper:
 
     def rewrite(self, node) -> None:
         for key, child in _children(node):
-            if key == "dataset_map_fn" and _is_xtuner_llava_map_fn(child):
+            if (key == "dataset_map_fn" and _is_xtuner_llava_map_fn(child)
+                    and _type_name(dict.get(node, "type")).endswith(_SWAP_DATASET_TYPES)):
                 node[key] = self.map_fn
                 continue
             if not isinstance(child, dict):

@@ -22,11 +22,12 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
+from xtuner.dataset.map_fns import llava_map_fn
 
 from support import REPO, requires_fixtures, run_train
 from xtuner_llava_swap import cfg_options_rebind, compat, cpu_options
 from xtuner_llava_swap.configs import ConfigSwapError, swap_llm
-from xtuner_llava_swap.data import DataError, llava_format_map_fn
+from xtuner_llava_swap.data import DataError, LLaVASwapDataset, llava_format_map_fn
 from xtuner_llava_swap.hooks import EvaluateChatHook
 from xtuner_llava_swap.profiles import get_profile, template_map_fn_factory
 from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
@@ -100,8 +101,12 @@ def assert_follows_profile(cfg, profile_name: str, stage: str) -> None:
     assert len(found) >= 4  # top level, dataset (twice: llava_dataset, dataloader), hooks
     assert all(t == expected_tokenizer for t in found), found
     assert cfg.llava_dataset == cfg.train_dataloader.dataset
-    # the plugin's map function: a placeholder/image count mismatch is never rewritten
-    assert cfg.llava_dataset.dataset_map_fn is llava_format_map_fn
+    # the plugin's dataset and map function: a placeholder/image count mismatch is never
+    # rewritten (xtuner's own LLaVADataset keeps xtuner's llava_map_fn, see swap_llm)
+    if cfg.llava_dataset.type is LLaVASwapDataset:
+        assert cfg.llava_dataset.dataset_map_fn is llava_format_map_fn
+    else:
+        assert cfg.llava_dataset.dataset_map_fn is llava_map_fn
     assert cfg.prompt_template == profile.template
     template_map_fn = cfg.llava_dataset.template_map_fn
     assert template_map_fn.type is template_map_fn_factory
@@ -240,7 +245,6 @@ def test_swap_llm_without_pretrained_pth_keeps_the_configs_value():
 def test_swap_llm_on_a_plain_namespace_with_real_objects():
     # a config built in Python (no lazy imports): real objects in, real objects out
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from xtuner.dataset.map_fns import llava_map_fn
     from xtuner.dataset.map_fns import template_map_fn_factory as xtuner_template_map_fn_factory
     from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
     from xtuner.utils import PROMPT_TEMPLATE
@@ -254,8 +258,10 @@ def test_swap_llm_on_a_plain_namespace_with_real_objects():
         model=dict(type="LLaVAModel", llm=dict(type=AutoModelForCausalLM.from_pretrained,
                                                pretrained_model_name_or_path="old/llm"),
                    llm_lora=dict(type="LoraConfig", r=8)),
-        llava_dataset=dict(tokenizer=tokenizer, dataset_map_fn=llava_map_fn, template_map_fn=dict(
-            type=xtuner_template_map_fn_factory, template=PROMPT_TEMPLATE.vicuna)),
+        llava_dataset=dict(type=LLaVASwapDataset, tokenizer=tokenizer, dataset_map_fn=llava_map_fn,
+                           template_map_fn=dict(type=xtuner_template_map_fn_factory,
+                                                template=PROMPT_TEMPLATE.vicuna)),
+        xtuners_dataset=dict(type="LLaVADataset", dataset_map_fn=llava_map_fn),
         custom_hooks=[dict(type=XtunerEvaluateChatHook, tokenizer=tokenizer, stop_words=["</s>"],
                            system="", prompt_template=PROMPT_TEMPLATE.vicuna)],
     )
@@ -266,6 +272,7 @@ def test_swap_llm_on_a_plain_namespace_with_real_objects():
     assert namespace["custom_hooks"][0] == dict(type=EvaluateChatHook, tokenizer=expected_tokenizer,
                                                 system=None, prompt_template=get_profile("qwen2").template)
     assert namespace["llava_dataset"]["dataset_map_fn"] is llava_format_map_fn
+    assert namespace["xtuners_dataset"]["dataset_map_fn"] is llava_map_fn
     assert namespace["llava_dataset"]["template_map_fn"] == dict(
         type=template_map_fn_factory, template=get_profile("qwen2").template, system=None)
     assert namespace["model"]["llm"] == dict(type=AutoModelForCausalLM.from_pretrained,
@@ -295,7 +302,6 @@ def test_config_dataset_counts_or_raises_an_image_count_mismatch(tiny_parts, tmp
     """Two <image> in the text, one image in the record: the shipped config's dataset skips
     and counts the sample (strict: raises), where xtuner's llava_map_fn, which the configs
     used before, rewrote it into a one-image sample that trained."""
-    from xtuner.dataset.map_fns import llava_map_fn
     from xtuner.registry import BUILDER
 
     _, _, images = tiny_parts("data")
