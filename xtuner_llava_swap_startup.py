@@ -4,8 +4,10 @@
 ``xtuner_llava_swap.pth`` into the environment's site-packages that imports this module.
 It registers an import hook that waits for ``import xtuner``; right after xtuner's own
 ``__init__`` has run, it imports ``xtuner_llava_swap``, which applies the compatibility
-patches of :mod:`xtuner_llava_swap.compat` (each only where its problem is present) and
-registers the plugin's profiles, map functions and hooks.
+patches of :mod:`xtuner_llava_swap.compat` (each only where its problem is present), the
+``--cfg-options`` re-binding when ``XTUNER_LLAVA_SWAP_REBIND=1`` asks for it
+(:mod:`xtuner_llava_swap.cfg_options_rebind`), and registers the plugin's data map functions
+in xtuner's ``MAP_FUNC`` and its ``llava_qwen`` / ``llava_llama`` classes with transformers.
 
 This is what makes ``xtuner train CFG`` work in this environment: xtuner spawns a new
 ``python .../xtuner/tools/train.py`` process (one per rank under ``torchrun``), and that

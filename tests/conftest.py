@@ -1,9 +1,18 @@
 """Session-wide tiny models: each family is built once per test session."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
+from xtuner_llava_swap import cfg_options_rebind
 from xtuner_llava_swap.testing.tiny import build_tiny_clip, build_tiny_dataset, build_tiny_llm
+
+# The suite points the shipped configs at tiny models with `--cfg-options llm_name_or_path=...`
+# (TinyLLaVA.cfg_options): it opts in to the re-binding, in this process and in every training
+# or conversion it starts (tests/foundation/test_compat.py checks both sides of the opt-in).
+os.environ[cfg_options_rebind.ENV_VAR] = "1"
+cfg_options_rebind.install()
 
 
 @pytest.fixture(scope="session")

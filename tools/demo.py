@@ -10,14 +10,17 @@
    --verify`), loads it with plain transformers and prints a caption generated from an image.
 
 Each stage runs xtuner's own train entry through `tools/train.py`, the same files and
-code paths a GPU user runs, with the path variables overridden by `--cfg-options`.
+code paths a GPU user runs, with the path variables overridden by `--cfg-options` (the
+re-binding opt-in, XTUNER_LLAVA_SWAP_REBIND=1, is set for them).
 """
 import argparse
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from xtuner_llava_swap import cfg_options_rebind
 from xtuner_llava_swap.testing.tiny import build_tiny_llava, fixtures_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "demo_output"),
                         help="folder for the tiny model, the runs and the export (recreated)")
     out = Path(parser.parse_args(argv).out)
+    os.environ[cfg_options_rebind.ENV_VAR] = "1"  # every stage overrides the path variables
     shutil.rmtree(out, ignore_errors=True)
     family = "qwen" if fixtures_dir() else "qwen2"
     tiny = build_tiny_llava(family, out / "tiny")

@@ -1,8 +1,9 @@
 """xtuner-llava-swap: put another chat LLM inside XTuner 0.2.0's LLaVA, correctly, and export it.
 
 Importing the package applies the compatibility patches this machine needs
-(:mod:`xtuner_llava_swap.compat`) and registers the plugin's pieces with xtuner and
-transformers, each when the module it concerns is imported (at once if it already is):
+(:mod:`xtuner_llava_swap.compat`), the ``--cfg-options`` re-binding when the environment
+opts in (:mod:`xtuner_llava_swap.cfg_options_rebind`), and registers the plugin's pieces
+with xtuner and transformers, each when the module it concerns is imported (at once if it already is):
 a patch when its target module is, the data map functions in xtuner's ``MAP_FUNC`` with
 ``xtuner``, the ``llava_qwen`` / ``llava_llama`` classes with ``transformers``. So a process
 pays only for what it imports itself (``tools/convert_to_hf.py --help``: torch and
@@ -10,9 +11,10 @@ mmengine.config, no xtuner, transformers or deepspeed).
 """
 from xtuner_llava_swap_startup import call_after_import
 
-from . import compat
+from . import cfg_options_rebind, compat
 
 compat.apply_all()
+cfg_options_rebind.install_if_asked()
 
 
 def _register_data() -> None:

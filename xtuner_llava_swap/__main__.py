@@ -20,7 +20,8 @@ def install_startup(site_packages: str | None = None) -> Path:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xtuner_llava_swap")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="list the compatibility patches and whether this machine needed them")
+    sub.add_parser("doctor", help="list the compatibility patches and whether this machine needed "
+                                  "them, and whether the --cfg-options re-binding is opted in")
     sub.add_parser("install-startup",
                    help=f"write {STARTUP_PTH} into site-packages so that `xtuner train` "
                         "applies the patches (needed on CPU-only machines)")
@@ -44,6 +45,11 @@ def main(argv=None) -> int:
         for patch in compat.PATCHES:
             importlib.import_module(patch.after_import)  # checked on import: import it to know
             print(f"{patch.name:30s} {'applied' if patch.name in compat.APPLIED else 'not needed here'}")
+        from . import cfg_options_rebind
+
+        state = ("on" if cfg_options_rebind.installed()
+                 else f"off (opt in with {cfg_options_rebind.ENV_VAR}=1)")
+        print(f"{'cfg_options_rebind':30s} {state}")
     return 0
 
 

@@ -25,9 +25,6 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
   lazy-import config that inherits an installed package's config
   (``with read_base(): from xtuner.configs... import *``) failed to load. Both now use
   ``importlib`` when ``pkg_resources`` is missing.
-* ``cfg_options_rebind``: xtuner configs substitute their top-level variables when the
-  file is parsed, so ``--cfg-options llm_name_or_path=...`` changed nothing else.
-  Overriding such a variable now re-binds every place the config used its old value.
 * ``dist_init_without_cuda``: mmengine's ``torch``-launcher init (``torchrun``, ``xtuner
   train`` with ``NPROC_PER_NODE``) calls ``torch.cuda.set_device`` when no other accelerator
   is found, which raises on a machine without CUDA. Without any accelerator, ranks now join
@@ -66,7 +63,9 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
 apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``). The switches that run
-the configs on a CPU are not fixes and live in :mod:`xtuner_llava_swap.cpu_options`.
+the configs on a CPU are not fixes and live in :mod:`xtuner_llava_swap.cpu_options`; the
+opt-in ``--cfg-options`` re-binding changes working behaviour and lives in
+:mod:`xtuner_llava_swap.cfg_options_rebind`.
 """
 from __future__ import annotations
 
@@ -392,52 +391,6 @@ def _llava_remote_code_only_when_asked() -> None:
     llava.LLaVAModel._dispatch_lm_model_cfg = _dispatch_lm_model_cfg
 
 
-def _rebind_not_installed() -> bool:
-    from mmengine.config import Config
-
-    return not getattr(Config.merge_from_dict, "_rebinds_top_level", False)
-
-
-def rebind_top_level_variables(cfg, options: dict) -> dict:
-    """Return extra ``{dotted.key: new}`` options for every place that used an overridden
-    top-level string variable's old value (``llm_name_or_path``, ``data_path``...)."""
-    extra = {}
-    for name, new in options.items():
-        old = cfg._cfg_dict.get(name) if "." not in name else None
-        if not isinstance(old, str) or not old or old == new:
-            continue
-        for key in _keys_holding(cfg._cfg_dict, old):
-            if key != name and key not in options:
-                extra[key] = new
-    return extra
-
-
-def _keys_holding(node, value, prefix=""):
-    items = (node.items() if isinstance(node, dict)
-             else enumerate(node) if isinstance(node, (list, tuple)) else ())
-    for key, child in items:
-        dotted = f"{prefix}{key}"
-        if isinstance(child, str) and child == value:
-            yield dotted
-        else:
-            yield from _keys_holding(child, value, dotted + ".")
-
-
-def _install_rebind() -> None:
-    from mmengine.config import Config
-
-    merge = Config.merge_from_dict
-
-    def merge_from_dict(self, options, allow_list_keys=True):
-        extra = rebind_top_level_variables(self, options)
-        if extra:
-            logger.info("cfg-options re-bind: %s", ", ".join(sorted(extra)))
-        merge(self, {**extra, **options}, allow_list_keys=allow_list_keys)
-
-    merge_from_dict._rebinds_top_level = True
-    Config.merge_from_dict = merge_from_dict
-
-
 # ------------------------------------------------------------- mmengine (packaging)
 def _pkg_resources_missing() -> bool:
     import mmengine.utils.package_utils as package_utils
@@ -559,7 +512,6 @@ PATCHES = [
     Patch("safe_checkpoint_globals", _safe_loader_rejects_mmengine,
           _allow_mmengine_checkpoint_globals, "torch"),
     Patch("bos_none_tokenizers", _bos_none_crashes, _bos_none_means_no_bos, "xtuner"),
-    Patch("cfg_options_rebind", _rebind_not_installed, _install_rebind, "mmengine.config"),
     Patch("mmengine_paths_without_pkg_resources", _pkg_resources_missing,
           _mmengine_package_paths_use_importlib, "mmengine.config"),
     Patch("dist_init_without_cuda", _init_dist_sets_a_cuda_device, _init_dist_without_device,

@@ -13,6 +13,12 @@
   included, unless ``system`` says otherwise);
 * every ``EvaluateChatHook`` (xtuner's or this package's): this package's hook with the
   profile's template, stop words and the same system prompt as the training data;
+* xtuner's ``llava_map_fn`` as the ``dataset_map_fn`` of a ``LLaVASwapDataset``: this
+  package's ``llava_format_map_fn`` (same input format), so that a sample whose ``<image>``
+  count differs from its images is counted as ``image_count_mismatch`` instead of rewritten
+  to one ``<image>``. xtuner's own ``LLaVADataset`` keeps ``llava_map_fn``: it maps with
+  Hugging Face ``datasets`` workers, which cannot join the ``images`` list column when one
+  worker's samples are all text-only (``LLaVASwapDataset`` reads the map output itself);
 * top-level ``llm_name_or_path``, ``SYSTEM`` and, when given, ``pretrained_pth``; any
   other string equal to the old LLM path.
 
@@ -43,6 +49,8 @@ _TOKENIZER_TYPES = ("AutoTokenizer.from_pretrained", "build_tokenizer")
 _LLM_TYPES = ("AutoModelForCausalLM.from_pretrained",)
 _TEMPLATE_MAP_FN_TYPES = ("template_map_fn_factory",)
 _CHAT_HOOK_TYPES = ("EvaluateChatHook",)
+_XTUNER_LLAVA_MAP_FN = "llava_map_fn"
+_SWAP_DATASET_TYPES = ("LLaVASwapDataset",)
 # Arguments of xtuner's EvaluateChatHook that the profile decides instead.
 _HOOK_ARGS_FROM_PROFILE = ("stop_word", "stop_words")
 
@@ -191,6 +199,7 @@ class _Swapper:
     """Rewrites the LLM-dependent dicts of one config for one profile."""
 
     def __init__(self, profile, llm_path: str, system, lazy: bool):
+        from .data.map_fns import llava_format_map_fn
         from .hooks import EvaluateChatHook
         from .profiles import template_map_fn_factory
         from .tokenizers import build_tokenizer, tokenizer_dict
@@ -203,9 +212,14 @@ class _Swapper:
         self.template = (_prompt_template_reference(profile) if lazy else profile.template)
         self.template_map_fn_type = _reference(template_map_fn_factory, lazy)
         self.hook_type = _reference(EvaluateChatHook, lazy)
+        self.map_fn = _reference(llava_format_map_fn, lazy)
 
     def rewrite(self, node) -> None:
         for key, child in _children(node):
+            if (key == "dataset_map_fn" and _is_xtuner_llava_map_fn(child)
+                    and _type_name(dict.get(node, "type")).endswith(_SWAP_DATASET_TYPES)):
+                node[key] = self.map_fn
+                continue
             if not isinstance(child, dict):
                 self.rewrite(child)
                 continue
@@ -258,6 +272,11 @@ def _replace_strings(node, old: str, new: str) -> None:
             node[key] = new
         else:
             _replace_strings(child, old, new)
+
+
+def _is_xtuner_llava_map_fn(value) -> bool:
+    """``llava_map_fn`` as an object, a LazyObject, a registered name or a dotted path."""
+    return _type_name(value).rsplit(".", 1)[-1] == _XTUNER_LLAVA_MAP_FN
 
 
 def _is_lazy(value) -> bool:

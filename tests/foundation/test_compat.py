@@ -187,7 +187,7 @@ def test_bos_tokenizers_keep_their_bos(tmp_path):
     assert out.strip() == "True"
 
 
-def test_cfg_options_rebind_top_level_variables(tmp_path):
+def test_cfg_options_rebind_only_when_asked(tmp_path):
     (tmp_path / "cfg.py").write_text(textwrap.dedent("""
         llm_name_or_path = "org/big-model"
         other = "org/other"
@@ -196,17 +196,34 @@ def test_cfg_options_rebind_top_level_variables(tmp_path):
                      hooks=[dict(tokenizer=tokenizer)])
     """))
     out = run_python("""
-        import xtuner_llava_swap
+        import os
+        os.environ.pop("XTUNER_LLAVA_SWAP_REBIND", None)
         from mmengine.config import Config
-        cfg = Config.fromfile("cfg.py")
-        cfg.merge_from_dict({"llm_name_or_path": "/tiny/llm",
-                             "model.llm.other": "explicit"})
-        print(cfg.tokenizer.pretrained_model_name_or_path,
-              cfg.model.llm.pretrained_model_name_or_path,
-              cfg.model.hooks[0].tokenizer.pretrained_model_name_or_path,
-              cfg.model.llm.other, cfg.other)
+        mmengines_own = Config.merge_from_dict
+        import xtuner_llava_swap
+        from xtuner_llava_swap import cfg_options_rebind
+
+        def merged():
+            cfg = Config.fromfile("cfg.py")
+            cfg.merge_from_dict({"llm_name_or_path": "/tiny/llm", "model.llm.other": "explicit"})
+            print(cfg.llm_name_or_path, cfg.tokenizer.pretrained_model_name_or_path,
+                  cfg.model.llm.pretrained_model_name_or_path,
+                  cfg.model.hooks[0].tokenizer.pretrained_model_name_or_path,
+                  cfg.model.llm.other, cfg.other)
+
+        print("mmengine's own:", Config.merge_from_dict is mmengines_own)
+        merged()
+        os.environ["XTUNER_LLAVA_SWAP_REBIND"] = "1"   # what the package's import runs then
+        cfg_options_rebind.install_if_asked()
+        print("mmengine's own:", Config.merge_from_dict is mmengines_own)
+        merged()
     """, tmp_path)
-    assert out.split() == ["/tiny/llm", "/tiny/llm", "/tiny/llm", "explicit", "org/other"]
+    assert out.strip().splitlines()[-4:] == [
+        "mmengine's own: True",
+        "/tiny/llm org/big-model org/big-model org/big-model explicit org/other",
+        "mmengine's own: False",
+        "/tiny/llm /tiny/llm /tiny/llm /tiny/llm explicit org/other",
+    ]
 
 
 def test_startup_hook_patches_xtuner_in_a_plain_interpreter(tmp_path):

@@ -1,5 +1,10 @@
 """The ready configs in configs/ and swap_llm: structure checked against the profiles, the
-swap of xtuner's own InternLM2 LLaVA config, and real `xtuner train` runs on tiny models.
+swap of xtuner's own InternLM2 LLaVA config, the plugin's map function in the configs'
+dataset, and real `xtuner train` runs on tiny models.
+
+The shipped configs are leaves of one base per stage (configs/_base_/) that name their LLM
+profile once and go through swap_llm; the path overrides use the `--cfg-options` re-binding
+the suite opts in to (tests/conftest.py).
 
 The end-to-end runs take the REAL config files with `--cfg-options` overrides of their path
 variables plus the CPU switches of ``xtuner_llava_swap.cpu_options``. Where bitsandbytes cannot
@@ -17,10 +22,12 @@ import re
 import pytest
 import torch
 from mmengine.config import Config
+from xtuner.dataset.map_fns import llava_map_fn
 
 from support import REPO, requires_fixtures, run_train
-from xtuner_llava_swap import compat, cpu_options
+from xtuner_llava_swap import cfg_options_rebind, compat, cpu_options
 from xtuner_llava_swap.configs import ConfigSwapError, swap_llm
+from xtuner_llava_swap.data import DataError, LLaVASwapDataset, llava_format_map_fn
 from xtuner_llava_swap.hooks import EvaluateChatHook
 from xtuner_llava_swap.profiles import get_profile, template_map_fn_factory
 from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
@@ -35,6 +42,29 @@ READY = {
     "llava_qwen2_5_7b_instruct_pretrain.py": ("qwen2.5", "pretrain"),
     "llava_qwen2_5_7b_instruct_qlora.py": ("qwen2.5", "qlora"),
     "llava_qwen7b_from_xtuner_internlm2.py": ("qwen", "qlora"),
+}
+# config file -> (base, llm_name_or_path, pretrained_pth) of the leaves of configs/_base_
+LEAVES = {
+    "llava_qwen7b_pretrain.py": ("llava_pretrain", "Qwen/Qwen-7B-Chat", None),
+    "llava_qwen7b_qlora.py": ("llava_qlora_finetune", "Qwen/Qwen-7B-Chat",
+                              "./work_dirs/llava_qwen7b_pretrain/iter_2181.pth"),
+    "llava_qwen2_5_7b_instruct_pretrain.py": ("llava_pretrain", "Qwen/Qwen2.5-7B-Instruct", None),
+    "llava_qwen2_5_7b_instruct_qlora.py": (
+        "llava_qlora_finetune", "Qwen/Qwen2.5-7B-Instruct",
+        "./work_dirs/llava_qwen2_5_7b_instruct_pretrain/iter_2181.pth"),
+}
+QWEN_LORA_TARGETS = {
+    "qwen": ["c_attn", "c_proj", "w1", "w2"],
+    "qwen2.5": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+# what each stage's base sets (xtuner's shipped LLaVA recipe), beside what the profile decides
+STAGE = {
+    "pretrain": dict(data_path="./data/llava_data/LLaVA-Pretrain/blip_laion_cc_sbu_558k.json",
+                     image_folder="./data/llava_data/LLaVA-Pretrain/images", batch_size=32,
+                     lr=1e-3, pad_image_to_square=False),
+    "qlora": dict(data_path="./data/llava_data/LLaVA-Instruct-150K/llava_v1_5_mix665k.json",
+                  image_folder="./data/llava_data/llava_images", batch_size=16, lr=2e-4,
+                  pad_image_to_square=True),
 }
 PATH_VARIABLES = ("llm_name_or_path", "visual_encoder_name_or_path", "data_path", "image_folder",
                   "prompt_template")
@@ -71,6 +101,12 @@ def assert_follows_profile(cfg, profile_name: str, stage: str) -> None:
     assert len(found) >= 4  # top level, dataset (twice: llava_dataset, dataloader), hooks
     assert all(t == expected_tokenizer for t in found), found
     assert cfg.llava_dataset == cfg.train_dataloader.dataset
+    # the plugin's dataset and map function: a placeholder/image count mismatch is never
+    # rewritten (xtuner's own LLaVADataset keeps xtuner's llava_map_fn, see swap_llm)
+    if cfg.llava_dataset.type is LLaVASwapDataset:
+        assert cfg.llava_dataset.dataset_map_fn is llava_format_map_fn
+    else:
+        assert cfg.llava_dataset.dataset_map_fn is llava_map_fn
     assert cfg.prompt_template == profile.template
     template_map_fn = cfg.llava_dataset.template_map_fn
     assert template_map_fn.type is template_map_fn_factory
@@ -105,8 +141,36 @@ def test_ready_config_follows_its_profile(name):
     assert_follows_profile(Config.fromfile(CONFIGS / name), profile, stage)
 
 
+@pytest.mark.parametrize("name", sorted(LEAVES))
+def test_leaf_names_its_llm_once_and_takes_the_rest_from_its_stage_base(name):
+    base, llm_path, pretrained_pth = LEAVES[name]
+    profile, stage = READY[name]
+    text = (CONFIGS / name).read_text()
+    assert f"from ._base_.{base} import *" in text and "swap_llm.build()(globals()" in text
+    assert text.count(f'"{profile}"') == 1 and text.count(f'"{llm_path}"') == 1
+    cfg = Config.fromfile(CONFIGS / name)
+    assert cfg.llm_profile == profile and cfg.llm_name_or_path == llm_path
+    assert cfg.get("pretrained_pth") == cfg.model.get("pretrained_pth") == pretrained_pth
+    expected = STAGE[stage]
+    assert (cfg.data_path, cfg.image_folder, cfg.batch_size, cfg.lr) == (
+        expected["data_path"], expected["image_folder"], expected["batch_size"], expected["lr"])
+    assert cfg.llava_dataset.data_path == cfg.data_path
+    assert cfg.llava_dataset.image_folder == cfg.image_folder
+    assert cfg.llava_dataset.pad_image_to_square is expected["pad_image_to_square"]
+    assert cfg.visual_encoder_name_or_path == "openai/clip-vit-large-patch14-336"
+    assert cfg.model.visual_encoder.pretrained_model_name_or_path == cfg.visual_encoder_name_or_path
+    assert cfg.llava_dataset.image_processor.pretrained_model_name_or_path == (
+        cfg.visual_encoder_name_or_path)
+    # what the profile decides, spelled out (assert_follows_profile compares with the profile)
+    assert all(t["profile"] == profile for t in tokenizer_dicts(cfg))
+    assert cfg.custom_hooks[1].prompt_template.STOP_WORDS == ["<|im_end|>", "<|endoftext|>"]
+    if stage == "qlora":
+        assert cfg.model.llm_lora.target_modules == QWEN_LORA_TARGETS[profile]
+
+
 @pytest.mark.parametrize("name", sorted(READY))
 def test_path_overrides_reach_every_place_that_used_the_path(name, tmp_path):
+    assert cfg_options_rebind.installed()  # the opt-in, as `xtuner train` has it with the variable
     cfg = Config.fromfile(CONFIGS / name)
     originals = {v: cfg[v] for v in PATH_VARIABLES[:-1]}
     overrides = {v: str(tmp_path / v) for v in originals}
@@ -194,8 +258,10 @@ def test_swap_llm_on_a_plain_namespace_with_real_objects():
         model=dict(type="LLaVAModel", llm=dict(type=AutoModelForCausalLM.from_pretrained,
                                                pretrained_model_name_or_path="old/llm"),
                    llm_lora=dict(type="LoraConfig", r=8)),
-        llava_dataset=dict(tokenizer=tokenizer, template_map_fn=dict(
-            type=xtuner_template_map_fn_factory, template=PROMPT_TEMPLATE.vicuna)),
+        llava_dataset=dict(type=LLaVASwapDataset, tokenizer=tokenizer, dataset_map_fn=llava_map_fn,
+                           template_map_fn=dict(type=xtuner_template_map_fn_factory,
+                                                template=PROMPT_TEMPLATE.vicuna)),
+        xtuners_dataset=dict(type="LLaVADataset", dataset_map_fn=llava_map_fn),
         custom_hooks=[dict(type=XtunerEvaluateChatHook, tokenizer=tokenizer, stop_words=["</s>"],
                            system="", prompt_template=PROMPT_TEMPLATE.vicuna)],
     )
@@ -205,6 +271,8 @@ def test_swap_llm_on_a_plain_namespace_with_real_objects():
     assert namespace["llava_dataset"]["tokenizer"] == expected_tokenizer
     assert namespace["custom_hooks"][0] == dict(type=EvaluateChatHook, tokenizer=expected_tokenizer,
                                                 system=None, prompt_template=get_profile("qwen2").template)
+    assert namespace["llava_dataset"]["dataset_map_fn"] is llava_format_map_fn
+    assert namespace["xtuners_dataset"]["dataset_map_fn"] is llava_map_fn
     assert namespace["llava_dataset"]["template_map_fn"] == dict(
         type=template_map_fn_factory, template=get_profile("qwen2").template, system=None)
     assert namespace["model"]["llm"] == dict(type=AutoModelForCausalLM.from_pretrained,
@@ -227,6 +295,38 @@ def test_from_xtuner_config_equals_swapping_xtuners_config_by_hand():
                        "Qwen/Qwen-7B-Chat",
                        pretrained_pth="./work_dirs/llava_qwen7b_pretrain/iter_2181.pth")
     assert inherited.pretty_text == by_hand.pretty_text  # all but the names imported
+
+
+# ------------------------------------------------- the configs' dataset map function
+def test_config_dataset_counts_or_raises_an_image_count_mismatch(tiny_parts, tmp_path):
+    """Two <image> in the text, one image in the record: the shipped config's dataset skips
+    and counts the sample (strict: raises), where xtuner's llava_map_fn, which the configs
+    used before, rewrote it into a one-image sample that trained."""
+    from xtuner.registry import BUILDER
+
+    _, _, images = tiny_parts("data")
+    image = next(p for p in sorted(images.rglob("*")) if p.is_file())
+    human = {"from": "human", "value": "<image>\nAnd this one?\n<image>"}
+    mismatch = {"image": image.name, "conversations": [human, {"from": "gpt", "value": "Same."}]}
+    good = {"image": image.name, "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A photo."}]}
+    data = tmp_path / "mismatch.json"
+    data.write_text(json.dumps([mismatch, good]))
+    cfg = Config.fromfile(CONFIGS / "llava_qwen2_5_7b_instruct_qlora.py")
+    cfg.merge_from_dict({"llm_name_or_path": str(tiny_parts("qwen2")),
+                         "visual_encoder_name_or_path": str(tiny_parts("clip")),
+                         "data_path": str(data), "image_folder": str(image.parent),
+                         "train_dataloader.dataset.cache": False})
+    dataset_cfg = cfg.train_dataloader.dataset
+    dataset = BUILDER.build(dataset_cfg)
+    assert dict(dataset.problems.counts) == {"image_count_mismatch": 1}
+    assert len(dataset) == 1 and dataset.prepared.images[0] == [image.name]
+    with pytest.raises(DataError, match="sample 0: image_count_mismatch: 2 <image> in the text, "
+                                        r"1 image\(s\)") as raised:
+        BUILDER.build({**dataset_cfg, "strict": True})
+    assert raised.value.reason == "image_count_mismatch"
+    before = BUILDER.build({**dataset_cfg, "dataset_map_fn": llava_map_fn})
+    assert len(before) == 2 and not before.problems.counts
 
 
 # ------------------------------------------------------------ end to end (tiny)

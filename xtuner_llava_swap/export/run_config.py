@@ -95,7 +95,7 @@ def _dataset_of(cfg):
 def load_training_run(config: str | Path, cfg_options: dict | None = None,
                       profile_name: str | None = None) -> TrainingRun:
     """Read CONFIG (with ``cfg_options`` merged) into a :class:`TrainingRun`."""
-    import xtuner_llava_swap  # noqa: F401  (compat patches, incl. --cfg-options re-binding)
+    import xtuner_llava_swap  # noqa: F401  (compat patches; --cfg-options re-binding if opted in)
     from mmengine.config import Config
 
     from xtuner_llava_swap.profiles import get_profile

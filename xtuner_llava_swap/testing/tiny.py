@@ -48,8 +48,10 @@ class TinyLLaVA:
     def cfg_options(self, stage: str = "finetune", **extra) -> dict:
         """``--cfg-options`` that run a project config on these parts on a CPU.
 
-        Path variables point here, the CPU switches of :mod:`xtuner_llava_swap.compat`
-        apply, batches are small, the warm-up spans half an epoch (``warmup_ratio *
+        Path variables point here (every dict that used them follows only with the
+        re-binding opt-in, ``XTUNER_LLAVA_SWAP_REBIND=1``, see
+        :mod:`xtuner_llava_swap.cfg_options_rebind`), the CPU switches of
+        :mod:`xtuner_llava_swap.cpu_options` apply, batches are small, the warm-up spans half an epoch (``warmup_ratio *
         max_epochs`` would round to zero iterations on tiny data), generations are short
         and the seed is fixed. ``extra`` adds or overrides options.
         """
