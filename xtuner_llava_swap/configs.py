@@ -14,7 +14,10 @@
 * every ``EvaluateChatHook`` (xtuner's or this package's): this package's hook with the
   profile's template, stop words and the same system prompt as the training data;
 * top-level ``llm_name_or_path``, ``SYSTEM`` and, when given, ``pretrained_pth``; any
-  other string equal to the old LLM path.
+  other string equal to the old LLM path;
+* ``custom_hooks``: a ``RunRecordHook`` with the profile (added when absent, its profile
+  set when present), which checks the built parts against the profile and writes the run
+  record into the work dir (:mod:`xtuner_llava_swap.run_record`).
 
 It works on a loaded :class:`mmengine.config.Config` (then ``cfg.dump(path)`` writes a
 standalone config) and on the namespace of a config file while mmengine parses it, so a
@@ -42,6 +45,7 @@ _TOKENIZER_TYPES = ("AutoTokenizer.from_pretrained", "build_tokenizer")
 _LLM_TYPES = ("AutoModelForCausalLM.from_pretrained",)
 _TEMPLATE_MAP_FN_TYPES = ("template_map_fn_factory",)
 _CHAT_HOOK_TYPES = ("EvaluateChatHook",)
+_RECORD_HOOK_TYPES = ("RunRecordHook",)
 # Arguments of xtuner's EvaluateChatHook that the profile decides instead.
 _HOOK_ARGS_FROM_PROFILE = ("stop_word", "stop_words")
 
@@ -86,6 +90,7 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
 
     _replace_strings(namespace, old_path, new_path)
     swapper.rewrite(namespace)
+    swapper.add_record_hook(namespace)
     for name, value in (("llm_name_or_path", new_path), ("prompt_template", swapper.template),
                         ("SYSTEM", system)):
         if name in namespace:
@@ -104,6 +109,7 @@ class _Swapper:
     def __init__(self, profile, llm_path: str, system, lazy: bool):
         from .hooks import EvaluateChatHook
         from .profiles import template_map_fn_factory
+        from .run_record_hook import RunRecordHook
         from .tokenizers import build_tokenizer, tokenizer_dict
 
         self.profile = profile
@@ -114,6 +120,19 @@ class _Swapper:
         self.template = (_prompt_template_reference(profile) if lazy else profile.template)
         self.template_map_fn_type = _reference(template_map_fn_factory, lazy)
         self.hook_type = _reference(EvaluateChatHook, lazy)
+        self.record_hook_type = _reference(RunRecordHook, lazy)
+
+    def add_record_hook(self, namespace) -> None:
+        """Set the profile of the config's RunRecordHook, or append one to ``custom_hooks``."""
+        hooks = namespace.setdefault("custom_hooks", [])
+        found = [h for h in hooks if isinstance(h, dict)
+                 and _type_name(dict.get(h, "type")).endswith(_RECORD_HOOK_TYPES)]
+        for hook in found:
+            hook["profile"] = self.profile.name
+        if not found:
+            from mmengine.config import ConfigDict
+
+            hooks.append(ConfigDict(type=self.record_hook_type, profile=self.profile.name))
 
     def rewrite(self, node) -> None:
         for key, child in _children(node):
