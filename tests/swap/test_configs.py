@@ -327,3 +327,14 @@ def test_xtuner_train_from_xtuner_internlm2_swapped_to_tiny_qwen7b(tiny_parts, t
     run_train(CONFIGS / "llava_qwen7b_from_xtuner_internlm2.py", tmp_path,
               forced_stop_options(tiny, small_data(tiny, tmp_path)))
     check_training_and_chat_log(tmp_path, "qwen", "llm.base_model.model.transformer.h.1.attn.c_attn")
+    # swap_llm's RunRecordHook recorded the run beside its checkpoints, before training
+    from xtuner_llava_swap.run_record import RECORD_NAME
+
+    assert json.loads((tmp_path / RECORD_NAME).read_text()) == {
+        "record_format": 1, "llm_profile": "qwen", "llm": str(tiny.llm),
+        "vision_tower": str(tiny.visual_encoder), "vision_tower_model_type": "clip_vision_model",
+        "vision_tower_profile": None, "plugin_version": "0.1.0",
+        "config": "llava_qwen7b_from_xtuner_internlm2.py"}
+    log = (tmp_path / "test_stdout.log").read_text()
+    assert (log.index(f"RunRecordHook: LLM profile 'qwen' recorded in {tmp_path / RECORD_NAME}")
+            < log.index("before_train in EvaluateChatHook."))
