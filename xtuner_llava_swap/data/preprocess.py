@@ -144,6 +144,14 @@ def _built(obj: Any) -> Any:
     return obj.build() if _is_lazy(obj) else obj
 
 
+def _qualified_name(obj: Any) -> str:
+    """``module.name`` of a function, a LazyObject's target, or the string itself."""
+    obj = _built(obj)
+    if callable(obj) and hasattr(obj, "__module__"):
+        return f"{obj.__module__}.{getattr(obj, '__name__', '')}"
+    return str(obj)
+
+
 def build_tokenizer(tokenizer: Any):
     if hasattr(tokenizer, "get") and "type" in tokenizer:
         from xtuner.registry import BUILDER
