@@ -12,7 +12,6 @@ import shutil
 import pytest
 
 from support import requires_fixtures
-from conftest import TrainedRun
 from xtuner_llava_swap.export import ExportError, convert
 from xtuner_llava_swap.profiles import get_profile
 from xtuner_llava_swap.run_record import RECORD_NAME, make_record, write_record
@@ -21,7 +20,7 @@ pytestmark = requires_fixtures
 
 
 @pytest.fixture
-def recorded_run(inprocess_run, tmp_path) -> TrainedRun:
+def recorded_run(inprocess_run, tmp_path):
     """The tiny Qwen2.5 checkpoint in a work dir with its run record, and a CONFIG whose
     tokenizer is a plain ``AutoTokenizer`` dict (no profile named)."""
     from transformers import AutoTokenizer
@@ -37,13 +36,18 @@ def recorded_run(inprocess_run, tmp_path) -> TrainedRun:
     options = {**run.cfg_options, "tokenizer": dict(
         _delete_=True, type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path=llm,
         padding_side="right")}
-    return TrainedRun(run.config, checkpoint, options)
+    return type(run)(run.config, checkpoint, options)  # a TrainedRun
 
 
 def _convert(run, out, **kwargs):
     # a copy: merging the options pops their `_delete_` marks
     return convert(run.config, run.checkpoint, out, cfg_options=copy.deepcopy(run.cfg_options),
                    dtype="float32", progress=False, **kwargs)
+
+
+def _profile_warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "xtuner_llava_swap.export.run_config"]
 
 
 def _chat_template(out) -> str:
@@ -53,7 +57,7 @@ def _chat_template(out) -> str:
 def test_profile_comes_from_the_record_beside_the_checkpoint(recorded_run, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         summary = _convert(recorded_run, tmp_path / "out")
-    assert summary["profile"] == "qwen2.5" and not caplog.records
+    assert summary["profile"] == "qwen2.5" and _profile_warnings(caplog) == []
     assert _chat_template(tmp_path / "out") == get_profile("qwen2.5").chat_template()
     # the record is what named it: without it the CONFIG names none
     (recorded_run.checkpoint.parent / RECORD_NAME).unlink()
@@ -65,7 +69,7 @@ def test_profile_option_wins_over_the_record_with_a_warning(recorded_run, tmp_pa
     record = recorded_run.checkpoint.parent / RECORD_NAME
     with caplog.at_level(logging.WARNING):
         summary = _convert(recorded_run, tmp_path / "out", profile="qwen2")
-    assert [r.getMessage() for r in caplog.records] == [
+    assert _profile_warnings(caplog) == [
         f"--profile qwen2 differs from LLM profile 'qwen2.5' recorded in {record}; exporting "
         "with --profile qwen2"]
     assert summary["profile"] == "qwen2"
