@@ -42,16 +42,16 @@ def resolve_template(template):
 
 
 def template_profiles(template) -> tuple:
-    """Names of the profiles ``template`` is: the one a profile name or a
-    ``PROMPT_TEMPLATE.<key>`` path names, else every profile whose template equals it (some
+    """Names of the profiles ``template`` is: the one a profile name or an
+    ``xtuner_llava_swap.profiles.PROMPT_TEMPLATE.<key>`` path (what a dumped config holds)
+    names, else every profile whose template equals it (some
     profiles share one: Qwen-7B, Qwen1.5 and Qwen2 all use ChatML with the same default
     system), else none (a template of no profile, e.g. one of xtuner's own)."""
     if isinstance(template, str):
         if template in PROFILES:
             return (template,)
-        key = template.rpartition(".")[2]
-        named = tuple(n for n, p in PROFILES.items() if p.config_key == key
-                      and template.endswith(f"PROMPT_TEMPLATE.{key}"))
+        named = tuple(n for n, p in PROFILES.items()
+                      if template == f"{__package__}.PROMPT_TEMPLATE.{p.config_key}")
         if named:
             return named
     template = resolve_template(template)
