@@ -172,6 +172,7 @@ def test_dumped_config_builds_the_plugins_hook_again(tiny_parts, tmp_path):
     assert type(hook) is EvaluateChatHook
     assert hook.template == get_profile("qwen2.5").template
     assert hook.stop_words == ("<|im_end|>", "<|endoftext|>")
+    assert hook.profile == "qwen2.5"  # the dumped template path names the profile
 
 
 def test_swap_llm_without_pretrained_pth_keeps_the_configs_value():
