@@ -8,7 +8,7 @@ the checkpoint (``export/run_config.py``). Its fields:
 * ``llm_profile``: the LLM profile the run trained with;
 * ``llm``, ``vision_tower``: the ``pretrained_model_name_or_path`` of ``model.llm`` and
   ``model.visual_encoder``; ``vision_tower_model_type``: the vision tower's config
-  ``model_type`` (``clip_vision_model``, ...);
+  ``model_type`` (as the built model reports it);
 * ``vision_tower_profile``: ``null`` (there are no vision-tower profiles yet);
 * ``plugin_version``: the xtuner-llava-swap that trained; ``config``: the config file name.
 
