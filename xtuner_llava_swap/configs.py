@@ -20,7 +20,10 @@
   Hugging Face ``datasets`` workers, which cannot join the ``images`` list column when one
   worker's samples are all text-only (``LLaVASwapDataset`` reads the map output itself);
 * top-level ``llm_name_or_path``, ``SYSTEM`` and, when given, ``pretrained_pth``; any
-  other string equal to the old LLM path.
+  other string equal to the old LLM path;
+* ``custom_hooks``: a ``RunRecordHook`` with the profile (added when absent, its profile
+  set when present), which checks the built parts against the profile and writes the run
+  record into the work dir (:mod:`xtuner_llava_swap.run_record`).
 
 It works on a loaded :class:`mmengine.config.Config` (then ``cfg.dump(path)`` writes a
 standalone config) and on the namespace of a config file while mmengine parses it, so a
@@ -51,6 +54,7 @@ _TEMPLATE_MAP_FN_TYPES = ("template_map_fn_factory",)
 _CHAT_HOOK_TYPES = ("EvaluateChatHook",)
 _XTUNER_LLAVA_MAP_FN = "llava_map_fn"
 _SWAP_DATASET_TYPES = ("LLaVASwapDataset",)
+_RECORD_HOOK_TYPES = ("RunRecordHook",)
 # Arguments of xtuner's EvaluateChatHook that the profile decides instead.
 _HOOK_ARGS_FROM_PROFILE = ("stop_word", "stop_words")
 
@@ -95,6 +99,7 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
 
     _replace_strings(namespace, old_path, new_path)
     swapper.rewrite(namespace)
+    swapper.add_record_hook(namespace)
     for name, value in (("llm_name_or_path", new_path), ("prompt_template", swapper.template),
                         ("SYSTEM", system)):
         if name in namespace:
@@ -202,6 +207,7 @@ class _Swapper:
         from .data.map_fns import llava_format_map_fn
         from .hooks import EvaluateChatHook
         from .profiles import template_map_fn_factory
+        from .run_record_hook import RunRecordHook
         from .tokenizers import build_tokenizer, tokenizer_dict
 
         self.profile = profile
@@ -213,6 +219,19 @@ class _Swapper:
         self.template_map_fn_type = _reference(template_map_fn_factory, lazy)
         self.hook_type = _reference(EvaluateChatHook, lazy)
         self.map_fn = _reference(llava_format_map_fn, lazy)
+        self.record_hook_type = _reference(RunRecordHook, lazy)
+
+    def add_record_hook(self, namespace) -> None:
+        """Set the profile of the config's RunRecordHook, or append one to ``custom_hooks``."""
+        hooks = namespace.setdefault("custom_hooks", [])
+        found = [h for h in hooks if isinstance(h, dict)
+                 and _type_name(dict.get(h, "type")).endswith(_RECORD_HOOK_TYPES)]
+        for hook in found:
+            hook["profile"] = self.profile.name
+        if not found:
+            from mmengine.config import ConfigDict
+
+            hooks.append(ConfigDict(type=self.record_hook_type, profile=self.profile.name))
 
     def rewrite(self, node) -> None:
         for key, child in _children(node):

@@ -19,6 +19,9 @@ that differs where xtuner's hook is wrong for other LLMs:
 * an id past the tokenizer's vocabulary (Qwen embeddings have spare rows that an
   untrained, sampling model can pick) is shown as ``<unknown token id N>``, where
   ``QWenTokenizer.decode`` would raise and stop the training;
+* its profile, its tokenizer's and its prompt template's must agree (checked when the hook
+  is built, :mod:`xtuner_llava_swap.profile_agreement`); :attr:`EvaluateChatHook.profile`
+  is the profile they name;
 * each prompt may come with an image or without one (``evaluation_images`` entries may
   be ``None``), and both kinds run through the same path on Qwen-7B (remote code,
   ``QWenLMHeadModel``) and Qwen2-family models alike.
@@ -143,8 +146,10 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
                  pad_image_to_square=True):
         from xtuner.registry import BUILDER
 
+        from .profile_agreement import agreed_profile
         from .profiles import get_profile
-        from .profiles.template_map import resolve_template
+        from .profiles.template_map import resolve_template, template_profiles
+        from .tokenizers import tokenizer_profile
 
         if prompt_template is None and profile is None:
             raise ValueError("EvaluateChatHook needs a profile (e.g. profile='qwen') or a "
@@ -160,6 +165,11 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         self.max_new_tokens = max_new_tokens
         self.pad_image_to_square = pad_image_to_square
         self.tokenizer = BUILDER.build(tokenizer) if isinstance(tokenizer, dict) else tokenizer
+        self.profile = agreed_profile("EvaluateChatHook", [
+            ("tokenizer.profile", tokenizer_profile(self.tokenizer)),
+            ("profile", None if profile is None else get_profile(profile).name),
+            ("prompt_template", () if prompt_template is None
+             else template_profiles(prompt_template))])
         self.image_processor = None
         if image_processor is not None:
             self.image_processor = (BUILDER.build(image_processor)

@@ -4,7 +4,8 @@
   its ``type`` is :func:`build_tokenizer`, a thin wrapper of
   ``AutoTokenizer.from_pretrained`` that injects the profile's bos/eos/pad settings and
   runs :func:`check_tokenizer_contract` every time xtuner builds the tokenizer
-  (``LLaVADataset``, ``EvaluateChatHook``, ``DatasetInfoHook`` all ``BUILDER.build`` it).
+  (``LLaVADataset``, ``EvaluateChatHook``, ``DatasetInfoHook`` all ``BUILDER.build`` it);
+  the tokenizer it returns carries its profile's name (:func:`tokenizer_profile`).
 * :func:`check_tokenizer_contract` raises :class:`TokenizerContractError` naming each
   problem and its fix: eos or pad missing or not the profile's, a bos where the profile's
   format has none (or none where it has one), a stop word that is not one token,
@@ -27,6 +28,15 @@ PROBE_CONVERSATION = [
     {"from": "human", "value": "Name a colour, please."},
     {"from": "gpt", "value": "Blue.\nIt is calm."},
 ]
+
+
+# The attribute build_tokenizer sets on the tokenizer it returns: the profile's name.
+PROFILE_ATTRIBUTE = "xtuner_llava_swap_profile"
+
+
+def tokenizer_profile(tokenizer) -> str | None:
+    """The profile ``tokenizer`` was built for by :func:`build_tokenizer` (else ``None``)."""
+    return getattr(tokenizer, PROFILE_ATTRIBUTE, None)
 
 
 def tokenizer_dict(profile_name, pretrained_model_name_or_path, **overrides) -> dict:
@@ -54,6 +64,7 @@ def build_tokenizer(pretrained_model_name_or_path, profile, check_contract: bool
     tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **options)
     if check_contract:
         check_tokenizer_contract(tokenizer, profile, source=str(pretrained_model_name_or_path))
+    setattr(tokenizer, PROFILE_ATTRIBUTE, profile.name)
     return tokenizer
 
 

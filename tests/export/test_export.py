@@ -386,7 +386,7 @@ def test_cli_help_lists_the_interface():
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0
     for option in ("--format", "--dtype", "--max-shard-size", "--verify", "--force",
-                   "--trust-remote-code", "--cfg-options"):
+                   "--trust-remote-code", "--cfg-options", "--profile"):
         assert option in proc.stdout
 
 

@@ -115,7 +115,10 @@ def assert_follows_profile(cfg, profile_name: str, stage: str) -> None:
     assert llm.pretrained_model_name_or_path == cfg.llm_name_or_path
     assert llm.trust_remote_code is profile.trust_remote_code
     hooks = {h.type.__name__: h for h in cfg.custom_hooks}
-    assert set(hooks) == {"DatasetInfoHook", "EvaluateChatHook"}
+    # RunRecordHook: what swap_llm adds (the configs written out in full have none yet)
+    assert set(hooks) - {"RunRecordHook"} == {"DatasetInfoHook", "EvaluateChatHook"}
+    if "RunRecordHook" in hooks:
+        assert hooks["RunRecordHook"].profile == profile_name
     chat = hooks["EvaluateChatHook"]
     assert chat.type is EvaluateChatHook
     assert chat.prompt_template == profile.template
@@ -233,6 +236,7 @@ def test_dumped_config_builds_the_plugins_hook_again(tiny_parts, tmp_path):
     assert type(hook) is EvaluateChatHook
     assert hook.template == get_profile("qwen2.5").template
     assert hook.stop_words == ("<|im_end|>", "<|endoftext|>")
+    assert hook.profile == "qwen2.5"  # the dumped template path names the profile
 
 
 def test_swap_llm_without_pretrained_pth_keeps_the_configs_value():
@@ -424,3 +428,14 @@ def test_xtuner_train_from_xtuner_internlm2_swapped_to_tiny_qwen7b(tiny_parts, t
     run_train(CONFIGS / "llava_qwen7b_from_xtuner_internlm2.py", tmp_path,
               forced_stop_options(tiny, small_data(tiny, tmp_path)))
     check_training_and_chat_log(tmp_path, "qwen", "llm.base_model.model.transformer.h.1.attn.c_attn")
+    # swap_llm's RunRecordHook recorded the run beside its checkpoints, before training
+    from xtuner_llava_swap.run_record import RECORD_NAME
+
+    assert json.loads((tmp_path / RECORD_NAME).read_text()) == {
+        "record_format": 1, "llm_profile": "qwen", "llm": str(tiny.llm),
+        "vision_tower": str(tiny.visual_encoder), "vision_tower_model_type": "clip_vision_model",
+        "vision_tower_profile": None, "plugin_version": "0.1.0",
+        "config": "llava_qwen7b_from_xtuner_internlm2.py"}
+    log = (tmp_path / "test_stdout.log").read_text()
+    assert (log.index(f"RunRecordHook: LLM profile 'qwen' recorded in {tmp_path / RECORD_NAME}")
+            < log.index("before_train in EvaluateChatHook."))

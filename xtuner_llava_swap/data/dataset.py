@@ -19,7 +19,10 @@ work unchanged. What differs:
 * 16-bit greyscale images are scaled to 8 bits (``convert("RGB")`` would clip them to
   white), transparent ones are laid over white, palette/CMYK/animated ones (first frame)
   converted to RGB;
-* text preprocessing is batched and cached (see :mod:`.cache`).
+* text preprocessing is batched and cached (see :mod:`.cache`);
+* the tokenizer's profile and the template's must agree (checked when the dataset is
+  built, :mod:`xtuner_llava_swap.profile_agreement`); :attr:`LLaVASwapDataset.profile`
+  is the profile they name.
 """
 from __future__ import annotations
 
@@ -34,8 +37,11 @@ from mmengine import print_log
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..profile_agreement import agreed_profile
+from ..tokenizers import tokenizer_profile
 from .image_tokens import resolve_image_token_count
-from .preprocess import PreparedText, drop_bad_images, prepare_text
+from .preprocess import PreparedText, build_template_map_fn, build_tokenizer, drop_bad_images, \
+    prepare_text
 from .validate import DataError
 
 # xtuner's LLaVAModel pairs one pixel_values per sample with the sample's <image> tokens:
@@ -68,6 +74,12 @@ class LLaVASwapDataset(Dataset):
                              "pass data_path; processed text is cached automatically")
         if data_path is None or tokenizer is None:
             raise ValueError("LLaVASwapDataset needs data_path and tokenizer")
+        tokenizer = build_tokenizer(tokenizer)
+        if template_map_fn is not None:
+            template_map_fn = build_template_map_fn(template_map_fn)
+        self.profile = agreed_profile("LLaVASwapDataset", [
+            ("tokenizer.profile", tokenizer_profile(tokenizer)),
+            ("template_map_fn.template", getattr(template_map_fn, "profiles", ()))])
         self.image_folder = image_folder
         self.pad_image_to_square = pad_image_to_square
         self.image_tokens = resolve_image_token_count(image_token_count, vision_config,

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -88,42 +89,47 @@ def resolve_turn_builder(template_map_fn: Any) -> tuple[Callable[[list[dict]], l
     """``(conversation -> templated turns, fingerprint)`` from what xtuner configs pass as
     ``template_map_fn``: ``dict(type=template_map_fn_factory, template=...)`` of xtuner or
     of :mod:`xtuner_llava_swap.profiles` (which adds the profile's default system), the
-    built partial, ``None`` (no template), or any other template function."""
+    built function, ``None`` (no template), or any other template function."""
     if template_map_fn is None:
         spec = TemplateSpec()
         return spec.turns, spec.fingerprint()
+    template_map_fn = build_template_map_fn(template_map_fn)
     spec = _known_template_spec(template_map_fn)
     if spec is not None:
         return spec.turns, spec.fingerprint()
-    if hasattr(template_map_fn, "get"):
-        from xtuner.registry import BUILDER
-
-        return resolve_turn_builder(BUILDER.build(template_map_fn))
-    if isinstance(template_map_fn, str) or _is_lazy(template_map_fn):
-        return resolve_turn_builder(resolve_map_fn(template_map_fn))
     return turns_from_template_fn(template_map_fn), callable_fingerprint(template_map_fn)
 
 
-def _known_template_spec(template_map_fn: Any) -> TemplateSpec | None:
-    """The spec of xtuner's or the profiles' template map function (config dict or
-    built partial), else None."""
-    if hasattr(template_map_fn, "get") and "template" in template_map_fn:
-        kind, args = _qualified_name(template_map_fn.get("type")), template_map_fn
-    elif hasattr(template_map_fn, "func") and "template" in (template_map_fn.keywords or {}):
-        kind, args = _qualified_name(template_map_fn.func), template_map_fn.keywords
-    else:
-        return None
-    if "xtuner_llava_swap.profiles" in kind or (
-            "template_map_fn" in kind and "system" in args):  # the profiles' factory
-        from ..profiles import DEFAULT_SYSTEM_KEY
-        from ..profiles.template_map import resolve_template
+def build_template_map_fn(template_map_fn: Any) -> Callable[[dict], dict]:
+    """The function a config's ``template_map_fn`` stands for: a ``dict(type=factory, ...)``
+    is built (``type`` resolved as :func:`resolve_map_fn` resolves names), a lazy placeholder
+    or a name resolved, a function returned as it is."""
+    if hasattr(template_map_fn, "get") and "type" in template_map_fn:
+        args = dict(template_map_fn)
+        factory = _built(args.pop("type"))
+        return (resolve_map_fn(factory) if isinstance(factory, str) else factory)(**args)
+    if isinstance(template_map_fn, str) or _is_lazy(template_map_fn):
+        return resolve_map_fn(template_map_fn)
+    return template_map_fn
 
-        template = resolve_template(args["template"])
-        system = args.get("system")
+
+def _known_template_spec(template_map_fn: Callable) -> TemplateSpec | None:
+    """The spec of a function made by the profiles' or xtuner's ``template_map_fn_factory``
+    (recognised by the function it binds), else None."""
+    from xtuner.dataset.map_fns.template_map_fn import template_map_fn as xtuner_template_map_fn
+
+    from ..profiles import DEFAULT_SYSTEM_KEY
+    from ..profiles.template_map import template_map_fn as profile_template_map_fn
+
+    if not isinstance(template_map_fn, partial) or "template" not in template_map_fn.keywords:
+        return None
+    template = template_map_fn.keywords["template"]
+    if template_map_fn.func is profile_template_map_fn:  # the profile's default system
+        system = template_map_fn.keywords.get("system")
         return TemplateSpec.from_template(
             template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
-    if "template_map_fn" in kind:  # xtuner's own: no default system
-        return TemplateSpec.from_template(args["template"])
+    if template_map_fn.func is xtuner_template_map_fn:  # xtuner's own: no default system
+        return TemplateSpec.from_template(template)
     return None
 
 

@@ -23,6 +23,9 @@ from the base model path CONFIG names. OUT_DIR is written through a temporary fo
 it and appears only when complete. OUT_DIR may not be, contain or lie inside any input
 (CHECKPOINT, the run's work dir, CONFIG, the base LLM, the vision tower); --force replaces
 only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged.
+The LLM profile is --profile, else the one training recorded beside CHECKPOINT
+(xtuner_llava_swap_run.json), else CONFIG's tokenizer profile; a --profile that differs
+from the record wins, with a warning.
 
 `convert_to_hf check OUT_DIR [--profile NAME]` checks an export folder against what vLLM
 (hf) or SGLang (llava) demand, and says what to change; --verify prints the same report."""
@@ -50,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="allow the base LLM's remote code (also allowed when the "
                              "profile says so, e.g. Qwen-7B)")
     parser.add_argument("--profile", default=None,
-                        help="LLM profile name when CONFIG does not name one")
+                        help="LLM profile name (default: the one recorded beside CHECKPOINT, "
+                             "else CONFIG's tokenizer profile; wins over both, with a warning "
+                             "when it differs from the record)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, default=None,
                         help="override CONFIG settings, key=value (as in xtuner train)")
     parser.add_argument("--vision-tower-id", default=None,

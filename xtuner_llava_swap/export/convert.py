@@ -74,7 +74,7 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
         raise ExportError(f"--max-shard-size: {err}") from None
     if max_shard_bytes <= 0:
         raise ExportError(f"--max-shard-size {max_shard_size!r}: must be more than 0 bytes")
-    run = load_training_run(config, cfg_options, profile)
+    run = load_training_run(config, cfg_options, profile, checkpoint)
     check_out_dir(out, run, Path(checkpoint), force)
     if fmt == "llava":
         from .llava_writer import check_llava_target

@@ -1,17 +1,24 @@
 """What an export needs to know about a training run, read from the xtuner CONFIG it used.
 
-The CONFIG names the base LLM, the vision encoder, the profile (through
-``tokenizer=dict(type=build_tokenizer, profile=...)``), the LoRA settings, the projector
+The CONFIG names the base LLM, the vision encoder, the LoRA settings, the projector
 shape, the selected vision layer and the image preprocessing. ``--cfg-options`` apply as
 in ``xtuner train`` (``Config.merge_from_dict``), so the same file works with other paths.
+
+The LLM profile comes from, in this order: ``--profile``; the run record beside the
+checkpoint (``xtuner_llava_swap_run.json``, :mod:`xtuner_llava_swap.run_record`); the
+CONFIG's ``tokenizer=dict(type=build_tokenizer, profile=...)``. A ``--profile`` that differs
+from the record is used, with a warning.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ExportError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,11 @@ def _dataset_of(cfg):
 
 
 def load_training_run(config: str | Path, cfg_options: dict | None = None,
-                      profile_name: str | None = None) -> TrainingRun:
-    """Read CONFIG (with ``cfg_options`` merged) into a :class:`TrainingRun`."""
+                      profile_name: str | None = None, checkpoint=None) -> TrainingRun:
+    """Read CONFIG (with ``cfg_options`` merged) into a :class:`TrainingRun`; the profile is
+    ``profile_name``, else the one recorded beside ``checkpoint``, else CONFIG's."""
     import xtuner_llava_swap  # noqa: F401  (compat patches; --cfg-options re-binding if opted in)
     from mmengine.config import Config
-
-    from xtuner_llava_swap.profiles import get_profile
 
     config_path = Path(config)
     if not config_path.is_file():
@@ -114,19 +120,7 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
     if not model or "llm" not in model or "visual_encoder" not in model:
         raise ExportError(f"{config_path}: `model` is not an xtuner LLaVAModel dict "
                           "(it needs llm= and visual_encoder=)")
-    name = profile_name or cfg.get("tokenizer", {}).get("profile")
-    if not name:
-        raise ExportError(
-            f"{config_path} names no profile (tokenizer=dict(type=build_tokenizer, "
-            "profile=...)); pass --profile NAME (see `python -m xtuner_llava_swap profiles`)")
-    try:
-        profile = get_profile(name)
-    except KeyError:
-        from xtuner_llava_swap.profiles import list_profiles
-
-        raise ExportError(f"profile {name!r} (from {'--profile' if profile_name else config_path})"
-                          f" is not registered; choose one of {', '.join(list_profiles())}"
-                          ) from None
+    profile = _run_profile(profile_name, checkpoint, cfg, config_path)
     llm_lora = model.get("llm_lora")
     ve_lora = model.get("visual_encoder_lora")
     image_processor = cfg.get("image_processor") or model["visual_encoder"]
@@ -152,6 +146,56 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
         system=system,
         trust_remote_code=bool(model["llm"].get("trust_remote_code", False)),
     )
+
+
+def _run_profile(profile_name, checkpoint, cfg, config_path: Path):
+    """The LLM profile of the run: ``--profile``, the run record, CONFIG's tokenizer."""
+    from xtuner_llava_swap.profiles import get_profile, list_profiles
+    from xtuner_llava_swap.run_record import RunRecordError, plugin_version, record_beside
+
+    try:
+        recorded = record_beside(checkpoint) if checkpoint is not None else None
+    except RunRecordError as err:
+        raise ExportError(str(err)) from None
+    if recorded is not None:
+        where, record = recorded
+        _check_recording_version(where, record.get("plugin_version"), plugin_version())
+    if profile_name:
+        name, source = profile_name, "--profile"
+        if recorded is not None and record["llm_profile"] != profile_name:
+            logger.warning("--profile %s differs from LLM profile %r recorded in %s; exporting "
+                           "with --profile %s", profile_name, record["llm_profile"], where,
+                           profile_name)
+    elif recorded is not None:
+        name, source = record["llm_profile"], str(where)
+    else:
+        name, source = cfg.get("tokenizer", {}).get("profile"), str(config_path)
+    if not name:
+        raise ExportError(
+            f"{config_path} names no profile (tokenizer=dict(type=build_tokenizer, "
+            "profile=...)) and no run record is beside the checkpoint; pass --profile NAME "
+            "(see `python -m xtuner_llava_swap profiles`)")
+    try:
+        return get_profile(name)
+    except KeyError:
+        raise ExportError(f"profile {name!r} (from {source}) is not registered; choose one of "
+                          f"{', '.join(list_profiles())}") from None
+
+
+def _check_recording_version(where: Path, recorded, installed) -> None:
+    """Refuse a record written by a newer xtuner-llava-swap than the one installed."""
+    from packaging.version import InvalidVersion, Version
+
+    if not recorded or not installed:
+        return
+    try:
+        newer = Version(str(recorded)) > Version(installed)
+    except InvalidVersion:
+        raise ExportError(f"{where}: plugin_version {recorded!r} is not a version") from None
+    if newer:
+        raise ExportError(f"{where}: the run was trained with xtuner-llava-swap {recorded}, "
+                          f"newer than the installed {installed}; upgrade xtuner-llava-swap "
+                          "to convert it")
 
 
 # ------------------------------------------------------------- the run's recorded config

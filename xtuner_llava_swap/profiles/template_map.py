@@ -14,6 +14,10 @@ the factory's ``system`` argument (``""`` for none), then the template's
 ``DEFAULT_SYSTEM``. ``template`` may be a template dict, a profile name (``"qwen2.5"``)
 or a dotted path string (what a dumped config holds after ``xtuner train``; it is
 resolved on resume like xtuner's own factory does).
+
+The function the factory returns carries :attr:`profiles`: the names of the profiles its
+template is (:func:`template_profiles`). The dataset and the evaluation hook compare them
+with their tokenizer's profile (:mod:`xtuner_llava_swap.profile_agreement`).
 """
 from __future__ import annotations
 
@@ -37,6 +41,23 @@ def resolve_template(template):
     return template
 
 
+def template_profiles(template) -> tuple:
+    """Names of the profiles ``template`` is: the one a profile name or an
+    ``xtuner_llava_swap.profiles.PROMPT_TEMPLATE.<key>`` path (what a dumped config holds)
+    names, else every profile whose template equals it (some
+    profiles share one: Qwen-7B, Qwen1.5 and Qwen2 all use ChatML with the same default
+    system), else none (a template of no profile, e.g. one of xtuner's own)."""
+    if isinstance(template, str):
+        if template in PROFILES:
+            return (template,)
+        named = tuple(n for n, p in PROFILES.items()
+                      if template == f"{__package__}.PROMPT_TEMPLATE.{p.config_key}")
+        if named:
+            return named
+    template = resolve_template(template)
+    return tuple(n for n, p in PROFILES.items() if p.template == template)
+
+
 def template_map_fn(example, template, system=None):
     """Apply ``template`` to ``example['conversation']`` with the system-prompt rule above."""
     from xtuner.dataset.map_fns.template_map_fn import template_map_fn as xtuner_template_map_fn
@@ -52,5 +73,8 @@ def template_map_fn(example, template, system=None):
 
 
 def template_map_fn_factory(template, system=None):
-    """``partial(template_map_fn, template=..., system=...)`` for ``LLaVADataset``."""
-    return partial(template_map_fn, template=resolve_template(template), system=system)
+    """``partial(template_map_fn, template=..., system=...)`` for ``LLaVADataset``, marked
+    with ``profiles`` (:func:`template_profiles` of ``template``)."""
+    bound = partial(template_map_fn, template=resolve_template(template), system=system)
+    bound.profiles = template_profiles(template)
+    return bound
