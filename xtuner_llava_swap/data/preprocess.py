@@ -121,7 +121,8 @@ def _known_template_spec(template_map_fn: Any) -> TemplateSpec | None:
         template = resolve_template(args["template"])
         system = args.get("system")
         return TemplateSpec.from_template(
-            template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
+            template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system,
+            position_rules=True)
     if "template_map_fn" in kind:  # xtuner's own: no default system
         return TemplateSpec.from_template(args["template"])
     return None
