@@ -44,13 +44,74 @@ def test_config_stops_on_xtuners_stack_with_the_reason():
         Config.fromfile(CONFIG)
 
 
+# In the newer environment (one process): builds the tiny Qwen3 in argv[1] (its class exists
+# only there), loads each Qwen3 config of argv[2:] and prints what swap_llm set.
+PREPARE = """
+import json, sys
+import xtuner_llava_swap
+from mmengine.config import Config
+from xtuner_llava_swap.testing.tiny import build_tiny_llm
+
+build_tiny_llm("qwen3", sys.argv[1])
+
+def dicts(node):
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    if isinstance(node, (list, tuple)):
+        for child in node:
+            yield from dicts(child)
+
+facts = {}
+for path in sys.argv[2:]:
+    cfg = Config.fromfile(path)
+    lora = cfg.model.get("llm_lora")
+    hook = [h for h in cfg.custom_hooks if h.type.__name__ == "EvaluateChatHook"][0]
+    facts[path.rsplit("/", 1)[-1]] = dict(
+        tokenizer_profiles=sorted({d["profile"] for d in dicts(cfg._cfg_dict) if "profile" in d}),
+        llm=cfg.model.llm.pretrained_model_name_or_path, prompt_template=dict(cfg.prompt_template),
+        dataset_template=dict(cfg.llava_dataset.template_map_fn.template),
+        hook_template=dict(hook.prompt_template), hook_system=hook.system,
+        lora=list(lora.target_modules) if lora else None,
+        pretrained_pth=cfg.model.get("pretrained_pth"))
+print(json.dumps(facts))
+"""
+
+
+CONFIG_NAMES = ("llava_qwen3_8b_pretrain.py", "llava_qwen3_8b_qlora.py")
+
+
 @pytest.fixture(scope="module")
-def qwen3_run(tiny_parts, tmp_path_factory):
+def prepared(tmp_path_factory):
+    """``(tiny Qwen3 folder, {config name: facts})`` from the newer environment."""
+    llm = tmp_path_factory.mktemp("qwen3-e2e") / "tiny-qwen3"
+    proc = run_tf457("-c", PREPARE, llm, *[REPO / "configs" / name for name in CONFIG_NAMES])
+    return llm, json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@requires_tf457
+def test_qwen3_configs_follow_the_profile_on_the_newer_stack(prepared):
+    from xtuner_llava_swap.profiles import get_profile
+
+    profile = get_profile("qwen3")
+    names = CONFIG_NAMES
+    facts = prepared[1]
+    template = {k: v for k, v in profile.template.items()}
+    for name in names:
+        fact = facts[name]
+        assert fact["tokenizer_profiles"] == ["qwen3"] and fact["llm"] == "Qwen/Qwen3-8B", fact
+        assert fact["prompt_template"] == fact["dataset_template"] == fact["hook_template"] \
+            == template, fact
+        assert fact["hook_system"] is None  # the profile's default: no system prompt
+    assert facts[names[0]]["lora"] is None
+    assert facts[names[1]]["lora"] == list(profile.lora_target_modules)
+    assert facts[names[1]]["pretrained_pth"].endswith("llava_qwen3_8b_pretrain/iter_2181.pth")
+
+
+@pytest.fixture(scope="module")
+def qwen3_run(prepared, tiny_parts):
     """``(work_dir, cfg_options)`` of the 4-bit Qwen3 run."""
-    root = tmp_path_factory.mktemp("qwen3-e2e")
-    llm = root / "tiny-qwen3"  # Qwen3's class exists only in the newer environment
-    run_tf457("-c", "import sys; from xtuner_llava_swap.testing.tiny import build_tiny_llm; "
-              "build_tiny_llm('qwen3', sys.argv[1])", llm)
+    llm = prepared[0]
     _, finetune, images = tiny_parts("data")
     tiny = TinyLLaVA("qwen3", llm, tiny_parts("clip"), finetune, finetune, images,
                      uses_real_tokenizer=FIXTURES is not None)
@@ -68,7 +129,7 @@ def qwen3_run(tiny_parts, tmp_path_factory):
     # cpu_cfg_options() of xtuner's stack (bitsandbytes 0.45) drops the quantization; the
     # newer environment quantizes nf4 on a CPU, so the config's quantization_config stays.
     del options["model.llm.quantization_config"]
-    work_dir = root / "work"
+    work_dir = llm.parent / "work"
     proc = run_train(CONFIG, work_dir, options, python=TF457_PYTHON)
     assert proc.returncode == 0, (work_dir / "test_stdout.log").read_text()[-3000:]
     return work_dir, options
