@@ -1,6 +1,6 @@
 """Tiny ``Qwen3ForCausalLM`` (transformers >= 4.51): the fixture's Qwen3 tokenizer, or a
 synthetic one with its contract (``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` at ids
-0-2, ``<think>`` / ``</think>`` added, no bos, the ``qwen3`` profile's chat template)."""
+0-2, ``<think>`` / ``</think>`` added, no bos; no chat template: exports write the profile's)."""
 from __future__ import annotations
 
 import json
@@ -15,14 +15,11 @@ FIXTURE = "qwen3"
 def synthetic_tokenizer():
     from transformers import AddedToken, Qwen2TokenizerFast
 
-    from .profiles import QWEN3
-
     bpe = synthetic_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
     tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", unk_token=None)
     tokenizer.add_tokens([AddedToken(t, special=False, normalized=False)
                           for t in ("<think>", "</think>")])
-    tokenizer.chat_template = QWEN3.chat_template()
     return tokenizer
 
 
