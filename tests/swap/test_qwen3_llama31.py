@@ -214,3 +214,42 @@ def test_llama31_training_ids_equal_apply_chat_template(llama3_dir, name):
             assert chat_ids(tok, messages, profile.chat_template(), True) == expected
             if with_image:
                 assert verify_ids(tok, profile, PROMPT) == expected
+
+
+# ---------------------------------------------------------------------- facts, listing
+def test_new_profiles_facts_and_listing(capsys):
+    import json
+
+    from xtuner_llava_swap.profiles.__main__ import main
+
+    qwen3, llama31 = get_profile("qwen3"), get_profile("llama3.1-instruct")
+    assert (qwen3.family.hf_text_model_type, qwen3.family.official_llava_class) == ("qwen3", None)
+    assert "no Qwen3 class" in qwen3.family.no_official_llava
+    assert qwen3.template["LAST_REPLY_PREFIX"] == THINK_EMPTY and not qwen3.has_bos
+    assert "ALWAYS_SYSTEM" not in qwen3.template and "LAST_REPLY_PREFIX" not in llama31.template
+    assert llama31.template["ALWAYS_SYSTEM"] is True and llama31.has_bos
+    assert llama31.family.official_llava_class == "LlavaLlamaForCausalLM"
+    assert set(llama31.stop_words) == {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"}
+    for p in (qwen3, llama31, get_profile("llama3.2-instruct")):
+        assert p.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                         "up_proj", "down_proj")
+    # profiles without the position fields keep their template dicts as they were
+    assert all("LAST_REPLY_PREFIX" not in get_profile(n).template
+               and "ALWAYS_SYSTEM" not in get_profile(n).template
+               for n in ("qwen2.5", "llama3-instruct", "vicuna-v1.5", "phi3-mini"))
+    main([])  # the listing works on xtuner's stack, which has no Qwen3 class
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line}
+    assert "newer only (transformers >= 4.51)" in rows["qwen3"]
+    assert "xtuner's (4.48) or newer" in rows["llama3.1-instruct"]
+    assert "xtuner's (transformers 4.48) only" in rows["qwen"]
+    main(["qwen3"])
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["stack"], shown["last_reply_prefix"]) == (
+        "newer only (transformers >= 4.51)", THINK_EMPTY)
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version("4.51"):  # xtuner's stack (make test)
+        with pytest.raises(RuntimeError, match="qwen3 family needs transformers >= 4.51"):
+            qwen3.family.check_stack()
+    llama31.family.check_stack()  # a family without a minimum passes on any stack
