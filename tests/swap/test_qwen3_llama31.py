@@ -17,6 +17,7 @@ the two date lines is written even without a system prompt, at the profile's fix
 """
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -224,7 +225,12 @@ def test_new_profiles_facts_and_listing(capsys):
 
     qwen3, llama31 = get_profile("qwen3"), get_profile("llama3.1-instruct")
     assert (qwen3.family.hf_text_model_type, qwen3.family.official_llava_class) == ("qwen3", None)
-    assert "no Qwen3 class" in qwen3.family.no_official_llava
+    from xtuner_llava_swap.export.errors import ExportError
+    from xtuner_llava_swap.export.llava_writer import check_llava_target
+
+    with pytest.raises(ExportError, match=r"'qwen3': the official LLaVA code has no Qwen3 "
+                                          r"class .*; use --format hf"):
+        check_llava_target(SimpleNamespace(profile=qwen3), Path("out-llava-qwen"))
     assert qwen3.template["LAST_REPLY_PREFIX"] == THINK_EMPTY and not qwen3.has_bos
     assert "ALWAYS_SYSTEM" not in qwen3.template and "LAST_REPLY_PREFIX" not in llama31.template
     assert llama31.template["ALWAYS_SYSTEM"] is True and llama31.has_bos
