@@ -77,13 +77,15 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
         system: system prompt of the training data and the evaluation prompts; ``None``
             is the profile's default (what the model's own chat template inserts).
 
-    Returns ``cfg``, changed in place.
+    Returns ``cfg``, changed in place. Raises :class:`RuntimeError` when the installed
+    transformers lacks the profile's model class (``LLMFamily.check_stack``).
     """
     from mmengine.config import Config
 
     from .profiles import get_profile
 
     profile = get_profile(profile)
+    profile.family.check_stack()  # e.g. Qwen3 on transformers < 4.51: stop here, say why
     namespace = cfg._cfg_dict if isinstance(cfg, Config) else cfg
     if not isinstance(namespace, dict):
         raise ConfigSwapError("swap_llm needs an mmengine Config or a dict, "

@@ -52,11 +52,19 @@ class TemplateSpec:
     suffix_as_eos: bool = False
     sep: str = ""
     default_system: str = ""  # used when the first turn has no system prompt
+    # Position rules of this package's template map fn (profiles.template_map):
+    always_system: bool = False  # the first turn gets the SYSTEM block even for ""
+    last_reply_prefix: str = ""  # appended to the last turn's prompt
 
     @classmethod
-    def from_template(cls, template: Any, default_system: str = "") -> "TemplateSpec":
+    def from_template(cls, template: Any, default_system: str = "",
+                      position_rules: bool = False) -> "TemplateSpec":
         """From an xtuner template dict (``PROMPT_TEMPLATE.qwen_chat``, a profile's
-        ``template``), a profile name, or a dotted name (what a dumped config holds)."""
+        ``template``), a profile name, or a dotted name (what a dumped config holds).
+        ``position_rules``: apply the template's ``ALWAYS_SYSTEM`` and ``LAST_REPLY_PREFIX``
+        (this package's template map fn does; xtuner's own ignores them)."""
+        from ..profiles.base import ALWAYS_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY
+
         if isinstance(template, str):
             from ..profiles.template_map import resolve_template
 
@@ -64,7 +72,10 @@ class TemplateSpec:
         get = template.get
         return cls(system=get("SYSTEM", ""), instruction=get("INSTRUCTION", "{input}"),
                    suffix=get("SUFFIX", "") or "", suffix_as_eos=bool(get("SUFFIX_AS_EOS", False)),
-                   sep=get("SEP", "") or "", default_system=default_system or "")
+                   sep=get("SEP", "") or "", default_system=default_system or "",
+                   always_system=position_rules and bool(get(ALWAYS_SYSTEM_KEY, False)),
+                   last_reply_prefix=(get(LAST_REPLY_PREFIX_KEY, "") or "") if position_rules
+                   else "")
 
     def fingerprint(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -75,8 +86,10 @@ class TemplateSpec:
         for number, turn in enumerate(conversation):
             text = self.instruction.format(input=turn.get("input") or "", round=number + 1)
             system = turn.get("system") or (self.default_system if number == 0 else "")
-            if system:
+            if system or (number == 0 and self.always_system):
                 text = self.system.format(system=system) + text
+            if number == len(conversation) - 1:
+                text += self.last_reply_prefix
             out.append((text, turn.get("output", "") + self.suffix, not self.suffix_as_eos,
                         self.sep, True))
         return out

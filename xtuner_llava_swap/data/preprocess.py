@@ -127,7 +127,8 @@ def _known_template_spec(template_map_fn: Callable) -> TemplateSpec | None:
     if template_map_fn.func is profile_template_map_fn:  # the profile's default system
         system = template_map_fn.keywords.get("system")
         return TemplateSpec.from_template(
-            template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
+            template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system,
+            position_rules=True)
     if template_map_fn.func is xtuner_template_map_fn:  # xtuner's own: no default system
         return TemplateSpec.from_template(template)
     return None

@@ -78,10 +78,13 @@ def _reference_model(run, checkpoint, trust_remote_code: bool):
 
 
 def _reference_prompt(run, prompt: str) -> str:
-    template = run.profile.template
-    system = run.system if run.system is not None else template.get("DEFAULT_SYSTEM", "")
-    head = template["SYSTEM"].format(system=system) if system else ""
-    return head + template["INSTRUCTION"].format(input=f"{IMAGE_TOKEN}\n{prompt}", round=1)
+    """The prompt of a one-turn training sample (the profile's template map fn: default
+    system, position rules), as the evaluation hook builds it."""
+    from xtuner_llava_swap.profiles import template_map_fn_factory
+
+    example = {"conversation": [{"input": f"{IMAGE_TOKEN}\n{prompt}", "output": ""}]}
+    example = template_map_fn_factory(run.profile.template, system=run.system)(example)
+    return example["conversation"][0]["input"]
 
 
 def _reference_ids(tokenizer, text: str) -> list:

@@ -9,6 +9,6 @@ imported here, plus its tests (``docs/adding_a_family.md``).
 from .family import FAMILIES, LLMFamily, get_family, guess_family, register_family
 
 # Each folder registers its family and profiles; this order is the order of the listings.
-from . import qwen, qwen2, internlm2, llama, phi3  # noqa: E402,F401,I001
+from . import qwen, qwen2, qwen3, internlm2, llama, phi3  # noqa: E402,F401,I001
 
 __all__ = ["FAMILIES", "LLMFamily", "get_family", "guess_family", "register_family"]

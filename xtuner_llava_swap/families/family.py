@@ -32,6 +32,11 @@ class LLMFamily:
         weight_signatures: ``{regex: label}``; a key matching one shows this family's weights.
         build_tiny: ``(out folder, fixtures folder or None, tie embeddings)`` saves a tiny
             random model and its tokenizer; None when the family has no tiny recipe.
+        min_transformers: the lowest transformers version with the model class, where
+            xtuner's pin (4.48) lacks it: the family runs on the newer stack only
+            (``.venv-tf457``); ``""`` when xtuner's stack has it.
+        old_stack_only: why the family does not run on the newer stack (transformers
+            4.57), or ``""`` when it does.
     """
 
     name: str
@@ -43,11 +48,36 @@ class LLMFamily:
     export_tokenizer: Callable | None = None
     weight_signatures: Mapping = field(default_factory=dict)
     build_tiny: Callable | None = None
+    min_transformers: str = ""
+    old_stack_only: str = ""
 
     def __post_init__(self):
         if self.official_llava_class is None and not self.no_official_llava:
             raise ValueError(f"family {self.name!r}: say why it has no official LLaVA class")
         object.__setattr__(self, "weight_signatures", MappingProxyType(dict(self.weight_signatures)))
+
+    @property
+    def stack(self) -> str:
+        """The environments this family trains and exports in, in words."""
+        if self.min_transformers:
+            return f"newer only (transformers >= {self.min_transformers})"
+        if self.old_stack_only:
+            return "xtuner's (transformers 4.48) only"
+        return "xtuner's (4.48) or newer"
+
+    def check_stack(self) -> None:
+        """Raise :class:`RuntimeError`, in one line, when the installed transformers lacks
+        this family's model class."""
+        if not self.min_transformers:
+            return
+        import transformers
+        from packaging.version import Version
+
+        if Version(transformers.__version__) < Version(self.min_transformers):
+            raise RuntimeError(
+                f"the {self.name} family needs transformers >= {self.min_transformers} (its "
+                f"model class), this environment has {transformers.__version__}: use the "
+                "newer stack (make setup builds .venv-tf457)")
 
 
 class FamilyRegistry(Mapping):

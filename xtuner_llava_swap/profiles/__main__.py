@@ -23,6 +23,8 @@ def describe(name: str) -> str:
                   hf_text_model_type=family.hf_text_model_type,
                   official_llava_class=family.official_llava_class or family.no_official_llava,
                   weight_names=("mapped on export" if family.weight_table else "kept"),
+                  stack=family.stack, last_reply_prefix=p.last_reply_prefix,
+                  always_system_block=p.always_system_block,
                   template={k: v for k, v in p.template.items()})
     return json.dumps(fields, indent=2, ensure_ascii=False)
 
@@ -46,12 +48,13 @@ def tower_table() -> str:
 
 
 def table() -> str:
-    rows = [("name", "family", "example model", "end of turn", "default system")]
+    rows = [("name", "family", "example model", "end of turn", "stack", "default system")]
     for name in list_profiles():
         p = get_profile(name)
-        rows.append((p.name, p.family.name, p.hf_example, p.end_of_turn, p.default_system or "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4]
+        rows.append((p.name, p.family.name, p.hf_example, p.end_of_turn, p.family.stack,
+                     p.default_system or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5]
                      for r in rows)
 
 

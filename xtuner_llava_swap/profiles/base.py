@@ -23,6 +23,10 @@ TEMPLATE_KEYS = ("SYSTEM", "INSTRUCTION", "SUFFIX", "SUFFIX_AS_EOS", "SEP", "STO
 # Extra key carried in the template dict: the system prompt the model's own chat template
 # inserts when none is given. xtuner ignores it; this package's template map fn applies it.
 DEFAULT_SYSTEM_KEY = "DEFAULT_SYSTEM"
+# Extra keys for formats that depend on a turn's position (see LLMProfile); carried only by
+# templates that use them, read by this package's renderers, ignored by xtuner's.
+LAST_REPLY_PREFIX_KEY = "LAST_REPLY_PREFIX"
+ALWAYS_SYSTEM_KEY = "ALWAYS_SYSTEM"
 
 
 class UnknownProfileError(KeyError):
@@ -42,6 +46,16 @@ class LLMProfile:
     the chat template writes between the assistant header and the reply where training
     has none: a sentencepiece tokenizer starts the separately encoded reply with ``▁``,
     which is the space Vicuna's ``ASSISTANT: reply`` has in the text.
+
+    Two fields describe formats that depend on a turn's position; every renderer (the
+    template map fn, the training ids, the chat template, the hook's and verify's prompt)
+    honours them:
+
+    * ``last_reply_prefix``: text between the assistant header and the reply of the LAST
+      turn only (Qwen3's empty ``<think>\n\n</think>\n\n``); it is part of that turn's
+      prompt, so it is never supervised, and it ends every generation prompt;
+    * ``always_system_block``: the SYSTEM block is written on the first turn even when the
+      system prompt is empty (Llama-3.1's header with its knowledge and today dates).
     """
 
     name: str
@@ -50,6 +64,8 @@ class LLMProfile:
     default_system: str
     has_bos: bool
     reply_prefix: str = ""
+    last_reply_prefix: str = ""
+    always_system_block: bool = False
     tokenizer_kwargs: Mapping = field(default_factory=dict)
     trust_remote_code: bool = False
     lora_target_modules: tuple = ()
@@ -76,6 +92,12 @@ class LLMProfile:
                              "token is written by SUFFIX, so bos is added only once)")
         if self.prompt["SUFFIX"] not in self.prompt["STOP_WORDS"]:
             raise ValueError(f"profile {self.name!r}: the end-of-turn SUFFIX must be a stop word")
+        if self.last_reply_prefix and self.reply_prefix:
+            raise ValueError(f"profile {self.name!r}: reply_prefix and last_reply_prefix "
+                             "cannot both be set")
+        if self.always_system_block and "{system}" not in (self.prompt.get("SYSTEM") or ""):
+            raise ValueError(f"profile {self.name!r}: always_system_block needs a SYSTEM "
+                             "template with {system}")
         object.__setattr__(self, "prompt", MappingProxyType(dict(self.prompt)))
         object.__setattr__(self, "tokenizer_kwargs", MappingProxyType(dict(self.tokenizer_kwargs)))
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
@@ -88,6 +110,10 @@ class LLMProfile:
 
         values = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in self.prompt.items()}
         values[DEFAULT_SYSTEM_KEY] = self.default_system
+        if self.last_reply_prefix:
+            values[LAST_REPLY_PREFIX_KEY] = self.last_reply_prefix
+        if self.always_system_block:
+            values[ALWAYS_SYSTEM_KEY] = True
         return ConfigDict(values)
 
     @property

@@ -5,10 +5,13 @@ that renders, for the same conversation, exactly the text the training pipeline 
 (xtuner ``llava_map_fn`` -> this package's template map fn -> ``encode_fn``):
 
 * a ``system`` first message replaces the profile's default system prompt; without one
-  the default is used; an empty system prompt renders no system block;
+  the default is used; an empty system prompt renders no system block, unless the profile
+  has ``always_system_block``;
 * bos (when the profile has one) is written once, at the start;
 * a user message renders the whole INSTRUCTION, which already ends with the assistant
   header, so ``add_generation_prompt`` adds nothing;
+* the last user message is followed by the profile's ``last_reply_prefix`` (so it ends
+  the generation prompt and opens the last reply, as training's last turn has it);
 * an assistant message renders ``reply_prefix + reply + SUFFIX (end-of-turn) + SEP``;
 * ``<image>`` is moved to the front of its user message followed by a newline, as
   ``llava_map_fn`` does; content given as a list of ``{"type": "image"}`` /
@@ -39,6 +42,8 @@ def build_chat_template(profile) -> str:
     ins_head, ins_tail = _split(prompt["INSTRUCTION"], "input")
     reply_tail = prompt["SUFFIX"] + (prompt.get("SEP") or "")
     image = _literal(IMAGE_TOKEN)
+    system_test = "ns.first_user" + ("" if profile.always_system_block else " and system")
+    last_reply = profile.last_reply_prefix
     parts = [
         "{#- Training format of the xtuner-llava-swap profile " + profile.name + " -#}",
         "{%- if messages and messages[0]['role'] == 'system' -%}",
@@ -48,6 +53,9 @@ def build_chat_template(profile) -> str:
         "{%- endif -%}",
         "{{- bos_token -}}" if profile.has_bos else "",
         "{%- set ns = namespace(first_user=true) -%}",
+        ("{%- set ns.last_user = -1 -%}{%- for message in turns -%}"
+         "{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
+         "{%- endfor -%}") if last_reply else "",
         "{%- for message in turns -%}",
         "{%- if message['content'] is string -%}{%- set raw = message['content'] -%}",
         "{%- else -%}{%- set item = namespace(images='', text='') -%}",
@@ -62,10 +70,12 @@ def build_chat_template(profile) -> str:
         "{%- set raw = (" + _literal(IMAGE_TOKEN + "\n") + " + (raw | replace(" + image
         + ", '') | trim)) | trim -%}",
         "{%- endif -%}",
-        "{%- if ns.first_user and system -%}{{- " + _literal(sys_head) + " + system + "
+        "{%- if " + system_test + " -%}{{- " + _literal(sys_head) + " + system + "
         + _literal(sys_tail) + " -}}{%- endif -%}",
         "{%- set ns.first_user = false -%}",
         "{{- " + _literal(ins_head) + " + raw + " + _literal(ins_tail) + " -}}",
+        ("{%- if loop.index0 == ns.last_user -%}{{- " + _literal(last_reply) + " -}}{%- endif -%}"
+         ) if last_reply else "",
         "{%- elif message['role'] == 'assistant' -%}",
         "{{- " + _literal(profile.reply_prefix) + " + raw + " + _literal(reply_tail) + " -}}",
         "{%- endif -%}",

@@ -18,12 +18,18 @@ resolved on resume like xtuner's own factory does).
 The function the factory returns carries :attr:`profiles`: the names of the profiles its
 template is (:func:`template_profiles`). The dataset and the evaluation hook compare them
 with their tokenizer's profile (:mod:`xtuner_llava_swap.profile_agreement`).
+
+Position rules (templates of profiles that set them, see
+:class:`~xtuner_llava_swap.profiles.LLMProfile`): with ``ALWAYS_SYSTEM`` the first turn
+gets the SYSTEM block also for an empty system prompt; ``LAST_REPLY_PREFIX`` is appended
+to the prompt (input) of the last turn, so it is not supervised and ends the generation
+prompt of a one-turn conversation (what the evaluation hook and verify encode).
 """
 from __future__ import annotations
 
 from functools import partial
 
-from .base import DEFAULT_SYSTEM_KEY, PROFILES
+from .base import ALWAYS_SYSTEM_KEY, DEFAULT_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY, PROFILES
 
 
 def resolve_template(template):
@@ -63,13 +69,19 @@ def template_map_fn(example, template, system=None):
     from xtuner.dataset.map_fns.template_map_fn import template_map_fn as xtuner_template_map_fn
 
     conversation = example.get("conversation") or []
-    if conversation:
-        chosen = conversation[0].get("system") or (
-            template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
-        conversation[0]["system"] = chosen
-        for turn in conversation[1:]:  # a system a dataset put on a later turn stays
-            turn["system"] = turn.get("system") or ""
-    return xtuner_template_map_fn(example, template)
+    if not conversation:
+        return xtuner_template_map_fn(example, template)
+    chosen = conversation[0].get("system") or (
+        template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
+    conversation[0]["system"] = chosen
+    for turn in conversation[1:]:  # a system a dataset put on a later turn stays
+        turn["system"] = turn.get("system") or ""
+    result = xtuner_template_map_fn(example, template)
+    turns = result["conversation"]
+    if template.get(ALWAYS_SYSTEM_KEY) and not chosen:  # xtuner writes no block for ""
+        turns[0]["input"] = template["SYSTEM"].format(system="") + turns[0]["input"]
+    turns[-1]["input"] += template.get(LAST_REPLY_PREFIX_KEY, "")
+    return result
 
 
 def template_map_fn_factory(template, system=None):

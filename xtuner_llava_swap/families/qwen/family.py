@@ -13,4 +13,5 @@ FAMILY = register_family(LLMFamily(
     export_tokenizer=export.fast_tokenizer,
     weight_signatures={r"(^|\.)transformer\.h\.\d+\.attn\.c_attn": "qwen (Qwen-7B first generation)"},
     build_tiny=tiny.build,
+    old_stack_only="its remote code imports transformers_stream_generator, which fails on 4.57",
 ))
