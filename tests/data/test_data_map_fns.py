@@ -44,15 +44,15 @@ def test_llava_celeba_pretrain_style_captions():
                for m in mapped)
 
 
-def test_multi_image_sample_keeps_every_image_in_order():
+def test_multi_image_sample_keeps_every_image_in_order_and_in_place():
     sample = load_json(LLAVA / "multi_images.json")[0]
     mapped = llava_format_map_fn(sample)
     assert mapped["images"] == ["soccer1.jpg", "soccer2.jpg"]
     assert mapped["conversation"][0]["input"] == (
-        "<image>\n<image>\nWhich image has more people? Give details to your answer.")
-    trailing = load_json(LLAVA / "multi_images.json")[1]  # images after the text
-    assert llava_format_map_fn(trailing)["conversation"][0]["input"].startswith(
-        "<image>\n" * 4 + "Help me write a Twitter post")
+        "<image><image>Which image has more people? Give details to your answer.")
+    trailing = load_json(LLAVA / "multi_images.json")[1]  # images after the text stay there
+    assert llava_format_map_fn(trailing)["conversation"][0]["input"] == (
+        "Help me write a Twitter post considering the following images." + "<image>" * 4)
 
 
 def test_sharegpt4o_final_data_jsonl(tmp_path):

@@ -44,9 +44,6 @@ from .preprocess import PreparedText, build_template_map_fn, build_tokenizer, dr
     prepare_text
 from .validate import DataError
 
-# xtuner's LLaVAModel pairs one pixel_values per sample with the sample's <image> tokens:
-# a sample with more images is rejected (reason too_many_images), never mangled.
-MAX_IMAGES = 1
 MAX_REPLACEMENTS = 50  # consecutive unreadable images before the run is stopped
 
 
@@ -56,7 +53,10 @@ class LLaVASwapDataset(Dataset):
     Extra options (keyword): ``image_token_count`` (int, overrides the config),
     ``vision_config`` (vision encoder folder / config; default: the folder the
     ``image_processor`` dict loads from), ``select_feature`` (``"patch"``: CLS dropped,
-    as xtuner's LLaVAModel does), ``length_policy``, ``strict``, ``check_images`` (``open`` | ``exists`` |
+    as xtuner's LLaVAModel does), ``max_images`` (default 1: xtuner's ``LLaVAModel`` and
+    ``default_collate_fn`` take one image per sample; more needs ``LLaVASwapModel`` and
+    ``llava_collate_fn``, and a sample with more is skipped as ``too_many_images``;
+    a sample's images are then one ``(n, 3, H, W)`` tensor), ``length_policy``, ``strict``, ``check_images`` (``open`` | ``exists`` |
     ``none``), ``allow_outside_image_folder``, ``replacement_seed``, ``cache``,
     ``cache_dir``, ``progress``.
     """
@@ -65,7 +65,7 @@ class LLaVASwapDataset(Dataset):
                  offline_processed_text_folder=None, max_dataset_length=None,
                  dataset_map_fn=None, template_map_fn=None, max_length=2048,
                  pad_image_to_square=False, *, image_token_count=None, vision_config=None,
-                 select_feature="patch", length_policy="drop", strict=False,
+                 select_feature="patch", max_images=1, length_policy="drop", strict=False,
                  check_images="open", allow_outside_image_folder=False, replacement_seed=0,
                  cache=True, cache_dir=None, progress=False):
         super().__init__()
@@ -88,7 +88,7 @@ class LLaVASwapDataset(Dataset):
         prepared = _prepare_once_per_node(
             data_path, tokenizer, image_tokens=self.image_tokens, dataset_map_fn=dataset_map_fn,
             template_map_fn=template_map_fn, max_length=max_length, length_policy=length_policy,
-            strict=False, max_images=MAX_IMAGES,
+            strict=False, max_images=max_images,
             max_dataset_length=max_dataset_length, cache=cache, cache_dir=cache_dir,
             progress=progress)
         prepared = drop_bad_images(prepared, data_path, image_folder, check_images, False,
@@ -137,8 +137,10 @@ class LLaVASwapDataset(Dataset):
         input_ids, labels = self.prepared.encoded.sample(index)
         files = self.prepared.images[index]
         item = {"input_ids": input_ids, "labels": labels}
-        if files:
+        if len(files) == 1:
             item["pixel_values"] = self._pixels(files[0])
+        elif files:
+            item["pixel_values"] = torch.stack([self._pixels(name) for name in files])
         else:
             size = getattr(self.image_processor, "crop_size", None) or self.image_processor.size
             item["pixel_values"] = torch.zeros(3, size["height"], size["width"])

@@ -157,11 +157,12 @@ def image_list(field: Any) -> list[str]:
 
 
 def _move_images_first(text: str) -> str:
-    count = text.count(DEFAULT_IMAGE_TOKEN)
-    if not count:
+    """One ``<image>`` moves to the front of its turn, followed by a newline (as xtuner's
+    ``llava_map_fn`` and LLaVA-1.5 place it); several stay where the text puts them."""
+    if text.count(DEFAULT_IMAGE_TOKEN) != 1:
         return text
     rest = text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
-    return ((DEFAULT_IMAGE_TOKEN + "\n") * count + rest).strip()
+    return (DEFAULT_IMAGE_TOKEN + "\n" + rest).strip()
 
 
 def _build(parsed: list[tuple[str, str]], images: list[str], sample_system: Any) -> dict:

@@ -35,6 +35,7 @@ class DataReport:
     mean_positions: float
     policy_outcome: Counter  # reason -> samples the policy removes at max_length
     truncated: int
+    images_per_sample: Counter = field(default_factory=Counter)  # image count -> valid samples
     png: Path | None = None
     html: Path | None = None
     notes: list[str] = field(default_factory=list)
@@ -47,7 +48,10 @@ class DataReport:
         lines = [f"data: {self.data_path}",
                  f"samples: {self.n_raw} in the file, {self.n_valid} valid, {self.n_train} "
                  f"would train at max_length {self.max_length} (policy {self.length_policy!r})",
-                 f"image tokens per image: {self.image_tokens}", "",
+                 f"image tokens per image: {self.image_tokens}",
+                 "images per sample (valid samples): " + ", ".join(
+                     f"{n} image{'s' if n != 1 else ''}: {c}"
+                     for n, c in sorted(self.images_per_sample.items())), "",
                  "problems (samples skipped):"]
         lines.append(self.problems.table(self.n_raw) if self.problems.total else "  none")
         lines += ["", "sequence length with the image tokens (valid samples): "
@@ -90,7 +94,8 @@ def check_data(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
         str(data_path), prepared.n_raw, len(prepared), prepared.problems, image_tokens,
         max_length, length_policy,
         {p: int(np.percentile(positions, p)) if len(positions) else 0 for p in PERCENTILES},
-        float(positions.mean()) if len(positions) else 0.0, outcome, truncated)
+        float(positions.mean()) if len(positions) else 0.0, outcome, truncated,
+        Counter(len(files) for files in prepared.images))
     if length_policy == "error" and outcome:
         report.notes.append(f"policy 'error' would stop the run at the first of these "
                             f"{sum(outcome.values())} sample(s)")

@@ -13,9 +13,10 @@ that renders, for the same conversation, exactly the text the training pipeline 
 * the last user message is followed by the profile's ``last_reply_prefix`` (so it ends
   the generation prompt and opens the last reply, as training's last turn has it);
 * an assistant message renders ``reply_prefix + reply + SUFFIX (end-of-turn) + SEP``;
-* ``<image>`` is moved to the front of its user message followed by a newline, as
-  ``llava_map_fn`` does; content given as a list of ``{"type": "image"}`` /
-  ``{"type": "text", "text": ...}`` items renders the same way.
+* a single ``<image>`` is moved to the front of its user message followed by a newline,
+  as ``llava_map_fn`` does; several stay where the text puts them (as the data's map
+  functions keep them); content given as a list of ``{"type": "image"}`` /
+  ``{"type": "text", "text": ...}`` items renders its parts in order, then the same way.
 """
 from __future__ import annotations
 
@@ -58,15 +59,15 @@ def build_chat_template(profile) -> str:
          "{%- endfor -%}") if last_reply else "",
         "{%- for message in turns -%}",
         "{%- if message['content'] is string -%}{%- set raw = message['content'] -%}",
-        "{%- else -%}{%- set item = namespace(images='', text='') -%}",
+        "{%- else -%}{%- set item = namespace(text='') -%}",
         "{%- for part in message['content'] -%}",
-        "{%- if part['type'] == 'image' -%}{%- set item.images = item.images + " + image + " -%}",
+        "{%- if part['type'] == 'image' -%}{%- set item.text = item.text + " + image + " -%}",
         "{%- elif part['type'] == 'text' -%}{%- set item.text = item.text + part['text'] -%}",
         "{%- endif -%}{%- endfor -%}",
-        "{%- set raw = item.images + item.text -%}",
+        "{%- set raw = item.text -%}",
         "{%- endif -%}",
         "{%- if message['role'] == 'user' -%}",
-        "{%- if " + image + " in raw -%}",
+        "{%- if (raw.split(" + image + ") | length) == 2 -%}",
         "{%- set raw = (" + _literal(IMAGE_TOKEN + "\n") + " + (raw | replace(" + image
         + ", '') | trim)) | trim -%}",
         "{%- endif -%}",
