@@ -73,9 +73,15 @@ TOWER_SELECTING_MODEL = "LLaVASwapModel"
 
 
 def _class_name(type_value) -> str:
-    """The class name of a config ``type`` (a class, a bound ``from_pretrained`` or a dotted string)."""
-    owner = getattr(type_value, "__self__", type_value)
-    return getattr(owner, "__name__", str(type_value).rpartition(".")[2])
+    """The class name of a config ``type``: a class, a dotted string, or a lazy-import
+    placeholder (read without importing it: the converter imports no xtuner)."""
+    from mmengine.config.lazy import LazyObject
+
+    if isinstance(type_value, LazyObject):
+        return str(type_value._imported or type_value._module)
+    if isinstance(type_value, str):
+        return type_value.rpartition(".")[2]
+    return getattr(type_value, "__name__", "")
 
 
 def _tower_of(model, encoder_path: str, config_path: Path):
@@ -127,7 +133,8 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
     system = cfg.get("SYSTEM")
     encoder_path = _path_of(model["visual_encoder"], "model.visual_encoder", config_path)
     tower = _tower_of(model, encoder_path, config_path)
-    selects_by_tower = _class_name(model.get("type")) == TOWER_SELECTING_MODEL
+    # dict.get: ConfigDict.get would build a lazy-import type (importing xtuner)
+    selects_by_tower = _class_name(dict.get(model, "type")) == TOWER_SELECTING_MODEL
     select_layer = model.get("visual_select_layer")
     return TrainingRun(
         config_path=config_path,
