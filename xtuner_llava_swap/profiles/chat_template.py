@@ -13,8 +13,9 @@ that renders, for the same conversation, exactly the text the training pipeline 
 * the last user message is followed by the profile's ``last_reply_prefix`` (so it ends
   the generation prompt and opens the last reply, as training's last turn has it);
 * an assistant message renders ``reply_prefix + reply + SUFFIX (end-of-turn) + SEP``; with
-  ``reasoning_tags`` the reply is first rewritten as ``reasoning_reply`` of the template map
-  fn does (kept and normalised after the last user message, dropped before it);
+  ``reasoning_tags`` the reply is first rewritten as the template map fn's
+  ``reasoning_reply`` does (its reasoning kept and laid out after the last user message,
+  dropped before it);
 * ``<image>`` is moved to the front of its user message followed by a newline, as
   ``llava_map_fn`` does; content given as a list of ``{"type": "image"}`` /
   ``{"type": "text", "text": ...}`` items renders the same way.
