@@ -1,8 +1,8 @@
 """Fast, image-safe tokenization of mapped conversations into flat arrays.
 
 The ids are built exactly as xtuner's ``template_map_fn`` + ``encode_fn`` build them
-(for a profile's template: as this package's template map fn, with the default system
-prompt and the profile's position rules, see :class:`TemplateSpec`) (the same strings are tokenized piece by piece: each input chunk around ``<image>``,
+(a profile's template: this package's template map fn, see :class:`TemplateSpec`; the
+same strings are tokenized piece by piece: each input chunk around ``<image>``,
 each output with its suffix, each separator; bos/eos ids from xtuner's
 ``get_bos_eos_token_ids``), so they are identical wherever xtuner's are right. The
 speed comes from doing it in bulk: every distinct piece of a chunk of samples is
