@@ -163,6 +163,42 @@ def test_qwen3_hook_and_verify_prompts_equal_non_thinking_generation_prompt(
         assert verify_ids(tok, profile, PROMPT, system) == expected
 
 
+# Reasoning written in the replies: Qwen3's template keeps only the last reply's think block.
+REASONING_SAMPLE = {"image": "shapes.jpg", "conversations": [
+    {"from": "human", "value": "<image>\nHow many shapes are there?"},
+    {"from": "gpt", "value": "<think>\nA square, a circle.\n</think>\n\nTwo."},
+    {"from": "human", "value": "Which one is red?"},
+    {"from": "gpt", "value": "<think>The left one is red.</think>The square."}]}
+REASONING_SUPERVISED = {  # what the supervised tokens decode to, reply by reply
+    "reasoning": ["Two.<|im_end|>",
+                  "<think>\nThe left one is red.\n</think>\n\nThe square.<|im_end|>"],
+    "text": ["The capital of France is Paris.<|im_end|>",
+             "<think>\n\n</think>\n\nKatze.<|im_end|>"]}
+
+
+@requires_fixtures
+@pytest.mark.parametrize("which", list(REASONING_SUPERVISED))
+def test_qwen3_thinking_keeps_the_last_replys_reasoning(qwen3_tok, qwen3_templates, which):
+    tok, profile = qwen3_tok, get_profile("qwen3-thinking")
+    sample = REASONING_SAMPLE if which == "reasoning" else SAMPLES["text"]
+    messages = messages_of(sample)
+    encoded = encode_llava_conversation(sample, tok, profile)
+    ids = encoded["input_ids"]
+    for template in (*qwen3_templates.values(), profile.chat_template()):
+        assert ids == apply_with_image(tok, messages, template)
+    supervised = [i for i, label in zip(ids, encoded["labels"]) if label != IGNORE]
+    assert tok.decode(supervised) == "".join(REASONING_SUPERVISED[which])
+    assert_dataset_encodes_the_same(tok, profile, sample, encoded)
+    # thinking mode: the model starts its reply itself (no think block in the prompt)
+    for with_image in (False, True):
+        expected = chat_ids(tok, prompt_messages(PROMPT, with_image),
+                            qwen3_templates["tokenizer_config"], True)
+        assert tok.decode([i for i in expected if i != IMAGE]).endswith("<|im_start|>assistant\n")
+        assert hook_ids(tok, profile, PROMPT, with_image) == expected
+        assert chat_ids(tok, prompt_messages(PROMPT, with_image), profile.chat_template(),
+                        True) == expected
+
+
 # -------------------------------------------------------------------- Llama-3.1 / 3.2
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                    "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>",

@@ -1,7 +1,8 @@
 """Fast, image-safe tokenization of mapped conversations into flat arrays.
 
 The ids are built exactly as xtuner's ``template_map_fn`` + ``encode_fn`` build them
-(the same strings are tokenized piece by piece: each input chunk around ``<image>``,
+(a profile's template: this package's template map fn, see :class:`TemplateSpec`; the
+same strings are tokenized piece by piece: each input chunk around ``<image>``,
 each output with its suffix, each separator; bos/eos ids from xtuner's
 ``get_bos_eos_token_ids``), so they are identical wherever xtuner's are right. The
 speed comes from doing it in bulk: every distinct piece of a chunk of samples is
@@ -55,15 +56,16 @@ class TemplateSpec:
     # Position rules of this package's template map fn (profiles.template_map):
     always_system: bool = False  # the first turn gets the SYSTEM block even for ""
     last_reply_prefix: str = ""  # appended to the last turn's prompt
+    reasoning_tags: tuple = ()  # replies through profiles.template_map.reasoning_reply
 
     @classmethod
     def from_template(cls, template: Any, default_system: str = "",
                       position_rules: bool = False) -> "TemplateSpec":
         """From an xtuner template dict (``PROMPT_TEMPLATE.qwen_chat``, a profile's
         ``template``), a profile name, or a dotted name (what a dumped config holds).
-        ``position_rules``: apply the template's ``ALWAYS_SYSTEM`` and ``LAST_REPLY_PREFIX``
-        (this package's template map fn does; xtuner's own ignores them)."""
-        from ..profiles.base import ALWAYS_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY
+        ``position_rules``: apply the template's ``ALWAYS_SYSTEM``, ``LAST_REPLY_PREFIX`` and
+        ``REASONING_TAGS`` (this package's template map fn does; xtuner's own ignores them)."""
+        from ..profiles.base import ALWAYS_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY, REASONING_TAGS_KEY
 
         if isinstance(template, str):
             from ..profiles.template_map import resolve_template
@@ -75,13 +77,17 @@ class TemplateSpec:
                    sep=get("SEP", "") or "", default_system=default_system or "",
                    always_system=position_rules and bool(get(ALWAYS_SYSTEM_KEY, False)),
                    last_reply_prefix=(get(LAST_REPLY_PREFIX_KEY, "") or "") if position_rules
-                   else "")
+                   else "",
+                   reasoning_tags=tuple(get(REASONING_TAGS_KEY, ()) or ()) if position_rules
+                   else ())
 
     def fingerprint(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     def turns(self, conversation: list[dict]) -> list[Turn]:
         """xtuner's ``template_map_fn`` on one conversation, as tuples."""
+        from ..profiles.template_map import reasoning_reply
+
         out = []
         for number, turn in enumerate(conversation):
             text = self.instruction.format(input=turn.get("input") or "", round=number + 1)
@@ -90,8 +96,9 @@ class TemplateSpec:
                 text = self.system.format(system=system) + text
             if number == len(conversation) - 1:
                 text += self.last_reply_prefix
-            out.append((text, turn.get("output", "") + self.suffix, not self.suffix_as_eos,
-                        self.sep, True))
+            reply = reasoning_reply(turn.get("output", ""), self.reasoning_tags,
+                                    number == len(conversation) - 1)
+            out.append((text, reply + self.suffix, not self.suffix_as_eos, self.sep, True))
         return out
 
 

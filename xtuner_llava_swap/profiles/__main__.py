@@ -25,6 +25,7 @@ def describe(name: str) -> str:
                   weight_names=("mapped on export" if family.weight_table else "kept"),
                   stack=family.stack, last_reply_prefix=p.last_reply_prefix,
                   always_system_block=p.always_system_block,
+                  reasoning_tags=list(p.reasoning_tags),
                   template={k: v for k, v in p.template.items()})
     return json.dumps(fields, indent=2, ensure_ascii=False)
 

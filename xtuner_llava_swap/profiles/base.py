@@ -27,6 +27,7 @@ DEFAULT_SYSTEM_KEY = "DEFAULT_SYSTEM"
 # templates that use them, read by this package's renderers, ignored by xtuner's.
 LAST_REPLY_PREFIX_KEY = "LAST_REPLY_PREFIX"
 ALWAYS_SYSTEM_KEY = "ALWAYS_SYSTEM"
+REASONING_TAGS_KEY = "REASONING_TAGS"
 
 
 class UnknownProfileError(KeyError):
@@ -55,7 +56,11 @@ class LLMProfile:
       turn only (Qwen3's empty ``<think>\n\n</think>\n\n``); it is part of that turn's
       prompt, so it is never supervised, and it ends every generation prompt;
     * ``always_system_block``: the SYSTEM block is written on the first turn even when the
-      system prompt is empty (Llama-3.1's header with its knowledge and today dates).
+      system prompt is empty (Llama-3.1's header with its knowledge and today dates);
+    * ``reasoning_tags``: ``(open, close)`` tags of reasoning written in a reply
+      (``open reasoning close content``). Only the last turn's reply keeps it, rewritten as
+      ``open\nreasoning\nclose\n\ncontent`` (an empty block when it has none) and
+      supervised; earlier replies keep only their content (Qwen3's thinking mode).
     """
 
     name: str
@@ -66,6 +71,7 @@ class LLMProfile:
     reply_prefix: str = ""
     last_reply_prefix: str = ""
     always_system_block: bool = False
+    reasoning_tags: tuple = ()
     tokenizer_kwargs: Mapping = field(default_factory=dict)
     trust_remote_code: bool = False
     lora_target_modules: tuple = ()
@@ -95,6 +101,9 @@ class LLMProfile:
         if self.last_reply_prefix and self.reply_prefix:
             raise ValueError(f"profile {self.name!r}: reply_prefix and last_reply_prefix "
                              "cannot both be set")
+        if self.reasoning_tags and (len(self.reasoning_tags) != 2 or self.last_reply_prefix):
+            raise ValueError(f"profile {self.name!r}: reasoning_tags is an (open, close) pair "
+                             "and excludes last_reply_prefix")
         if self.always_system_block and "{system}" not in (self.prompt.get("SYSTEM") or ""):
             raise ValueError(f"profile {self.name!r}: always_system_block needs a SYSTEM "
                              "template with {system}")
@@ -114,6 +123,8 @@ class LLMProfile:
             values[LAST_REPLY_PREFIX_KEY] = self.last_reply_prefix
         if self.always_system_block:
             values[ALWAYS_SYSTEM_KEY] = True
+        if self.reasoning_tags:
+            values[REASONING_TAGS_KEY] = list(self.reasoning_tags)
         return ConfigDict(values)
 
     @property

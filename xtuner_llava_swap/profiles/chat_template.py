@@ -12,7 +12,10 @@ that renders, for the same conversation, exactly the text the training pipeline 
   header, so ``add_generation_prompt`` adds nothing;
 * the last user message is followed by the profile's ``last_reply_prefix`` (so it ends
   the generation prompt and opens the last reply, as training's last turn has it);
-* an assistant message renders ``reply_prefix + reply + SUFFIX (end-of-turn) + SEP``;
+* an assistant message renders ``reply_prefix + reply + SUFFIX (end-of-turn) + SEP``; with
+  ``reasoning_tags`` the reply is first rewritten as the template map fn's
+  ``reasoning_reply`` does (its reasoning kept and laid out after the last user message,
+  dropped before it);
 * a single ``<image>`` is moved to the front of its user message followed by a newline,
   as ``llava_map_fn`` does; several stay where the text puts them (as the data's map
   functions keep them); content given as a list of ``{"type": "image"}`` /
@@ -45,6 +48,12 @@ def build_chat_template(profile) -> str:
     image = _literal(IMAGE_TOKEN)
     system_test = "ns.first_user" + ("" if profile.always_system_block else " and system")
     last_reply = profile.last_reply_prefix
+    reply = _literal(profile.reply_prefix) + " + raw + " + _literal(reply_tail)
+    if profile.reasoning_tags:
+        start, end = (_literal(tag) for tag in profile.reasoning_tags)
+        reply = (_literal(profile.reply_prefix) + " + (" + start + " + '\\n' + reasoning.strip('\\n')"
+                 " + '\\n' + " + end + " + '\\n\\n' + content.lstrip('\\n') if loop.index0 > "
+                 "ns.last_user else content) + " + _literal(reply_tail))
     parts = [
         "{#- Training format of the xtuner-llava-swap profile " + profile.name + " -#}",
         "{%- if messages and messages[0]['role'] == 'system' -%}",
@@ -56,7 +65,7 @@ def build_chat_template(profile) -> str:
         "{%- set ns = namespace(first_user=true) -%}",
         ("{%- set ns.last_user = -1 -%}{%- for message in turns -%}"
          "{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
-         "{%- endfor -%}") if last_reply else "",
+         "{%- endfor -%}") if last_reply or profile.reasoning_tags else "",
         "{%- for message in turns -%}",
         "{%- if message['content'] is string -%}{%- set raw = message['content'] -%}",
         "{%- else -%}{%- set item = namespace(text='') -%}",
@@ -78,7 +87,11 @@ def build_chat_template(profile) -> str:
         ("{%- if loop.index0 == ns.last_user -%}{{- " + _literal(last_reply) + " -}}{%- endif -%}"
          ) if last_reply else "",
         "{%- elif message['role'] == 'assistant' -%}",
-        "{{- " + _literal(profile.reply_prefix) + " + raw + " + _literal(reply_tail) + " -}}",
+        ("{%- set content = raw -%}{%- set reasoning = '' -%}{%- if " + end + " in raw -%}"
+         "{%- set content = (raw.split(" + end + ") | last).lstrip('\\n') -%}"
+         "{%- set reasoning = ((raw.split(" + end + ") | first).rstrip('\\n').split(" + start
+         + ") | last).lstrip('\\n') -%}{%- endif -%}") if profile.reasoning_tags else "",
+        "{{- " + reply + " -}}",
         "{%- endif -%}",
         "{%- endfor -%}",
     ]
