@@ -10,7 +10,9 @@ that differs where xtuner's hook is wrong for other LLMs:
   so the profile's default system prompt is used unless ``system`` says otherwise,
   then xtuner's ``encode_fn``: bos only where the tokenizer has one);
 * stopping is decided on token ids (:class:`StopOnTokenIds`): each step compares the
-  last generated id(s) with the stop sequences, never decodes the whole sequence;
+  last generated id with the stop ids, never decodes the whole sequence; every stop word
+  must be one token of the tokenizer, the profile's rule
+  (:func:`~xtuner_llava_swap.profiles.prompt_format.stop_id_sequences`);
 * ``bos_token_id`` is never passed as ``None`` to ``generate``;
 * under DeepSpeed ZeRO-3 on several ranks every rank runs every generation step
   (``synced_gpus``), so ranks whose replies end at different steps stay in step;
@@ -39,6 +41,8 @@ from typing import Sequence
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
+
+from .profiles.prompt_format import stop_id_sequences
 
 # xtuner's sampling defaults for its EvaluateChatHook.
 DEFAULT_GENERATION_KWARGS = dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40)
@@ -77,18 +81,6 @@ class StopOnTokenIds(StoppingCriteria):
         token_ids = list(token_ids)
         return next((seq for seq in self.stop_sequences
                      if len(token_ids) >= len(seq) and tuple(token_ids[-len(seq):]) == seq), None)
-
-
-def stop_word_sequences(tokenizer, stop_words: Sequence[str]) -> list:
-    """Token id sequence of each stop word (as the tokenizer encodes the word alone)."""
-    sequences = []
-    for word in stop_words:
-        ids = tokenizer.encode(word, add_special_tokens=False)
-        if not ids:
-            raise ValueError(f"stop word {word!r} encodes to no token with "
-                             f"{type(tokenizer).__name__}")
-        sequences.append(ids)
-    return sequences
 
 
 def _partitioned_over_ranks(llm) -> bool:
@@ -183,7 +175,9 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         if not self.stop_words:
             raise ValueError("EvaluateChatHook: no stop words (neither stop_words nor the "
                              "template's STOP_WORDS)")
-        sequences = stop_word_sequences(self.tokenizer, self.stop_words)
+        # one rule for every stop word, the profile's: exactly one token of the tokenizer
+        sequences = stop_id_sequences(self.tokenizer, self.stop_words,
+                                      what="EvaluateChatHook stop word")
         self._stop_word_of = {}
         for word, seq in zip(self.stop_words, sequences):
             self._stop_word_of.setdefault(tuple(seq), word)

@@ -178,8 +178,9 @@ REASONING_SUPERVISED = {  # what the supervised tokens decode to, reply by reply
 
 @requires_fixtures
 @pytest.mark.parametrize("which", list(REASONING_SUPERVISED))
-def test_qwen3_thinking_keeps_the_last_replys_reasoning(qwen3_tok, qwen3_templates, which):
-    tok, profile = qwen3_tok, get_profile("qwen3-thinking")
+def test_qwen3_thinking_keeps_the_last_replys_reasoning(qwen3_templates, which):
+    # a tokenizer of its own: built for "qwen3", the hook would refuse it for another profile
+    tok, profile = build("qwen3-thinking", FIXTURES / "qwen3"), get_profile("qwen3-thinking")
     sample = REASONING_SAMPLE if which == "reasoning" else SAMPLES["text"]
     messages = messages_of(sample)
     encoded = encode_llava_conversation(sample, tok, profile)

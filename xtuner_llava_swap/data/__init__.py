@@ -4,7 +4,7 @@ rules, a preprocessing cache, the drop-in dataset class and the preflight report
 Importing this package registers the map functions in xtuner's ``MAP_FUNC``.
 """
 from .dataset import LLaVASwapDataset
-from .encode import BatchEncoder, EncodedTexts, TemplateSpec, apply_length_policy
+from .encode import BatchEncoder, EncodedTexts, apply_length_policy
 from .image_tokens import image_token_count, resolve_image_token_count
 from .map_fns import (MAP_FNS, any_format_map_fn, llava_format_map_fn, messages_format_map_fn,
                       register_map_fns)
@@ -13,7 +13,7 @@ from .validate import REASONS, DataError, ProblemLog, SampleError
 
 register_map_fns()
 
-__all__ = ["LLaVASwapDataset", "BatchEncoder", "EncodedTexts", "TemplateSpec",
+__all__ = ["LLaVASwapDataset", "BatchEncoder", "EncodedTexts",
            "apply_length_policy", "image_token_count", "resolve_image_token_count", "MAP_FNS",
            "any_format_map_fn", "llava_format_map_fn", "messages_format_map_fn",
            "register_map_fns", "PreparedText", "drop_bad_images", "prepare_text", "REASONS",

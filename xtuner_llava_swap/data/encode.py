@@ -1,7 +1,7 @@
 """Fast, image-safe tokenization of mapped conversations into flat arrays.
 
 The ids are built exactly as xtuner's ``template_map_fn`` + ``encode_fn`` build them
-(a profile's template: this package's template map fn, see :class:`TemplateSpec`; the
+(a profile's template: its :class:`~xtuner_llava_swap.profiles.prompt_format.PromptFormat`; the
 same strings are tokenized piece by piece: each input chunk around ``<image>``,
 each output with its suffix, each separator; bos/eos ids from xtuner's
 ``get_bos_eos_token_ids``), so they are identical wherever xtuner's are right. The
@@ -27,80 +27,17 @@ Output (:class:`EncodedTexts`): ``ids`` (int32, ``-200`` where an image goes),
 """
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..profiles.prompt_format import Turn
 from ..token_contract import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from .validate import DEFAULT_IMAGE_TOKEN, SampleError
 
 LENGTH_POLICIES = ("drop", "truncate", "error")
-
-# A templated turn: (input text, output text, need eos, separator, output trained)
-Turn = tuple[str, str, bool, str, bool]
-
-
-@dataclass(frozen=True)
-class TemplateSpec:
-    """The fields of an xtuner prompt template that shape the token ids."""
-
-    system: str = ""
-    instruction: str = "{input}"
-    suffix: str = ""
-    suffix_as_eos: bool = False
-    sep: str = ""
-    default_system: str = ""  # used when the first turn has no system prompt
-    # Position rules of this package's template map fn (profiles.template_map):
-    always_system: bool = False  # the first turn gets the SYSTEM block even for ""
-    last_reply_prefix: str = ""  # appended to the last turn's prompt
-    reasoning_tags: tuple = ()  # replies through profiles.template_map.reasoning_reply
-
-    @classmethod
-    def from_template(cls, template: Any, default_system: str = "",
-                      position_rules: bool = False) -> "TemplateSpec":
-        """From an xtuner template dict (``PROMPT_TEMPLATE.qwen_chat``, a profile's
-        ``template``), a profile name, or a dotted name (what a dumped config holds).
-        ``position_rules``: apply the template's ``ALWAYS_SYSTEM``, ``LAST_REPLY_PREFIX`` and
-        ``REASONING_TAGS`` (this package's template map fn does; xtuner's own ignores them)."""
-        from ..profiles.base import ALWAYS_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY, REASONING_TAGS_KEY
-
-        if isinstance(template, str):
-            from ..profiles.template_map import resolve_template
-
-            template = resolve_template(template)
-        get = template.get
-        return cls(system=get("SYSTEM", ""), instruction=get("INSTRUCTION", "{input}"),
-                   suffix=get("SUFFIX", "") or "", suffix_as_eos=bool(get("SUFFIX_AS_EOS", False)),
-                   sep=get("SEP", "") or "", default_system=default_system or "",
-                   always_system=position_rules and bool(get(ALWAYS_SYSTEM_KEY, False)),
-                   last_reply_prefix=(get(LAST_REPLY_PREFIX_KEY, "") or "") if position_rules
-                   else "",
-                   reasoning_tags=tuple(get(REASONING_TAGS_KEY, ()) or ()) if position_rules
-                   else ())
-
-    def fingerprint(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    def turns(self, conversation: list[dict]) -> list[Turn]:
-        """xtuner's ``template_map_fn`` on one conversation, as tuples."""
-        from ..profiles.template_map import reasoning_reply
-
-        out = []
-        for number, turn in enumerate(conversation):
-            text = self.instruction.format(input=turn.get("input") or "", round=number + 1)
-            system = turn.get("system") or (self.default_system if number == 0 else "")
-            if system or (number == 0 and self.always_system):
-                text = self.system.format(system=system) + text
-            if number == len(conversation) - 1:
-                text += self.last_reply_prefix
-            reply = reasoning_reply(turn.get("output", ""), self.reasoning_tags,
-                                    number == len(conversation) - 1)
-            out.append((text, reply + self.suffix, not self.suffix_as_eos, self.sep, True))
-        return out
-
 
 def turns_from_template_fn(template_fn: Callable[[dict], dict]) -> Callable[[list[dict]], list[Turn]]:
     """Turn builder for a template map function that is not xtuner's factory: run it

@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..profiles.prompt_format import PromptFormat, Turn
 from .cache import TextCache, cache_key, callable_fingerprint, file_sha256, tokenizer_fingerprint
-from .encode import BatchEncoder, EncodedTexts, TemplateSpec, Turn, apply_length_policy, \
+from .encode import BatchEncoder, EncodedTexts, apply_length_policy, \
     turns_from_template_fn
 from .map_fns import MAP_FNS, any_format_map_fn, image_list
 from .validate import DataError, ProblemLog, SampleError, check_conversation, \
@@ -91,7 +92,7 @@ def resolve_turn_builder(template_map_fn: Any) -> tuple[Callable[[list[dict]], l
     of :mod:`xtuner_llava_swap.profiles` (which adds the profile's default system), the
     built function, ``None`` (no template), or any other template function."""
     if template_map_fn is None:
-        spec = TemplateSpec()
+        spec = PromptFormat()
         return spec.turns, spec.fingerprint()
     template_map_fn = build_template_map_fn(template_map_fn)
     spec = _known_template_spec(template_map_fn)
@@ -113,7 +114,7 @@ def build_template_map_fn(template_map_fn: Any) -> Callable[[dict], dict]:
     return template_map_fn
 
 
-def _known_template_spec(template_map_fn: Callable) -> TemplateSpec | None:
+def _known_template_spec(template_map_fn: Callable) -> PromptFormat | None:
     """The spec of a function made by the profiles' or xtuner's ``template_map_fn_factory``
     (recognised by the function it binds), else None."""
     from xtuner.dataset.map_fns.template_map_fn import template_map_fn as xtuner_template_map_fn
@@ -126,11 +127,11 @@ def _known_template_spec(template_map_fn: Callable) -> TemplateSpec | None:
     template = template_map_fn.keywords["template"]
     if template_map_fn.func is profile_template_map_fn:  # the profile's default system
         system = template_map_fn.keywords.get("system")
-        return TemplateSpec.from_template(
+        return PromptFormat.from_template(
             template, template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system,
             position_rules=True)
     if template_map_fn.func is xtuner_template_map_fn:  # xtuner's own: no default system
-        return TemplateSpec.from_template(template)
+        return PromptFormat.from_template(template)
     return None
 
 

@@ -47,15 +47,15 @@ OFFICIAL_CLASSES = {
 
 def check_llava_target(run, out_dir: Path) -> tuple:
     """``(class name, model_type)``; raises when the family or the folder name do not fit."""
-    tower = run.tower
-    if tower.llava_tower_class not in WRITTEN_TOWER_CLASSES:
-        raise ExportError(f"--format llava: the official layout of a {tower.family} tower "
-                          f"({tower.llava_tower_class}) is not written by this version; use "
-                          "--format hf")
     family = run.profile.family
     name = family.official_llava_class
     if name is None:
         raise ExportError(f"profile {run.profile.name!r}: {family.no_official_llava}; use "
+                          "--format hf")
+    tower = run.tower
+    if tower.llava_tower_class not in WRITTEN_TOWER_CLASSES:
+        raise ExportError(f"--format llava: the official layout of a {tower.family} tower "
+                          f"({tower.llava_tower_class}) is not written by this version; use "
                           "--format hf")
     model_type, words = OFFICIAL_CLASSES[name]
     missing = [w for w in words if w not in out_dir.name.lower()]

@@ -13,21 +13,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterator, Mapping
 
-from ..token_contract import single_token_id
+from .prompt_format import (ALWAYS_SYSTEM_KEY, DEFAULT_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY,
+                            REASONING_TAGS_KEY, TEMPLATE_KEYS, PromptFormat)
 
 if TYPE_CHECKING:
     from ..families.family import LLMFamily
 
-# Keys of an xtuner prompt template dict (``xtuner.utils.PROMPT_TEMPLATE``).
-TEMPLATE_KEYS = ("SYSTEM", "INSTRUCTION", "SUFFIX", "SUFFIX_AS_EOS", "SEP", "STOP_WORDS")
-# Extra key carried in the template dict: the system prompt the model's own chat template
-# inserts when none is given. xtuner ignores it; this package's template map fn applies it.
-DEFAULT_SYSTEM_KEY = "DEFAULT_SYSTEM"
-# Extra keys for formats that depend on a turn's position (see LLMProfile); carried only by
-# templates that use them, read by this package's renderers, ignored by xtuner's.
-LAST_REPLY_PREFIX_KEY = "LAST_REPLY_PREFIX"
-ALWAYS_SYSTEM_KEY = "ALWAYS_SYSTEM"
-REASONING_TAGS_KEY = "REASONING_TAGS"
 
 
 class UnknownProfileError(KeyError):
@@ -136,22 +127,25 @@ class LLMProfile:
     def stop_words(self) -> tuple:
         return tuple(self.prompt["STOP_WORDS"])
 
+    @property
+    def format(self) -> PromptFormat:
+        """The profile's :class:`~.prompt_format.PromptFormat`: the one renderer of its
+        training text, chat template and stop ids."""
+        return PromptFormat.of_profile(self)
+
     def stop_token_ids(self, tokenizer) -> list:
         """Ids of :attr:`stop_words`; each must be exactly one token of ``tokenizer``."""
-        return [single_token_id(tokenizer, word, what=f"stop word of profile {self.name!r}")
-                for word in self.stop_words]
+        return [ids[0] for ids in self.format.stop_id_sequences(tokenizer)]
 
     def chat_template(self) -> str:
         """Jinja chat template rendering exactly the training format (see ``chat_template.py``)."""
-        from .chat_template import build_chat_template
-
-        return build_chat_template(self)
+        return self.format.chat_template()
 
     def render(self, messages, add_generation_prompt: bool = False, bos_token: str = "") -> str:
         """The text :meth:`chat_template` renders for ``messages`` (role/content dicts)."""
         from .chat_template import render
 
-        return render(self, messages, add_generation_prompt=add_generation_prompt,
+        return render(self.format, messages, add_generation_prompt=add_generation_prompt,
                       bos_token=bos_token)
 
     @property

@@ -1,6 +1,6 @@
 """The Jinja chat template of a profile: the training format, written for Hugging Face.
 
-:func:`build_chat_template` turns a profile's xtuner template dict into a chat template
+:func:`build_chat_template` turns a profile's :class:`~.prompt_format.PromptFormat` into a chat template
 that renders, for the same conversation, exactly the text the training pipeline builds
 (xtuner ``llava_map_fn`` -> this package's template map fn -> ``encode_fn``):
 
@@ -40,32 +40,32 @@ def _split(fmt: str, field: str) -> tuple:
     return head, tail
 
 
-def build_chat_template(profile) -> str:
-    prompt = profile.prompt
-    sys_head, sys_tail = _split(prompt.get("SYSTEM") or "{system}", "system")
-    ins_head, ins_tail = _split(prompt["INSTRUCTION"], "input")
-    reply_tail = prompt["SUFFIX"] + (prompt.get("SEP") or "")
+def build_chat_template(fmt) -> str:
+    """The Jinja template of ``fmt`` (a :class:`~.prompt_format.PromptFormat`)."""
+    sys_head, sys_tail = _split(fmt.system or "{system}", "system")
+    ins_head, ins_tail = _split(fmt.instruction, "input")
+    reply_tail = fmt.suffix + fmt.sep
     image = _literal(IMAGE_TOKEN)
-    system_test = "ns.first_user" + ("" if profile.always_system_block else " and system")
-    last_reply = profile.last_reply_prefix
-    reply = _literal(profile.reply_prefix) + " + raw + " + _literal(reply_tail)
-    if profile.reasoning_tags:
-        start, end = (_literal(tag) for tag in profile.reasoning_tags)
-        reply = (_literal(profile.reply_prefix) + " + (" + start + " + '\\n' + reasoning.strip('\\n')"
+    system_test = "ns.first_user" + ("" if fmt.always_system else " and system")
+    last_reply = fmt.last_reply_prefix
+    reply = _literal(fmt.reply_prefix) + " + raw + " + _literal(reply_tail)
+    if fmt.reasoning_tags:
+        start, end = (_literal(tag) for tag in fmt.reasoning_tags)
+        reply = (_literal(fmt.reply_prefix) + " + (" + start + " + '\\n' + reasoning.strip('\\n')"
                  " + '\\n' + " + end + " + '\\n\\n' + content.lstrip('\\n') if loop.index0 > "
                  "ns.last_user else content) + " + _literal(reply_tail))
     parts = [
-        "{#- Training format of the xtuner-llava-swap profile " + profile.name + " -#}",
+        "{#- Training format of the xtuner-llava-swap profile " + fmt.name + " -#}",
         "{%- if messages and messages[0]['role'] == 'system' -%}",
         "{%- set system = messages[0]['content'] -%}{%- set turns = messages[1:] -%}",
         "{%- else -%}",
-        "{%- set system = " + _literal(profile.default_system) + " -%}{%- set turns = messages -%}",
+        "{%- set system = " + _literal(fmt.default_system) + " -%}{%- set turns = messages -%}",
         "{%- endif -%}",
-        "{{- bos_token -}}" if profile.has_bos else "",
+        "{{- bos_token -}}" if fmt.has_bos else "",
         "{%- set ns = namespace(first_user=true) -%}",
         ("{%- set ns.last_user = -1 -%}{%- for message in turns -%}"
          "{%- if message['role'] == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}"
-         "{%- endfor -%}") if last_reply or profile.reasoning_tags else "",
+         "{%- endfor -%}") if last_reply or fmt.reasoning_tags else "",
         "{%- for message in turns -%}",
         "{%- if message['content'] is string -%}{%- set raw = message['content'] -%}",
         "{%- else -%}{%- set item = namespace(text='') -%}",
@@ -90,7 +90,7 @@ def build_chat_template(profile) -> str:
         ("{%- set content = raw -%}{%- set reasoning = '' -%}{%- if " + end + " in raw -%}"
          "{%- set content = (raw.split(" + end + ") | last).lstrip('\\n') -%}"
          "{%- set reasoning = ((raw.split(" + end + ") | first).rstrip('\\n').split(" + start
-         + ") | last).lstrip('\\n') -%}{%- endif -%}") if profile.reasoning_tags else "",
+         + ") | last).lstrip('\\n') -%}{%- endif -%}") if fmt.reasoning_tags else "",
         "{{- " + reply + " -}}",
         "{%- endif -%}",
         "{%- endfor -%}",
@@ -98,10 +98,10 @@ def build_chat_template(profile) -> str:
     return "".join(parts)
 
 
-def render(profile, messages, *, add_generation_prompt: bool = False, bos_token: str = "") -> str:
+def render(fmt, messages, *, add_generation_prompt: bool = False, bos_token: str = "") -> str:
     """Render ``messages`` with :func:`build_chat_template` the way transformers does."""
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    compiled = _compile_jinja_template(build_chat_template(profile))
+    compiled = _compile_jinja_template(build_chat_template(fmt))
     return compiled.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
                            bos_token=bos_token)

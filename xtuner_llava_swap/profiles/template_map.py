@@ -19,19 +19,17 @@ The function the factory returns carries :attr:`profiles`: the names of the prof
 template is (:func:`template_profiles`). The dataset and the evaluation hook compare them
 with their tokenizer's profile (:mod:`xtuner_llava_swap.profile_agreement`).
 
-Position rules (templates of profiles that set them, see
-:class:`~xtuner_llava_swap.profiles.LLMProfile`): with ``ALWAYS_SYSTEM`` the first turn
-gets the SYSTEM block also for an empty system prompt; ``LAST_REPLY_PREFIX`` is appended
-to the prompt (input) of the last turn, so it is not supervised and ends the generation
-prompt of a one-turn conversation (what the evaluation hook and verify encode);
-with ``REASONING_TAGS`` each reply goes through :func:`reasoning_reply` first.
+The rendering itself, position rules included (a template's ``ALWAYS_SYSTEM``,
+``LAST_REPLY_PREFIX``, ``REASONING_TAGS``), is the template's
+:class:`~.prompt_format.PromptFormat` (:meth:`~.prompt_format.PromptFormat.apply`), the
+same object the dataset's encoder and the exported chat template use.
 """
 from __future__ import annotations
 
 from functools import partial
 
-from .base import (ALWAYS_SYSTEM_KEY, DEFAULT_SYSTEM_KEY, LAST_REPLY_PREFIX_KEY, PROFILES,
-                   REASONING_TAGS_KEY)
+from .base import DEFAULT_SYSTEM_KEY, PROFILES
+from .prompt_format import PromptFormat
 
 
 def resolve_template(template):
@@ -66,45 +64,10 @@ def template_profiles(template) -> tuple:
     return tuple(n for n, p in PROFILES.items() if p.template == template)
 
 
-def reasoning_reply(reply: str, tags, last: bool) -> str:
-    """A reply that may write reasoning as ``open reasoning close content``: the last
-    turn's is rewritten ``open\nreasoning\nclose\n\ncontent`` (empty reasoning when it has
-    none), an earlier one is its content only; ``tags`` empty: the reply as is."""
-    if not tags:
-        return reply
-    open_tag, close_tag = tags
-    content, reasoning = reply, ""
-    if close_tag in reply:
-        content = reply.split(close_tag)[-1].lstrip("\n")
-        reasoning = reply.split(close_tag)[0].rstrip("\n").split(open_tag)[-1].lstrip("\n")
-    if not last:
-        return content
-    return (open_tag + "\n" + reasoning.strip("\n") + "\n" + close_tag + "\n\n"
-            + content.lstrip("\n"))
-
-
 def template_map_fn(example, template, system=None):
     """Apply ``template`` to ``example['conversation']`` with the system-prompt rule above."""
-    from xtuner.dataset.map_fns.template_map_fn import template_map_fn as xtuner_template_map_fn
-
-    conversation = example.get("conversation") or []
-    if not conversation:
-        return xtuner_template_map_fn(example, template)
-    chosen = conversation[0].get("system") or (
-        template.get(DEFAULT_SYSTEM_KEY, "") if system is None else system)
-    conversation[0]["system"] = chosen
-    for turn in conversation[1:]:  # a system a dataset put on a later turn stays
-        turn["system"] = turn.get("system") or ""
-    tags = template.get(REASONING_TAGS_KEY)
-    for number, turn in enumerate(conversation):
-        turn["output"] = reasoning_reply(turn.get("output", ""), tags,
-                                         number == len(conversation) - 1)
-    result = xtuner_template_map_fn(example, template)
-    turns = result["conversation"]
-    if template.get(ALWAYS_SYSTEM_KEY) and not chosen:  # xtuner writes no block for ""
-        turns[0]["input"] = template["SYSTEM"].format(system="") + turns[0]["input"]
-    turns[-1]["input"] += template.get(LAST_REPLY_PREFIX_KEY, "")
-    return result
+    default = template.get(DEFAULT_SYSTEM_KEY, "")
+    return PromptFormat.from_template(template, default, position_rules=True).apply(example, system)
 
 
 def template_map_fn_factory(template, system=None):
