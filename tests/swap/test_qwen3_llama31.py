@@ -49,7 +49,7 @@ def chat_ids(tokenizer, messages, chat_template, generation=False, **template_kw
 
 
 def assert_dataset_encodes_the_same(tokenizer, profile, sample, encoded, system=None):
-    """The dataset's bulk encoder (``TemplateSpec`` turns + ``BatchEncoder``, what
+    """The dataset's bulk encoder (``PromptFormat`` turns + ``BatchEncoder``, what
     ``LLaVASwapDataset`` trains on) gives xtuner's pipeline's ids and labels, for the
     template map fn as a config dict and as the built function."""
     from xtuner_llava_swap.data import BatchEncoder, llava_format_map_fn
