@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,15 @@ TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
 requires_tf457 = pytest.mark.skipif(
     not TF457_PYTHON.exists(),
     reason=".venv-tf457 is absent; `make setup` builds it (tests/export/make_tf457_venv.sh)")
+
+
+def config_with_lines(config: Path, folder: Path, name: str, lines: str) -> Path:
+    """A copy of a shipped ``config`` with ``lines`` appended, written into ``folder`` beside
+    a copy of the stage bases it reads (its ``read_base`` import of ``._base_`` is relative)."""
+    shutil.copytree(config.parent / "_base_", folder / "_base_", dirs_exist_ok=True)
+    target = folder / name
+    target.write_text(config.read_text() + "\n\n" + lines)
+    return target
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import FIXTURES, REPO, run_train
+from support import FIXTURES, REPO, config_with_lines, run_train
 from xtuner_llava_swap.testing.tiny import TinyLLaVA
 
 FAMILY = "qwen" if FIXTURES else "qwen2"  # Qwen-7B needs its remote code from the fixtures
@@ -202,9 +202,9 @@ def test_a_crash_in_every_rank_gives_a_nonzero_exit_status(tiny, tmp_path):
 def test_a_crash_in_one_rank_gives_a_nonzero_exit_status(tiny, tmp_path, monkeypatch):
     """Rank 1 raises after iteration 1 while rank 0 goes on into the next step's collectives:
     torchrun stops rank 0 and ``xtuner train`` exits non-zero, with no checkpoint."""
-    config = tmp_path / "crash_in_rank_one.py"
-    config.write_text(FINETUNE_CFG.read_text() + "\n\nfrom rank_crash_hook import "
-                      "CrashInRankOneHook\n\ncustom_hooks.append(dict(type=CrashInRankOneHook))\n")
+    config = config_with_lines(FINETUNE_CFG, tmp_path, "crash_in_rank_one.py",
+                               "from rank_crash_hook import CrashInRankOneHook\n\n"
+                               "custom_hooks.append(dict(type=CrashInRankOneHook))\n")
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parent))  # the hook's module
     options = tiny.cfg_options(pretrained_pth=None, **SHORT,
                                **{"custom_hooks.1.evaluation_inputs": []})

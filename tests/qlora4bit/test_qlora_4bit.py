@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from support import FIXTURES, REPO, TF457_PYTHON, requires_tf457, run_train
+from support import FIXTURES, REPO, TF457_PYTHON, config_with_lines, requires_tf457, run_train
 from xtuner_llava_swap.testing.tiny import TinyLLaVA
 
 HERE = Path(__file__).resolve().parent
@@ -37,10 +37,9 @@ pytestmark = requires_tf457
 
 def config_with_probe(folder: Path) -> Path:
     """CONFIG plus the probe hook (imported from this folder, put on PYTHONPATH)."""
-    target = folder / "qlora_4bit_probe.py"
-    target.write_text(CONFIG.read_text() + "\n\nfrom linear_probe_hook import LinearLayerProbeHook"
-                      "\n\ncustom_hooks.append(dict(type=LinearLayerProbeHook))\n")
-    return target
+    return config_with_lines(CONFIG, folder, "qlora_4bit_probe.py",
+                             "from linear_probe_hook import LinearLayerProbeHook\n\n"
+                             "custom_hooks.append(dict(type=LinearLayerProbeHook))\n")
 
 
 def tiny_options(tiny_parts) -> dict:
