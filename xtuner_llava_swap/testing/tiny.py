@@ -83,10 +83,11 @@ def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | N
     """
     import torch
 
-    if family not in tiny_families():
-        raise ValueError(f"no tiny recipe for family {family!r}; choose one of {tiny_families()}")
     from xtuner_llava_swap.families import FAMILIES
 
+    recipe = FAMILIES[family].build_tiny if family in FAMILIES else None
+    if recipe is None:
+        raise ValueError(f"no tiny recipe for family {family!r}; choose one of {tiny_families()}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fixtures = fixtures_dir()
@@ -94,7 +95,7 @@ def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | N
     if use_real and fixtures is None:
         raise FileNotFoundError("real tokenizers need ../shared/fixtures, which is absent")
     torch.manual_seed(seed)
-    FAMILIES[family].build_tiny(out, fixtures if use_real else None, tie_word_embeddings)
+    recipe(out, fixtures if use_real else None, tie_word_embeddings)
     return out
 
 

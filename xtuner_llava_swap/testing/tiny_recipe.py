@@ -58,6 +58,35 @@ def synthetic_bpe(special_tokens, unk_token: str | None = None):
     return bpe
 
 
+def synthetic_chatml_tokenizer(extra_tokens=()):
+    """Synthetic stand-in with Qwen's ChatML contract: ``<|endoftext|>``, ``<|im_start|>``,
+    ``<|im_end|>`` at ids 0-2, no bos, eos ``<|im_end|>``; ``extra_tokens`` added as plain
+    (non-special) tokens."""
+    from transformers import AddedToken, Qwen2TokenizerFast
+
+    bpe = synthetic_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", unk_token=None)
+    if extra_tokens:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False)
+                              for t in extra_tokens])
+    return tokenizer
+
+
+def fixture_or_synthetic_tokenizer(fixtures: Path | None, fixture: str, synthetic) -> tuple:
+    """``(tokenizer, vocab_size)``: the fixture folder's tokenizer and its config's vocab size,
+    or, without fixtures, ``synthetic()`` with its length rounded up to 64."""
+    if fixtures is not None:
+        import json
+
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(fixtures / fixture)
+        return tokenizer, json.loads((fixtures / fixture / "config.json").read_text())["vocab_size"]
+    tokenizer = synthetic()
+    return tokenizer, round_up(len(tokenizer), 64)
+
+
 def synthetic_llama_tokenizer():
     """Synthetic stand-in with Llama-2's contract: ``<unk>``, ``<s>``, ``</s>`` at 0-2, bos added."""
     from transformers import LlamaTokenizerFast

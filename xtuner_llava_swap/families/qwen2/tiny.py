@@ -2,11 +2,11 @@
 (``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` at ids 0-2, no bos, ChatML template)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ...testing.tiny_recipe import (HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS, round_up,
-                                    save_tiny, synthetic_bpe)
+from ...testing.tiny_recipe import (HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS,
+                                    fixture_or_synthetic_tokenizer, save_tiny,
+                                    synthetic_chatml_tokenizer)
 
 FIXTURE = "qwen2-1.5b-instruct-finetune-export"
 SYNTHETIC_CHAT_TEMPLATE = (
@@ -17,24 +17,15 @@ SYNTHETIC_CHAT_TEMPLATE = (
 
 
 def synthetic_tokenizer():
-    from transformers import Qwen2TokenizerFast
-
-    bpe = synthetic_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-    tokenizer = Qwen2TokenizerFast(tokenizer_object=bpe, bos_token=None, eos_token="<|im_end|>",
-                                   pad_token="<|endoftext|>", unk_token=None)
+    tokenizer = synthetic_chatml_tokenizer()
     tokenizer.chat_template = SYNTHETIC_CHAT_TEMPLATE
     return tokenizer
 
 
 def build(out: Path, fixtures: Path | None, tie: bool) -> None:
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    if fixtures is not None:
-        tokenizer = AutoTokenizer.from_pretrained(fixtures / FIXTURE)
-        vocab = json.loads((fixtures / FIXTURE / "config.json").read_text())["vocab_size"]
-    else:
-        tokenizer = synthetic_tokenizer()
-        vocab = round_up(len(tokenizer), 64)
+    tokenizer, vocab = fixture_or_synthetic_tokenizer(fixtures, FIXTURE, synthetic_tokenizer)
     config = Qwen2Config(vocab_size=vocab, hidden_size=HIDDEN, num_attention_heads=HEADS,
                          num_key_value_heads=KV_HEADS, intermediate_size=INTERMEDIATE,
                          num_hidden_layers=LAYERS, max_position_embeddings=4096,
