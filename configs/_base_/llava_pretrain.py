@@ -1,6 +1,7 @@
 # Base of the LLaVA pretrain stage (projector only): the LLM (4-bit nf4, frozen) and the
 # vision encoder (CLIP ViT-L/14-336, frozen) are not trained. Same structure as xtuner's
-# shipped llava_internlm2_chat_7b_clip_vit_large_p14_336_e1_gpu8_pretrain.
+# shipped llava_internlm2_chat_7b_clip_vit_large_p14_336_e1_gpu8_pretrain, with the
+# plugin's model, dataset, map function, collate function and evaluation hook.
 #
 # Not a config to train with: it names no LLM. A leaf (configs/llava_*_pretrain.py) inherits
 # it with read_base and calls xtuner_llava_swap.configs.swap_llm with its LLM profile and
@@ -15,12 +16,12 @@ from torch.optim import AdamW
 from transformers import (AutoModelForCausalLM, BitsAndBytesConfig, CLIPImageProcessor,
                           CLIPVisionModel)
 
-from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
-from xtuner.model import LLaVAModel
 from xtuner_llava_swap.data import LLaVASwapDataset, llava_format_map_fn
+from xtuner_llava_swap.data.collate import llava_collate_fn
 from xtuner_llava_swap.hooks import EvaluateChatHook
+from xtuner_llava_swap.llava_model import LLaVASwapModel
 from xtuner_llava_swap.profiles import template_map_fn_factory
 from xtuner_llava_swap.tokenizers import build_tokenizer
 
@@ -77,8 +78,11 @@ image_processor = dict(
     trust_remote_code=True,
 )
 
+# xtuner's LLaVAModel with the features the tower selects and any number of images per
+# sample (swap_vision_tower names another tower); loads xtuner's CLIP checkpoints unchanged.
 model = dict(
-    type=LLaVAModel,
+    type=LLaVASwapModel,
+    vision_tower="clip-vit-large-336",
     freeze_llm=True,
     freeze_visual_encoder=True,
     llm=dict(
@@ -125,7 +129,7 @@ train_dataloader = dict(
     pin_memory=True,
     dataset=llava_dataset,
     sampler=dict(type=DefaultSampler, shuffle=True),
-    collate_fn=dict(type=default_collate_fn),
+    collate_fn=dict(type=llava_collate_fn),  # any number of images per sample (max_images)
 )
 
 #######################################################################
