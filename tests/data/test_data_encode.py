@@ -54,6 +54,26 @@ def test_ids_and_labels_identical_to_xtuner_qwen2_fast_tokenizer():
     assert encoded.image_counts().tolist() == [1] * 92 + [0, 0]
 
 
+def test_chunks_tokenized_while_the_next_is_mapped_give_the_one_batch_ids():
+    """encode_chunks (fast tokenizer: a chunk tokenized in a thread while the next is
+    planned) gives, chunk by chunk, exactly what one encode of all samples gives."""
+    from xtuner.dataset.map_fns import template_map_fn_factory
+    from xtuner.utils import PROMPT_TEMPLATE
+
+    samples = single_image_llava_samples()
+    build, _ = resolve_turn_builder(dict(type=template_map_fn_factory,
+                                         template=PROMPT_TEMPLATE.qwen_chat))
+    turns = [build(llava_format_map_fn(s)["conversation"]) for s in samples]
+    encoder = BatchEncoder(qwen2_tokenizer())
+    assert encoder.fast
+    whole = encoder.encode(turns)
+    parts = encoder.encode_chunks(iter([turns[:10], [], turns[10:50], turns[50:]]))
+    assert [len(p) for p in parts] == [10, 0, 40, len(turns) - 50]
+    joined = type(whole).concatenate(parts)
+    assert np.array_equal(joined.offsets, whole.offsets)
+    assert np.array_equal(joined.ids, whole.ids) and np.array_equal(joined.trained, whole.trained)
+
+
 def test_ids_identical_to_xtuner_with_the_profile_default_system():
     from xtuner.dataset.map_fns import llava_map_fn
 

@@ -67,7 +67,6 @@ def tokenizer_fingerprint(tokenizer) -> str:
     digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
     added = {i: str(t) for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
     digest.update(json.dumps(added, sort_keys=True).encode())
-    digest.update(str(len(tokenizer)).encode())
     return digest.hexdigest()
 
 

@@ -152,6 +152,16 @@ def encode_slow(tokenizer, texts: list[str]) -> list[list[int]]:
 # ------------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Plan:
+    """A chunk of samples as occurrences of distinct text pieces, before tokenization."""
+
+    texts: list[str]  # distinct pieces, each tokenized once
+    occ_slot: list[int]  # per occurrence: index into texts, or -1/-2/-3 for bos/eos/image
+    occ_trained: list[bool]
+    per_sample: list[int]  # occurrences per sample
+
+
 class BatchEncoder:
     """Encodes lists of templated turns the way ``encode_fn`` does, in bulk."""
 
@@ -163,7 +173,8 @@ class BatchEncoder:
         self.bos, self.eos = list(bos or []), list(eos or [])
         backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(
             tokenizer, "is_fast", False) else None
-        self._encode_many = (self._fast(backend) if backend is not None else self._slow)
+        self.fast = backend is not None
+        self._encode_many = (self._fast(backend) if self.fast else self._slow)
 
     @staticmethod
     def _fast(backend):
@@ -175,10 +186,34 @@ class BatchEncoder:
 
     def encode(self, samples: Iterable[list[Turn]]) -> EncodedTexts:
         """Encode every sample (no truncation: see :func:`apply_length_policy`)."""
+        plan = self._plan(samples)
+        return self._assemble(plan, self._encode_many(plan.texts))
+
+    def encode_chunks(self, chunks: Iterable[Iterable[list[Turn]]]) -> list[EncodedTexts]:
+        """:meth:`encode` of each chunk, in order. With a fast tokenizer the batched call of
+        one chunk runs in a thread (it releases the GIL) while the caller's iterator
+        produces, and this method plans, the next one: the Python work of mapping and
+        planning fills the cores the tokenizer's own pool leaves idle. A slow tokenizer
+        forks worker processes per chunk instead, so its chunks run one after the other."""
+        if not self.fast:
+            return [self.encode(chunk) for chunk in chunks]
+        from concurrent.futures import ThreadPoolExecutor
+
+        parts, pending = [], None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            for chunk in chunks:
+                plan = self._plan(chunk)
+                if pending is not None:
+                    parts.append(self._assemble(pending[0], pending[1].result()))
+                pending = (plan, pool.submit(self._encode_many, plan.texts))
+            if pending is not None:
+                parts.append(self._assemble(pending[0], pending[1].result()))
+        return parts
+
+    def _plan(self, samples: Iterable[list[Turn]]) -> _Plan:
         slot_of: dict[str, int] = {}
         texts: list[str] = []
-        special = [self.bos, self.eos, [IMAGE_TOKEN_INDEX]]
-        BOS, EOS, IMAGE = -1, -2, -3  # negative slots: the special pieces above
+        BOS, EOS, IMAGE = -1, -2, -3  # negative slots: the special pieces (see _assemble)
 
         def slot(text: str) -> int:
             found = slot_of.get(text)
@@ -211,20 +246,23 @@ class BatchEncoder:
                 if sep:
                     add_slot(slot(sep)), add_trained(False)
             per_sample.append(len(occ_slot) - start)
+        return _Plan(texts, occ_slot, occ_trained, per_sample)
 
-        pieces = self._encode_many(texts) + special[::-1]  # slot -k -> pieces[-k]
+    def _assemble(self, plan: _Plan, encoded: list[list[int]]) -> EncodedTexts:
+        special = [self.bos, self.eos, [IMAGE_TOKEN_INDEX]]
+        pieces = encoded + special[::-1]  # slot -k -> pieces[-k]
         piece_len = np.fromiter((len(p) for p in pieces), dtype=np.int64, count=len(pieces))
         piece_start = np.zeros(len(pieces), dtype=np.int64)
         np.cumsum(piece_len[:-1], out=piece_start[1:])
         flat = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(piece_len.sum()))
 
-        slots = np.asarray(occ_slot, dtype=np.int64) % len(pieces)
+        slots = np.asarray(plan.occ_slot, dtype=np.int64) % len(pieces)
         occ_len = piece_len[slots]
         ids = flat[_ranges(piece_start[slots], occ_len)]
-        trained = np.repeat(np.asarray(occ_trained, dtype=bool), occ_len)
-        occ_offsets = np.zeros(len(per_sample) + 1, dtype=np.int64)
-        np.cumsum(per_sample, out=occ_offsets[1:])
-        offsets = np.zeros(len(per_sample) + 1, dtype=np.int64)
+        trained = np.repeat(np.asarray(plan.occ_trained, dtype=bool), occ_len)
+        occ_offsets = np.zeros(len(plan.per_sample) + 1, dtype=np.int64)
+        np.cumsum(plan.per_sample, out=occ_offsets[1:])
+        offsets = np.zeros(len(plan.per_sample) + 1, dtype=np.int64)
         np.cumsum(per_sample_sum(occ_len, occ_offsets), out=offsets[1:])
         return EncodedTexts(ids, trained, offsets)
 

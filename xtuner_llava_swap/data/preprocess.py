@@ -30,7 +30,7 @@ from .validate import DataError, ProblemLog, SampleError, check_conversation, \
 
 logger = logging.getLogger(__name__)
 
-ENCODE_CHUNK = 4096  # samples mapped + tokenized per batched call (bounds the peak memory)
+ENCODE_CHUNK = 1024  # samples mapped + tokenized per batched call (bounds the peak memory)
 
 
 @dataclass
@@ -245,29 +245,35 @@ def prepare_text(data_path: str | Path, tokenizer: Any, *, image_tokens: int,
     problems = ProblemLog()
     ours = map_fn in MAP_FNS.values()
     encoder = BatchEncoder(tokenizer)
-    kept_index, kept_images, parts = [], [], []
+    kept_index, kept_images = [], []
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(indices), desc="preprocessing", unit="sample", mininterval=1)
-    for start in range(0, len(indices), ENCODE_CHUNK):  # map + encode chunk by chunk
-        chunk_turns = []
-        for index in indices[start:start + ENCODE_CHUNK].tolist():
-            sample, raw[index] = raw[index], None  # free each raw sample once mapped
-            try:
-                turns, images = _map_one(sample, map_fn, ours, build_turns, max_images)
-            except SampleError as error:
-                if strict:
-                    raise DataError(data_path, index, error) from None
-                problems.add(index, error)
-                continue
-            kept_index.append(index)
-            kept_images.append(images)
-            chunk_turns.append(turns)
-        parts.append(encoder.encode(chunk_turns))
-        if bar is not None:
-            bar.update(min(ENCODE_CHUNK, len(indices) - start))
+
+    def mapped_chunks():
+        """The kept samples' turns, ENCODE_CHUNK samples at a time (kept_index and
+        kept_images grow in step); the encoder tokenizes one while the next is mapped."""
+        for start in range(0, len(indices), ENCODE_CHUNK):
+            chunk_turns = []
+            for index in indices[start:start + ENCODE_CHUNK].tolist():
+                sample, raw[index] = raw[index], None  # free each raw sample once mapped
+                try:
+                    turns, images = _map_one(sample, map_fn, ours, build_turns, max_images)
+                except SampleError as error:
+                    if strict:
+                        raise DataError(data_path, index, error) from None
+                    problems.add(index, error)
+                    continue
+                kept_index.append(index)
+                kept_images.append(images)
+                chunk_turns.append(turns)
+            yield chunk_turns
+            if bar is not None:
+                bar.update(min(ENCODE_CHUNK, len(indices) - start))
+
+    parts = encoder.encode_chunks(mapped_chunks())
     if bar is not None:
         bar.close()
     del raw
