@@ -1,15 +1,17 @@
 """Training-overhead benchmark: seconds per iteration of the same tiny LLaVA with stock
 xtuner components and with this plugin's.
 
-Both runs train xtuner's ``LLaVAModel`` (a tiny Qwen2 LLM with LoRA, a tiny CLIP, the
+Both runs train the same tiny LLaVA (a tiny Qwen2 LLM with LoRA, a tiny CLIP, the
 projector) through the real ``tools/train.py`` loop on the same data (the tiny LLaVA
-finetune set), with the same seed, batch size, sampler, optimizer and
-``default_collate_fn``; they differ only where the plugin replaces a component:
+finetune set), with the same seed, batch size, sampler and optimizer; they differ only
+where the plugin replaces a component:
 
 * stock: ``AutoTokenizer``, xtuner's ``LLaVADataset`` + ``llava_map_fn`` + its
-  ``template_map_fn_factory`` with ``PROMPT_TEMPLATE.qwen_chat``, xtuner's ``EvaluateChatHook``;
+  ``template_map_fn_factory`` with ``PROMPT_TEMPLATE.qwen_chat``, ``default_collate_fn``,
+  ``LLaVAModel``, xtuner's ``EvaluateChatHook``;
 * plugin: ``build_tokenizer(profile="qwen2.5")``, ``LLaVASwapDataset`` with the profile's
-  template, the plugin's ``EvaluateChatHook`` (as in ``configs/llava_qwen2_5_7b_instruct_qlora.py``).
+  template, ``llava_collate_fn``, ``LLaVASwapModel``, the plugin's ``EvaluateChatHook``
+  (the components of ``configs/llava_qwen2_5_7b_instruct_qlora.py``).
 
 Per-iteration time is mmengine's own ``time`` of every logged iteration (data loading,
 forward, backward, optimizer, hooks), warm-up iterations dropped, median over the
@@ -40,11 +42,9 @@ from torch.optim import AdamW
 from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionModel
 
 from xtuner.dataset import LLaVADataset
-from xtuner.dataset.collate_fns import default_collate_fn
 from xtuner.dataset.map_fns import llava_map_fn
 from xtuner.dataset.samplers import LengthGroupedSampler
 from xtuner.engine.runner import TrainLoop
-from xtuner.model import LLaVAModel
 {imports}
 
 llm_name_or_path = "{llm}"
@@ -55,7 +55,7 @@ evaluation_inputs = ["Describe the image."]
 {components}
 image_processor = dict(type=CLIPImageProcessor.from_pretrained,
                        pretrained_model_name_or_path=visual_encoder_name_or_path)
-model = dict(type=LLaVAModel, freeze_llm=True, freeze_visual_encoder=True,
+model = dict(type=MODEL, freeze_llm=True, freeze_visual_encoder=True,
              llm=dict(type=AutoModelForCausalLM.from_pretrained,
                       pretrained_model_name_or_path=llm_name_or_path),
              llm_lora=dict(type=LoraConfig, r=16, lora_alpha=32, lora_dropout=0.05,
@@ -70,7 +70,7 @@ llava_dataset = dict(type=DATASET, data_path="{data}", image_folder="{images}",
 train_dataloader = dict(batch_size=batch_size, num_workers=0, dataset=llava_dataset,
                         sampler=dict(type=LengthGroupedSampler, length_property="modality_length",
                                      per_device_batch_size=batch_size),
-                        collate_fn=dict(type=default_collate_fn))
+                        collate_fn=dict(type=COLLATE))
 optim_wrapper = dict(type=OptimWrapper, optimizer=dict(type=AdamW, lr=1e-4))
 param_scheduler = [dict(type=ConstantLR, factor=1.0, by_epoch=False, begin=0, end=max_iters)]
 train_cfg = dict(type=TrainLoop, max_iters=max_iters)
@@ -95,8 +95,10 @@ log_processor = dict(by_epoch=False)
 
 VARIANTS = {
     "stock xtuner": dict(
-        imports="from xtuner.dataset.map_fns import template_map_fn_factory\n"
+        imports="from xtuner.dataset.collate_fns import default_collate_fn as COLLATE\n"
+                "from xtuner.dataset.map_fns import template_map_fn_factory\n"
                 "from xtuner.engine.hooks import EvaluateChatHook\n"
+                "from xtuner.model import LLaVAModel as MODEL\n"
                 "from xtuner.utils import PROMPT_TEMPLATE\nDATASET = LLaVADataset",
         components='prompt_template = PROMPT_TEMPLATE.qwen_chat\n'
                    'MAX_LENGTH = 2048 - IMAGE_TOKENS  # xtuner: text positions only\n'
@@ -104,7 +106,9 @@ VARIANTS = {
                    'pretrained_model_name_or_path=llm_name_or_path, padding_side="right")'),
     "xtuner-llava-swap": dict(
         imports="from xtuner_llava_swap.data import LLaVASwapDataset\n"
+                "from xtuner_llava_swap.data.collate import llava_collate_fn as COLLATE\n"
                 "from xtuner_llava_swap.hooks import EvaluateChatHook\n"
+                "from xtuner_llava_swap.llava_model import LLaVASwapModel as MODEL\n"
                 "from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory\n"
                 "from xtuner_llava_swap.tokenizers import build_tokenizer\n"
                 "DATASET = LLaVASwapDataset",
