@@ -178,7 +178,7 @@ def _check_projector_width(pretrained_pth, encoder_path: str, tower) -> None:
     config_file = Path(encoder_path) / "config.json"
     if not pretrained_pth or not Path(str(pretrained_pth)).exists() or not config_file.is_file():
         return  # nothing to compare here (a hub id, or the checkpoint is not written yet)
-    from .export.readers import read_checkpoint
+    from .checkpoint.readers import read_checkpoint
 
     fields = json.loads(config_file.read_text())
     width = fields.get("vision_config", fields)["hidden_size"]

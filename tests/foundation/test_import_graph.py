@@ -1,4 +1,5 @@
-"""The package's import graph has no cycles, counting imports inside functions too.
+"""The package's import graph has no cycles, counting imports inside functions too, and
+its rooms import only the rooms before them.
 
 Walks every module of ``xtuner_llava_swap`` with :mod:`ast` (nothing is imported): an edge
 goes from a module to each package module it imports, at the top or deferred inside a
@@ -68,7 +69,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_walker_sees_deferred_and_relative_imports():
     graph = import_graph()
-    assert "xtuner_llava_swap.export.readers" in graph["xtuner_llava_swap.export.convert"]
+    assert "xtuner_llava_swap.checkpoint.readers" in graph["xtuner_llava_swap.export.convert"]
     # deferred (inside a function) and `from . import name` edges are both followed
     assert "xtuner_llava_swap.export.verify" in graph["xtuner_llava_swap.export.convert"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
@@ -78,3 +79,22 @@ def test_walker_sees_deferred_and_relative_imports():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert not cycle, " -> ".join(cycle)
+
+
+# room -> the rooms it must not import (they come after it: an import would run backwards)
+LATER_ROOMS = {
+    "checkpoint": ("data", "training", "export"),
+}
+
+
+def in_room(module: str, room: str) -> bool:
+    prefix = f"xtuner_llava_swap.{room}"
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def test_rooms_import_no_later_room():
+    graph = import_graph()
+    backwards = [f"{module} -> {target}" for room, later in LATER_ROOMS.items()
+                 for module in sorted(graph) if in_room(module, room)
+                 for target in sorted(graph[module]) if any(in_room(target, r) for r in later)]
+    assert not backwards, "\n".join(backwards)

@@ -262,7 +262,7 @@ def test_new_profiles_facts_and_listing(capsys):
 
     qwen3, llama31 = get_profile("qwen3"), get_profile("llama3.1-instruct")
     assert (qwen3.family.hf_text_model_type, qwen3.family.official_llava_class) == ("qwen3", None)
-    from xtuner_llava_swap.export.errors import ExportError
+    from xtuner_llava_swap.errors import ExportError
     from xtuner_llava_swap.export.llava_writer import check_llava_target
 
     with pytest.raises(ExportError, match=r"'qwen3': the official LLaVA code has no Qwen3 "

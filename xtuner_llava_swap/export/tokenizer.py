@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 
+from ..errors import ExportError
 from ..token_contract import IMAGE_TOKEN
-from .errors import ExportError
 
 # Texts compared between the training and the export tokenizer
 PROBE_TEXTS = ("Describe the image briefly.\n", "请描述一下这张照片", "  spaces\tand\n\nnew lines",

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 from ..token_contract import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 VERIFY_PROMPT = "Describe the image briefly."
