@@ -4,7 +4,7 @@
 # llava_internlm2_chat_7b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune.
 #
 # Not a config to train with: it names no LLM. A leaf (configs/llava_*_qlora.py) inherits
-# it with read_base and calls xtuner_llava_swap.configs.swap_llm with its LLM profile and
+# it with read_base and calls xtuner_llava_swap.training.configs.swap_llm with its LLM profile and
 # path (and its pretrain checkpoint), which fills in every place marked "set by swap_llm" below (the dicts here are built
 # with this file's values before the leaf's own lines run).
 import torch
@@ -22,9 +22,9 @@ from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from xtuner.model import LLaVAModel
 from xtuner_llava_swap.data import LLaVASwapDataset, llava_format_map_fn
-from xtuner_llava_swap.hooks import EvaluateChatHook
+from xtuner_llava_swap.training.hooks import EvaluateChatHook
 from xtuner_llava_swap.profiles import template_map_fn_factory
-from xtuner_llava_swap.tokenizers import build_tokenizer
+from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
 #######################################################################
 #                          PART 1  Settings                           #

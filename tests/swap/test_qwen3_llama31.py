@@ -27,7 +27,7 @@ from test_tokenization import (IMAGE, SAMPLES, apply_with_image, build, expected
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner.dataset)
 from xtuner_llava_swap.profiles import get_profile
-from xtuner_llava_swap.tokenizers import chat_template_ids, encode_llava_conversation
+from xtuner_llava_swap.training.tokenizers import chat_template_ids, encode_llava_conversation
 
 IGNORE = -100
 THINK_EMPTY = "<think>\n\n</think>\n\n"
@@ -67,7 +67,7 @@ def assert_dataset_encodes_the_same(tokenizer, profile, sample, encoded, system=
 
 def hook_ids(tokenizer, profile, text, with_image, system=None) -> list:
     """The ids the evaluation hook generates from."""
-    from xtuner_llava_swap.hooks import EvaluateChatHook
+    from xtuner_llava_swap.training.hooks import EvaluateChatHook
 
     hook = EvaluateChatHook(tokenizer, [text], profile=profile, system=system)
     return hook.prompt_ids(text, with_image=with_image)[1]

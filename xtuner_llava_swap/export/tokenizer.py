@@ -31,10 +31,10 @@ def remote_code_allowed(run, flag: bool) -> bool:
 
 def training_tokenizer(run, trust_remote_code: bool, check_contract: bool = True):
     """CONFIG's tokenizer, built as training built it; ``check_contract=False`` skips the
-    profile contract check of :func:`~xtuner_llava_swap.tokenizers.build_tokenizer`."""
+    profile contract check of :func:`~xtuner_llava_swap.training.tokenizers.build_tokenizer`."""
     from mmengine.registry import Registry
 
-    from xtuner_llava_swap.tokenizers import build_tokenizer
+    from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
     cfg = run.cfg.tokenizer.copy()
     if cfg.get("trust_remote_code") and not remote_code_allowed(run, trust_remote_code):
