@@ -107,10 +107,10 @@ VARIANTS = {
     "xtuner-llava-swap": dict(
         imports="from xtuner_llava_swap.data import LLaVASwapDataset\n"
                 "from xtuner_llava_swap.data.collate import llava_collate_fn as COLLATE\n"
-                "from xtuner_llava_swap.hooks import EvaluateChatHook\n"
-                "from xtuner_llava_swap.llava_model import LLaVASwapModel as MODEL\n"
+                "from xtuner_llava_swap.training.hooks import EvaluateChatHook\n"
+                "from xtuner_llava_swap.training.llava_model import LLaVASwapModel as MODEL\n"
                 "from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory\n"
-                "from xtuner_llava_swap.tokenizers import build_tokenizer\n"
+                "from xtuner_llava_swap.training.tokenizers import build_tokenizer\n"
                 "DATASET = LLaVASwapDataset",
         components='prompt_template = PROMPT_TEMPLATE.qwen2_5\n'
                    'MAX_LENGTH = 2048  # the whole sequence, image tokens included\n'

@@ -14,7 +14,7 @@ from mmengine.config import read_base
 with read_base():
     from ._base_.llava_pretrain import *  # noqa: F401,F403
 
-from xtuner_llava_swap.configs import swap_llm  # a LazyObject while mmengine parses this file
+from xtuner_llava_swap.training.configs import swap_llm  # a LazyObject while mmengine parses this
 
 llm_profile = "qwen3"
 llm_name_or_path = "Qwen/Qwen3-8B"

@@ -12,7 +12,7 @@ from mmengine.config import read_base
 with read_base():
     from ._base_.llava_qlora_finetune import *  # noqa: F401,F403
 
-from xtuner_llava_swap.configs import swap_llm  # a LazyObject while mmengine parses this file
+from xtuner_llava_swap.training.configs import swap_llm  # a LazyObject while mmengine parses this
 
 llm_profile = "qwen"
 llm_name_or_path = "Qwen/Qwen-7B-Chat"

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         options, notes = dataset_args_from_config(args.config, args.cfg_options)
     else:
         from xtuner_llava_swap.profiles import template_map_fn_factory
-        from xtuner_llava_swap.tokenizers import tokenizer_dict
+        from xtuner_llava_swap.training.tokenizers import tokenizer_dict
 
         options = dict(
             data_path=args.data, tokenizer=tokenizer_dict(args.profile, args.tokenizer),

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     if args.command == "install-startup":
         print(f"wrote {install_startup()}")
     elif args.command == "cpu-cfg-options":
-        from .cpu_options import cpu_cfg_options_args
+        from .training.cpu_options import cpu_cfg_options_args
 
         print(" ".join(cpu_cfg_options_args()))
     else:

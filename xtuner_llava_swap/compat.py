@@ -63,7 +63,7 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
 apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``). The switches that run
-the configs on a CPU are not fixes and live in :mod:`xtuner_llava_swap.cpu_options`; the
+the configs on a CPU are not fixes and live in :mod:`xtuner_llava_swap.training.cpu_options`; the
 opt-in ``--cfg-options`` re-binding changes working behaviour and lives in
 :mod:`xtuner_llava_swap.cfg_options_rebind`.
 """

@@ -1,7 +1,7 @@
 """The run record: what a converter must know about a training run, kept beside its checkpoints.
 
 Training writes ``xtuner_llava_swap_run.json`` into its work dir
-(:class:`~xtuner_llava_swap.run_record_hook.RunRecordHook`, rank 0, before the first
+(:class:`~xtuner_llava_swap.training.run_record_hook.RunRecordHook`, rank 0, before the first
 iteration, so a crashed run has one too); the converter reads it from the folder that holds
 the checkpoint (``export/run_config.py``). Its fields:
 

@@ -4,7 +4,7 @@
 # plugin's model, dataset, map function, collate function and evaluation hook.
 #
 # Not a config to train with: it names no LLM. A leaf (configs/llava_*_pretrain.py) inherits
-# it with read_base and calls xtuner_llava_swap.configs.swap_llm with its LLM profile and
+# it with read_base and calls xtuner_llava_swap.training.configs.swap_llm with its LLM profile and
 # path, which fills in every place marked "set by swap_llm" below (the dicts here are built
 # with this file's values before the leaf's own lines run).
 import torch
@@ -20,10 +20,10 @@ from xtuner.engine.hooks import DatasetInfoHook
 from xtuner.engine.runner import TrainLoop
 from xtuner_llava_swap.data import LLaVASwapDataset, llava_format_map_fn
 from xtuner_llava_swap.data.collate import llava_collate_fn
-from xtuner_llava_swap.hooks import EvaluateChatHook
-from xtuner_llava_swap.llava_model import LLaVASwapModel
+from xtuner_llava_swap.training.hooks import EvaluateChatHook
+from xtuner_llava_swap.training.llava_model import LLaVASwapModel
 from xtuner_llava_swap.profiles import template_map_fn_factory
-from xtuner_llava_swap.tokenizers import build_tokenizer
+from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
 #######################################################################
 #                          PART 1  Settings                           #

@@ -9,7 +9,7 @@
 # padded to square, samples grouped by length.
 #
 # Not a config to train with: it names no LLM. A leaf (configs/llava_*_qlora.py) inherits
-# it with read_base and calls xtuner_llava_swap.configs.swap_llm with its LLM profile and
+# it with read_base and calls xtuner_llava_swap.training.configs.swap_llm with its LLM profile and
 # path (and its pretrain checkpoint), which fills in every place marked "set by swap_llm".
 from mmengine.config import read_base
 from peft import LoraConfig

@@ -34,7 +34,7 @@ def test_images_are_flat_in_sample_order(batch):
 def test_llava_swap_model_places_every_image(batch, tiny_parts):
     from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
-    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
 
     collated, _ = batch
     torch.manual_seed(0)

@@ -110,7 +110,7 @@ def test_ids_identical_to_xtuner_qwen7b_remote_code_tokenizer(tiny_parts):
     from xtuner.registry import BUILDER
 
     from xtuner_llava_swap.profiles import template_map_fn_factory
-    from xtuner_llava_swap.tokenizers import tokenizer_dict
+    from xtuner_llava_swap.training.tokenizers import tokenizer_dict
 
     tokenizer = BUILDER.build(tokenizer_dict("qwen", tiny_parts("qwen")))
     assert type(tokenizer).__name__ == "QWenTokenizer"

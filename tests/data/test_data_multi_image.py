@@ -53,7 +53,7 @@ def test_samples_with_two_and_four_images_train_through_llava_swap_model(tiny_pa
     from transformers import AutoModelForCausalLM, CLIPVisionModel
 
     from xtuner_llava_swap.data.collate import llava_collate_fn
-    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
 
     data = dataset(tiny_parts("clip"), images, max_images=4)
     assert len(data) == 2 and data.modality_length[0] > 2 * IMAGE_TOKENS

@@ -30,9 +30,9 @@ class TrainedRun:
 
 def swap_options(profile_name: str, llm: Path, clip: Path) -> dict:
     """``--cfg-options`` that point CONFIG at a tiny LLM of another profile (CPU, fp32)."""
-    from xtuner_llava_swap import cpu_options
     from xtuner_llava_swap.profiles import get_profile
-    from xtuner_llava_swap.tokenizers import tokenizer_dict
+    from xtuner_llava_swap.training import cpu_options
+    from xtuner_llava_swap.training.tokenizers import tokenizer_dict
 
     profile = get_profile(profile_name)
     return {**cpu_options.cpu_cfg_options(quantized=False), "llm_name_or_path": str(llm),
@@ -127,7 +127,7 @@ def tower_options(tower_name: str) -> dict:
     model and image processor classes (the tower's path is set by :func:`swap_options`)."""
     import transformers
 
-    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
     from xtuner_llava_swap.towers import get_tower
 
     tower = get_tower(tower_name)

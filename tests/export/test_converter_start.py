@@ -60,7 +60,7 @@ def test_conversion_imports_no_xtuner_and_deepspeed_only_for_deepspeed_input(tmp
 
 def _fixture_tokenizers():
     """The real tokenizers, built as a run's CONFIG builds them (profile tokens injected)."""
-    from xtuner_llava_swap.tokenizers import build_tokenizer
+    from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
     found = {}
     for folder, profile, options in (
@@ -78,7 +78,7 @@ def test_training_bos_ids_equal_xtuners_on_real_tokenizers():
     import xtuner_llava_swap  # noqa: F401  (compat: xtuner's bos None -> no bos)
     from xtuner.dataset.utils import get_bos_eos_token_ids
 
-    from xtuner_llava_swap.tokenizers import training_bos_ids
+    from xtuner_llava_swap.training.tokenizers import training_bos_ids
 
     tokenizers = _fixture_tokenizers()
     kinds = {name.split(":")[1] for name in tokenizers}

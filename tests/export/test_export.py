@@ -230,7 +230,7 @@ def test_siglip_run_exports_to_hf_keeping_every_patch(inprocess_run, tmp_path):
 @requires_fixtures
 @pytest.mark.parametrize("variant", ["pretrain", "full"])
 def test_pretrain_and_full_finetune_checkpoints(inprocess_run, variant, tmp_path):
-    from xtuner_llava_swap.export import read_checkpoint
+    from xtuner_llava_swap.checkpoint.readers import read_checkpoint
 
     run = inprocess_run("qwen2.5", "qwen2", False, variant)
     keys = set(read_checkpoint(run.checkpoint).tensors)

@@ -14,7 +14,8 @@ import torch
 
 from support import requires_fixtures
 
-from xtuner_llava_swap.export import ExportError, read_checkpoint
+from xtuner_llava_swap.checkpoint.readers import read_checkpoint
+from xtuner_llava_swap.export import ExportError
 from xtuner_llava_swap.export.cli import main as convert_main
 
 RUNS = {  # id -> (session fixture, ZeRO stage, ranks)

@@ -242,7 +242,7 @@ def test_startup_hook_patches_xtuner_in_a_plain_interpreter(tmp_path):
 def test_export_reader_keeps_the_process_wide_allowlist(tmp_path):
     out = run_python(SAVE_MMENGINE_LIKE_CHECKPOINT + """
     from xtuner_llava_swap import compat
-    from xtuner_llava_swap.export.checkpoint_files import safe_load
+    from xtuner_llava_swap.checkpoint.checkpoint_files import safe_load
     safe_load("ckpt.pth")                    # a scoped allowlist, entered and left
     print("still loads", torch.load("ckpt.pth")["meta"]["iter"])
     """, tmp_path)

@@ -1,4 +1,5 @@
-"""The package's import graph has no cycles, counting imports inside functions too.
+"""The package's import graph has no cycles, counting imports inside functions too, and
+its rooms import only the rooms before them.
 
 Walks every module of ``xtuner_llava_swap`` with :mod:`ast` (nothing is imported): an edge
 goes from a module to each package module it imports, at the top or deferred inside a
@@ -68,7 +69,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str]:
 
 def test_walker_sees_deferred_and_relative_imports():
     graph = import_graph()
-    assert "xtuner_llava_swap.export.readers" in graph["xtuner_llava_swap.export.convert"]
+    assert "xtuner_llava_swap.checkpoint.readers" in graph["xtuner_llava_swap.export.convert"]
     # deferred (inside a function) and `from . import name` edges are both followed
     assert "xtuner_llava_swap.export.verify" in graph["xtuner_llava_swap.export.convert"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
@@ -78,3 +79,40 @@ def test_walker_sees_deferred_and_relative_imports():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert not cycle, " -> ".join(cycle)
+
+
+# room -> the rooms it must not import. The family, profile and tower registries come first:
+# every later stage asks them. The export comes last: nothing before it imports it. The
+# checkpoint room reads what a run left on disk, for the export and for swap_vision_tower
+# (its projector check): it imports none of the stages that use it.
+MUST_NOT_IMPORT = {
+    **{room: ("data", "training", "checkpoint", "export") for room in ("families", "profiles",
+                                                                        "towers")},
+    "data": ("checkpoint", "export"),
+    "training": ("export",),
+    "checkpoint": ("data", "training", "export"),
+}
+
+
+def in_room(module: str, room: str) -> bool:
+    prefix = f"xtuner_llava_swap.{room}"
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def backward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"module -> target"`` for each import of a room that ``MUST_NOT_IMPORT`` forbids."""
+    return [f"{module} -> {target}" for room, forbidden in MUST_NOT_IMPORT.items()
+            for module in sorted(graph) if in_room(module, room)
+            for target in sorted(graph[module]) if any(in_room(target, r) for r in forbidden)]
+
+
+def test_the_room_check_sees_a_backward_import():
+    graph = {"xtuner_llava_swap.checkpoint.readers": {"xtuner_llava_swap.export.run_config"},
+             "xtuner_llava_swap.export.run_config": {"xtuner_llava_swap.checkpoint.readers"}}
+    assert backward_imports(graph) == [
+        "xtuner_llava_swap.checkpoint.readers -> xtuner_llava_swap.export.run_config"]
+
+
+def test_rooms_import_no_room_they_must_not():
+    backwards = backward_imports(import_graph())
+    assert not backwards, "\n".join(backwards)

@@ -22,7 +22,7 @@ def main(config: str, checkpoint: str, folder: str, *options: str) -> dict:
     import bitsandbytes as bnb
     from xtuner.registry import BUILDER
 
-    from xtuner_llava_swap.export.readers import read_checkpoint
+    from xtuner_llava_swap.checkpoint.readers import read_checkpoint
     from xtuner_llava_swap.export.run_config import load_training_run
     from xtuner_llava_swap.export.tokenizer import training_tokenizer
     from xtuner_llava_swap.export.verify import (VERIFY_PROMPT, _exported_hf, _reference,

@@ -169,7 +169,7 @@ def test_qwen3_exports_to_hf_verified_and_loads_in_plain_transformers(qwen3_run,
     # the export's tokenizer and chat template (they load on any transformers)
     from transformers import AutoTokenizer
 
-    from xtuner_llava_swap.tokenizers import encode_llava_conversation
+    from xtuner_llava_swap.training.tokenizers import encode_llava_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(out)
     image_id = tokenizer.convert_tokens_to_ids("<image>")

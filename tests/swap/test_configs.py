@@ -7,12 +7,13 @@ profile once and go through swap_llm; the path overrides use the `--cfg-options`
 the suite opts in to (tests/conftest.py).
 
 The end-to-end runs take the REAL config files with `--cfg-options` overrides of their path
-variables plus the CPU switches of ``xtuner_llava_swap.cpu_options``. Where bitsandbytes cannot
-quantize (0.45.0 without CUDA, see ``compat.bitsandbytes_quantizes_here``) those switches
-drop the LLM's ``quantization_config``: the LLM then runs unquantized in fp32, while
-everything else of the QLoRA configs (LoRA on the LLM with the profile's target modules,
-LoRA on the vision encoder, projector training, LengthGroupedSampler, DatasetInfoHook,
-the plugin's EvaluateChatHook) runs as configured. Where it can, the 4-bit path runs.
+variables plus the CPU switches of ``xtuner_llava_swap.training.cpu_options``. Where
+bitsandbytes cannot quantize (0.45.0 without CUDA, see ``compat.bitsandbytes_quantizes_here``)
+those switches drop the LLM's ``quantization_config``: the LLM then runs unquantized in fp32,
+while everything else of the QLoRA configs (LoRA on the LLM with the profile's target
+modules, LoRA on the vision encoder, projector training, LengthGroupedSampler,
+DatasetInfoHook, the plugin's EvaluateChatHook) runs as configured. Where it can, the 4-bit
+path runs.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ from mmengine.config import Config
 from xtuner.dataset.map_fns import llava_map_fn
 
 from support import REPO, requires_fixtures, run_train
-from xtuner_llava_swap import cfg_options_rebind, compat, cpu_options
-from xtuner_llava_swap.configs import ConfigSwapError, swap_llm
+from xtuner_llava_swap import cfg_options_rebind, compat
 from xtuner_llava_swap.data import DataError, LLaVASwapDataset, llava_format_map_fn
-from xtuner_llava_swap.hooks import EvaluateChatHook
 from xtuner_llava_swap.profiles import get_profile, template_map_fn_factory
 from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
-from xtuner_llava_swap.tokenizers import tokenizer_dict
+from xtuner_llava_swap.training import cpu_options
+from xtuner_llava_swap.training.configs import ConfigSwapError, swap_llm
+from xtuner_llava_swap.training.hooks import EvaluateChatHook
+from xtuner_llava_swap.training.tokenizers import tokenizer_dict
 
 CONFIGS = REPO / "configs"
 XTUNER_INTERNLM2 = "llava_internlm2_chat_7b_qlora_clip_vit_large_p14_336_lora_e1_gpu8_finetune"
@@ -213,8 +215,8 @@ def test_swap_llm_rewrites_xtuners_llava_configs(base, profile, path, tmp_path):
     # a dumped swapped config is a standalone config that loads back to the same thing
     cfg.dump(tmp_path / "swapped.py")
     again = Config.fromfile(tmp_path / "swapped.py")
-    assert again.tokenizer.type == "xtuner_llava_swap.tokenizers.build_tokenizer"
-    assert again.custom_hooks[1].type == "xtuner_llava_swap.hooks.EvaluateChatHook"
+    assert again.tokenizer.type == "xtuner_llava_swap.training.tokenizers.build_tokenizer"
+    assert again.custom_hooks[1].type == "xtuner_llava_swap.training.hooks.EvaluateChatHook"
     assert {k: v for k, v in again.tokenizer.items() if k != "type"} == {
         k: v for k, v in tokenizer_dict(profile, path).items() if k != "type"}
 
@@ -253,7 +255,7 @@ def test_swap_llm_on_a_plain_namespace_with_real_objects():
     from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
     from xtuner.utils import PROMPT_TEMPLATE
 
-    from xtuner_llava_swap.tokenizers import build_tokenizer
+    from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
     tokenizer = dict(type=AutoTokenizer.from_pretrained, pretrained_model_name_or_path="old/llm",
                      trust_remote_code=True, padding_side="right", bos_token="<s>")

@@ -18,9 +18,10 @@ from transformers import (AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionMo
                           LogitsProcessor, LogitsProcessorList)
 
 from support import requires_fixtures
-from xtuner_llava_swap.hooks import EvaluateChatHook, StopOnTokenIds
 from xtuner_llava_swap.profiles import get_profile
-from xtuner_llava_swap.tokenizers import chat_template_ids, encode_llava_conversation, tokenizer_dict
+from xtuner_llava_swap.training.hooks import EvaluateChatHook, StopOnTokenIds
+from xtuner_llava_swap.training.tokenizers import (chat_template_ids, encode_llava_conversation,
+                                                   tokenizer_dict)
 
 K = 4  # the step at which the stop token is forced
 MAX_NEW = 12

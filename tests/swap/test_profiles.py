@@ -13,9 +13,9 @@ from xtuner_llava_swap.families import FAMILIES, LLMFamily
 from xtuner_llava_swap.profiles import (PROFILES, PROMPT_TEMPLATE, LLMProfile, ProfileRegistry,
                                         UnknownProfileError, get_profile, list_profiles,
                                         template_map_fn_factory)
-from xtuner_llava_swap.tokenizers import (TokenizerContractError, build_tokenizer,
-                                          check_tokenizer_contract, encode_llava_conversation,
-                                          tokenizer_dict)
+from xtuner_llava_swap.training.tokenizers import (TokenizerContractError, build_tokenizer,
+                                                   check_tokenizer_contract,
+                                                   encode_llava_conversation, tokenizer_dict)
 
 QWEN2_DIR = FIXTURES / "qwen2-1.5b-instruct-finetune-export" if FIXTURES else None
 TEXT_SAMPLE = {"conversations": [
@@ -330,7 +330,7 @@ CONFIG = textwrap.dedent("""\
     from xtuner.dataset import LLaVADataset
     from xtuner.dataset.map_fns import llava_map_fn
     from xtuner_llava_swap.profiles import PROMPT_TEMPLATE, template_map_fn_factory
-    from xtuner_llava_swap.tokenizers import build_tokenizer
+    from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
     llm_name_or_path = {llm!r}
     data_path = {data!r}
@@ -368,7 +368,7 @@ def test_config_survives_register_function_dump_and_resume(tmp_path):
     cfg.dump(tmp_path / "dumped.py")
     dumped_text = (tmp_path / "dumped.py").read_text()
     assert "xtuner_llava_swap.profiles.PROMPT_TEMPLATE.qwen2_5" in dumped_text
-    assert "xtuner_llava_swap.tokenizers.build_tokenizer" in dumped_text
+    assert "xtuner_llava_swap.training.tokenizers.build_tokenizer" in dumped_text
     resumed = Config.fromfile(tmp_path / "dumped.py")
 
     tokenizer = build_tokenizer(QWEN2_DIR, profile="qwen2.5")

@@ -27,7 +27,7 @@ from test_tokenization import (IMAGE, SAMPLES, apply_with_image, build, expected
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner.dataset)
 from xtuner_llava_swap.profiles import get_profile
-from xtuner_llava_swap.tokenizers import chat_template_ids, encode_llava_conversation
+from xtuner_llava_swap.training.tokenizers import chat_template_ids, encode_llava_conversation
 
 IGNORE = -100
 THINK_EMPTY = "<think>\n\n</think>\n\n"
@@ -67,7 +67,7 @@ def assert_dataset_encodes_the_same(tokenizer, profile, sample, encoded, system=
 
 def hook_ids(tokenizer, profile, text, with_image, system=None) -> list:
     """The ids the evaluation hook generates from."""
-    from xtuner_llava_swap.hooks import EvaluateChatHook
+    from xtuner_llava_swap.training.hooks import EvaluateChatHook
 
     hook = EvaluateChatHook(tokenizer, [text], profile=profile, system=system)
     return hook.prompt_ids(text, with_image=with_image)[1]
@@ -262,7 +262,7 @@ def test_new_profiles_facts_and_listing(capsys):
 
     qwen3, llama31 = get_profile("qwen3"), get_profile("llama3.1-instruct")
     assert (qwen3.family.hf_text_model_type, qwen3.family.official_llava_class) == ("qwen3", None)
-    from xtuner_llava_swap.export.errors import ExportError
+    from xtuner_llava_swap.errors import ExportError
     from xtuner_llava_swap.export.llava_writer import check_llava_target
 
     with pytest.raises(ExportError, match=r"'qwen3': the official LLaVA code has no Qwen3 "

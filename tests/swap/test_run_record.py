@@ -16,10 +16,10 @@ import pytest
 from mmengine.config import Config
 
 from support import REPO
-from xtuner_llava_swap.profile_agreement import ProfileMismatchError, agreed_profile
 from xtuner_llava_swap.profiles import PROMPT_TEMPLATE
 from xtuner_llava_swap.run_record import (RECORD_NAME, RunRecordError, make_record,
                                           plugin_version, read_record, write_record)
+from xtuner_llava_swap.training.profile_agreement import ProfileMismatchError, agreed_profile
 from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
 
 
@@ -126,8 +126,8 @@ def test_hook_of_another_profile_fails_when_the_runner_builds_it(qwen2_5_config)
 def test_swap_llm_adds_the_record_hook_with_its_profile():
     from mmengine.registry import HOOKS
 
-    from xtuner_llava_swap.configs import swap_llm
-    from xtuner_llava_swap.run_record_hook import RunRecordHook
+    from xtuner_llava_swap.training.configs import swap_llm
+    from xtuner_llava_swap.training.run_record_hook import RunRecordHook
 
     cfg = Config.fromfile(REPO / "configs" / "llava_qwen7b_from_xtuner_internlm2.py")
     records = [h for h in cfg.custom_hooks if h.type is RunRecordHook]

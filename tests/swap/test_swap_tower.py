@@ -8,8 +8,8 @@ from mmengine.config import Config
 from support import REPO
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner)
-from xtuner_llava_swap.configs import ConfigSwapError, swap_vision_tower
 from xtuner_llava_swap.testing.tiny import build_tiny_tower
+from xtuner_llava_swap.training.configs import ConfigSwapError, swap_vision_tower
 
 CONFIG = REPO / "configs" / "llava_qwen2_5_7b_instruct_qlora.py"
 
@@ -32,7 +32,7 @@ def dicts(node):
 def test_every_place_of_the_tower_follows(siglip):
     from transformers import SiglipImageProcessor, SiglipVisionModel
 
-    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
 
     cfg = Config.fromfile(str(CONFIG))
     old = cfg.visual_encoder_name_or_path

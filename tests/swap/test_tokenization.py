@@ -24,8 +24,8 @@ from support import FIXTURES, requires_fixtures
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner.dataset)
 from xtuner_llava_swap.profiles import get_profile
-from xtuner_llava_swap.tokenizers import (TokenizerContractError, chat_template_ids,
-                                          encode_llava_conversation, tokenizer_dict)
+from xtuner_llava_swap.training.tokenizers import (TokenizerContractError, chat_template_ids,
+                                                   encode_llava_conversation, tokenizer_dict)
 
 IMAGE = -200  # xtuner's IMAGE_TOKEN_INDEX
 IGNORE = -100

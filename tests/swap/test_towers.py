@@ -102,7 +102,7 @@ def image_positions(model, pixel_values, text_ids):
 def test_siglip_keeps_every_patch_and_clip_drops_its_class_token(tiny_parts, towers):
     from xtuner.model import LLaVAModel
 
-    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
 
     llm = tiny_parts("qwen2", real_tokenizer=False)
     pixels = torch.randn(1, 3, 56, 56)
@@ -131,7 +131,7 @@ def test_siglip_keeps_every_patch_and_clip_drops_its_class_token(tiny_parts, tow
 
 
 def test_a_tower_that_does_not_match_the_encoder_is_refused(tiny_parts, towers):
-    from xtuner_llava_swap.llava_model import LLaVASwapModel
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
 
     with pytest.raises(ValueError, match="is a clip_vision_model tower, but the visual encoder is a siglip"):
         build_model(LLaVASwapModel, tiny_parts("qwen2", real_tokenizer=False),

@@ -2,16 +2,16 @@
 official LLaVA (``llava``) folders, LoRA/QLoRA merged, from any checkpoint form, verified.
 
 Command line: ``tools/convert_to_hf.py`` / ``xtuner-llava-swap-convert`` (:mod:`.cli`).
-Python: :func:`convert`. Modules, in data-flow order: :mod:`.run_config` (CONFIG),
-:mod:`.readers` / :mod:`.deepspeed_reader` (CHECKPOINT, base folders), :mod:`.lora`
-(updates and merge), :mod:`.layouts` (key tables), :mod:`.weights` (the checked stream),
-:mod:`.text_config`, :mod:`.tokenizer`, :mod:`.shards`, :mod:`.hf_writer`,
-:mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`. :mod:`.loaders` holds the classes
-that load an official-format export with plain transformers (registered at import).
+Python: :func:`convert`. The CHECKPOINT and the base model folders are read by the
+checkpoint room (:mod:`xtuner_llava_swap.checkpoint`). Modules, in data-flow order:
+:mod:`.run_config` (CONFIG), :mod:`.lora` (updates and merge), :mod:`.layouts` (key
+tables), :mod:`.weights` (the checked stream), :mod:`.text_config`, :mod:`.tokenizer`,
+:mod:`.shards`, :mod:`.hf_writer`, :mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`.
+:mod:`.loaders` holds the classes that load an official-format export with plain
+transformers (registered at import).
 """
+from ..errors import ExportError
 from .convert import DTYPES, FORMATS, convert
-from .errors import ExportError
-from .readers import read_checkpoint
 from .verify import verify_export
 
-__all__ = ["DTYPES", "FORMATS", "ExportError", "convert", "read_checkpoint", "verify_export"]
+__all__ = ["DTYPES", "FORMATS", "ExportError", "convert", "verify_export"]

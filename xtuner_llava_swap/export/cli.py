@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .convert import DTYPES, FORMATS, convert
-from .errors import ExportError
+from ..errors import ExportError
 
 DESCRIPTION = """\
 Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directory, or an

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError, ExportInterrupted
-from .readers import read_checkpoint
+from ..checkpoint.readers import read_checkpoint
+from ..errors import ExportError, ExportInterrupted
 from .run_config import check_recorded_config, load_training_run
 from .shards import parse_size
 from .tokenizer import export_tokenizer, training_tokenizer

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 from .hf_writer import generation_config, vision_config_of, write_weights
 from .text_config import text_config
 

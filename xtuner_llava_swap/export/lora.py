@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 
 COMPONENTS = ("llm", "visual_encoder", "projector")
 _PEFT_PREFIX = "base_model.model."

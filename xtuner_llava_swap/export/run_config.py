@@ -12,31 +12,13 @@ from the record is used, with a warning.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExportError
+from ..checkpoint.checkpoint_files import LoraSpec
+from ..errors import ExportError
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoraSpec:
-    """Rank and scaling of one LoRA setting (``LoraConfig`` fields)."""
-
-    r: int
-    alpha: float
-    use_rslora: bool = False
-
-    @property
-    def scale(self) -> float:
-        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
-
-    @classmethod
-    def from_mapping(cls, cfg) -> "LoraSpec":
-        return cls(r=int(cfg.get("r", 8)), alpha=float(cfg.get("lora_alpha", 8)),
-                   use_rslora=bool(cfg.get("use_rslora", False)))
 
 
 @dataclass(frozen=True)

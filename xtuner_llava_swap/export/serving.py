@@ -24,7 +24,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ExportError
+from ..errors import ExportError
 
 SERVERS = {"hf": "vLLM", "llava": "SGLang"}
 SGLANG_CLASSES = ("LlavaLlamaForCausalLM", "LlavaQwenForCausalLM")

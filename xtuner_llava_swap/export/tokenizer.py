@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 
+from ..errors import ExportError
 from ..token_contract import IMAGE_TOKEN
-from .errors import ExportError
 
 # Texts compared between the training and the export tokenizer
 PROBE_TEXTS = ("Describe the image briefly.\n", "请描述一下这张照片", "  spaces\tand\n\nnew lines",
@@ -31,10 +31,10 @@ def remote_code_allowed(run, flag: bool) -> bool:
 
 def training_tokenizer(run, trust_remote_code: bool, check_contract: bool = True):
     """CONFIG's tokenizer, built as training built it; ``check_contract=False`` skips the
-    profile contract check of :func:`~xtuner_llava_swap.tokenizers.build_tokenizer`."""
+    profile contract check of :func:`~xtuner_llava_swap.training.tokenizers.build_tokenizer`."""
     from mmengine.registry import Registry
 
-    from xtuner_llava_swap.tokenizers import build_tokenizer
+    from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
     cfg = run.cfg.tokenizer.copy()
     if cfg.get("trust_remote_code") and not remote_code_allowed(run, trust_remote_code):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 
 PROBE = Path(__file__).with_name("upstream_probe.py")
 

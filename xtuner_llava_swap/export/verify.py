@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 from ..token_contract import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 
 VERIFY_PROMPT = "Describe the image briefly."
@@ -88,7 +88,7 @@ def _reference_prompt(run, prompt: str) -> str:
 
 
 def _reference_ids(tokenizer, text: str) -> list:
-    from xtuner_llava_swap.tokenizers import training_bos_ids
+    from xtuner_llava_swap.training.tokenizers import training_bos_ids
 
     before, after = text.split(IMAGE_TOKEN)
     return (training_bos_ids(tokenizer) + tokenizer.encode(before, add_special_tokens=False)

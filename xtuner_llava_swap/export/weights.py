@@ -8,7 +8,8 @@ merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2) -> embedding rows a
 ``<image>`` when the vocabulary has no spare row -> cast -> target name. One weight's
 tensors are alive at a time: its trained update (replacement or LoRA pair) is read from the
 checkpoint only then (:mod:`.lora` keeps keys), and the memory-mapped pages of its base
-tensor and of its update are given back as soon as it is written (:mod:`.pages`).
+tensor and of its update are given back as soon as it is written
+(:mod:`xtuner_llava_swap.checkpoint.pages`).
 :meth:`WeightPlan.layout` runs the same steps on meta tensors to give the shard writer
 every name, shape and dtype before any data.
 """
@@ -20,11 +21,11 @@ from typing import Iterator
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 from .layouts import text_table, to_target
 from .lora import apply_update, component_updates
-from .pages import release
-from .readers import WeightFolder
+from ..checkpoint.pages import release
+from ..checkpoint.readers import WeightFolder
 from .shards import PlannedTensor
 
 PROJECTOR_KEYS = ("model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias")

@@ -33,7 +33,7 @@ from peft import LoraConfig
 from transformers import AutoModelForCausalLM, CLIPImageProcessor, CLIPVisionModel
 
 from xtuner.model import LLaVAModel
-from xtuner_llava_swap.tokenizers import build_tokenizer
+from xtuner_llava_swap.training.tokenizers import build_tokenizer
 
 llm_name_or_path = "{llm}"
 visual_encoder_name_or_path = "{clip}"

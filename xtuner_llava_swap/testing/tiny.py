@@ -51,11 +51,12 @@ class TinyLLaVA:
         Path variables point here (every dict that used them follows only with the
         re-binding opt-in, ``XTUNER_LLAVA_SWAP_REBIND=1``, see
         :mod:`xtuner_llava_swap.cfg_options_rebind`), the CPU switches of
-        :mod:`xtuner_llava_swap.cpu_options` apply, batches are small, the warm-up spans half an epoch (``warmup_ratio *
-        max_epochs`` would round to zero iterations on tiny data), generations are short
-        and the seed is fixed. ``extra`` adds or overrides options.
+        :mod:`xtuner_llava_swap.training.cpu_options` apply, batches are small, the warm-up
+        spans half an epoch (``warmup_ratio * max_epochs`` would round to zero iterations on
+        tiny data), generations are short and the seed is fixed. ``extra`` adds or overrides
+        options.
         """
-        from xtuner_llava_swap.cpu_options import cpu_cfg_options
+        from xtuner_llava_swap.training.cpu_options import cpu_cfg_options
 
         image = next(p for p in sorted(self.image_folder.rglob("*")) if p.is_file())
         data = self.pretrain_data_path if stage == "pretrain" else self.data_path

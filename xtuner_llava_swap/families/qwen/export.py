@@ -50,7 +50,7 @@ QWEN2_FIELDS = {
 
 def qwen2_text_config(base: dict, where) -> dict:
     """The Qwen2 text config of Qwen-7B's ``config.json`` (raises where there is none)."""
-    from xtuner_llava_swap.export.errors import ExportError
+    from xtuner_llava_swap.errors import ExportError
 
     if float(base.get("rotary_pct", 1.0)) != 1.0:
         raise ExportError(f"{where}: rotary_pct={base['rotary_pct']}; Qwen2 rotates every dim")
@@ -79,7 +79,7 @@ def fast_tokenizer(llm_path, trained):
     from transformers import Qwen2TokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from xtuner_llava_swap.export.errors import ExportError
+    from xtuner_llava_swap.errors import ExportError
 
     vocab_file = Path(llm_path) / VOCAB_FILE
     if not vocab_file.is_file():

@@ -6,7 +6,7 @@ where bitsandbytes cannot quantize without CUDA (bitsandbytes < 0.46).
 """
 from __future__ import annotations
 
-from .compat import bitsandbytes_quantizes_here
+from ..compat import bitsandbytes_quantizes_here
 
 # Always: fp32 weights, no pinned memory, gloo instead of nccl.
 CPU_CFG_OPTIONS = {

@@ -22,7 +22,7 @@ that differs where xtuner's hook is wrong for other LLMs:
   untrained, sampling model can pick) is shown as ``<unknown token id N>``, where
   ``QWenTokenizer.decode`` would raise and stop the training;
 * its profile, its tokenizer's and its prompt template's must agree (checked when the hook
-  is built, :mod:`xtuner_llava_swap.profile_agreement`); :attr:`EvaluateChatHook.profile`
+  is built, :mod:`xtuner_llava_swap.training.profile_agreement`); :attr:`EvaluateChatHook.profile`
   is the profile they name;
 * each prompt may come with an image or without one (``evaluation_images`` entries may
   be ``None``), and both kinds run through the same path on Qwen-7B (remote code,
@@ -42,7 +42,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
 
-from .profiles.prompt_format import stop_id_sequences
+from ..profiles.prompt_format import stop_id_sequences
 
 # xtuner's sampling defaults for its EvaluateChatHook.
 DEFAULT_GENERATION_KWARGS = dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40)
@@ -139,8 +139,8 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         from xtuner.registry import BUILDER
 
         from .profile_agreement import agreed_profile
-        from .profiles import get_profile
-        from .profiles.template_map import resolve_template, template_profiles
+        from ..profiles import get_profile
+        from ..profiles.template_map import resolve_template, template_profiles
         from .tokenizers import tokenizer_profile
 
         if prompt_template is None and profile is None:
@@ -234,7 +234,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         from xtuner.dataset.utils import encode_fn
         from xtuner.utils import DEFAULT_IMAGE_TOKEN
 
-        from .profiles import template_map_fn_factory
+        from ..profiles import template_map_fn_factory
 
         user_input = f"{DEFAULT_IMAGE_TOKEN}\n{text}" if with_image else text
         example = {"conversation": [{"input": user_input, "output": ""}]}

@@ -3,10 +3,13 @@
 :func:`safe_load` is every ``torch.load`` of the converter: ``weights_only=True`` with the
 explicit allowlist of :func:`checkpoint_allowlist`, and one clear line for a file that is
 empty, truncated, not a torch checkpoint or asks for a global outside the list.
-:class:`TrainedCheckpoint` is what :mod:`.readers` and :mod:`.deepspeed_reader` return.
+:class:`TrainedCheckpoint` is what :mod:`.readers` and :mod:`.deepspeed_reader` return;
+:class:`LoraSpec` is the rank and scaling of a LoRA setting, as a ``pth_to_hf`` folder's
+``adapter_config.json`` records it (and as the export reads it from the run's CONFIG).
 """
 from __future__ import annotations
 
+import math
 import re
 import zipfile
 from collections.abc import Mapping
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 
 
 def checkpoint_allowlist(deepspeed: bool = True) -> list:
@@ -69,6 +72,24 @@ def safe_load(path: str | Path, *, mmap: bool = True):
                 "to unpickle it (it could run code). Only checkpoints of xtuner/mmengine/"
                 "DeepSpeed are read") from err
         raise ExportError(f"{path}: cannot be loaded: {text.splitlines()[0]}") from err
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Rank and scaling of one LoRA setting (``LoraConfig`` fields)."""
+
+    r: int
+    alpha: float
+    use_rslora: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+
+    @classmethod
+    def from_mapping(cls, cfg) -> "LoraSpec":
+        return cls(r=int(cfg.get("r", 8)), alpha=float(cfg.get("lora_alpha", 8)),
+                   use_rslora=bool(cfg.get("use_rslora", False)))
 
 
 @dataclass

@@ -33,7 +33,7 @@ config can inherit one of xtuner's own and swap it in a few lines (see
     from mmengine.config import read_base
     with read_base():
         from xtuner.configs.llava.<...>.finetune.<config name> import *
-    from xtuner_llava_swap.configs import swap_llm   # mmengine turns this into a LazyObject
+    from xtuner_llava_swap.training.configs import swap_llm  # mmengine makes it a LazyObject
 
     llm_name_or_path = "Qwen/Qwen-7B-Chat"
     swap_llm.build()(globals(), "qwen", llm_name_or_path)
@@ -82,7 +82,7 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
     """
     from mmengine.config import Config
 
-    from .profiles import get_profile
+    from ..profiles import get_profile
 
     profile = get_profile(profile)
     profile.family.check_stack()  # e.g. Qwen3 on transformers < 4.51: stop here, say why
@@ -136,7 +136,7 @@ def swap_vision_tower(cfg, tower, visual_encoder_name_or_path, *, pretrained_pth
     from mmengine.config import Config
 
     from .llava_model import LLaVASwapModel
-    from .towers import get_tower
+    from ..towers import get_tower
 
     tower = get_tower(tower)
     namespace = cfg._cfg_dict if isinstance(cfg, Config) else cfg
@@ -178,7 +178,7 @@ def _check_projector_width(pretrained_pth, encoder_path: str, tower) -> None:
     config_file = Path(encoder_path) / "config.json"
     if not pretrained_pth or not Path(str(pretrained_pth)).exists() or not config_file.is_file():
         return  # nothing to compare here (a hub id, or the checkpoint is not written yet)
-    from .export.readers import read_checkpoint
+    from ..checkpoint.readers import read_checkpoint
 
     fields = json.loads(config_file.read_text())
     width = fields.get("vision_config", fields)["hidden_size"]
@@ -206,9 +206,9 @@ class _Swapper:
     """Rewrites the LLM-dependent dicts of one config for one profile."""
 
     def __init__(self, profile, llm_path: str, system, lazy: bool):
-        from .data.map_fns import llava_format_map_fn
+        from ..data.map_fns import llava_format_map_fn
         from .hooks import EvaluateChatHook
-        from .profiles import template_map_fn_factory
+        from ..profiles import template_map_fn_factory
         from .run_record_hook import RunRecordHook
         from .tokenizers import build_tokenizer, tokenizer_dict
 

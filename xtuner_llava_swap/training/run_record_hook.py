@@ -3,7 +3,7 @@
 Before the first iteration it compares its own ``profile`` (``swap_llm`` adds the hook with
 the profile it swaps to) with the profile of every ``LLaVASwapDataset`` of the train
 dataloader and of every ``EvaluateChatHook`` (each checked its own parts when it was
-built), and raises :class:`~xtuner_llava_swap.profile_agreement.ProfileMismatchError` when
+built), and raises :class:`~xtuner_llava_swap.training.profile_agreement.ProfileMismatchError` when
 they differ. Then rank 0 writes the run record (:mod:`xtuner_llava_swap.run_record`) into
 the work dir. Registered in mmengine's ``HOOKS`` registry (the one xtuner's runner builds
 its hooks from) as ``RunRecordHook``.
@@ -16,8 +16,8 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from ..run_record import make_record, write_record
 from .profile_agreement import agreed_profile
-from .run_record import make_record, write_record
 
 
 @HOOKS.register_module()
@@ -31,7 +31,7 @@ class RunRecordHook(Hook):
     priority = "VERY_HIGH"  # before EvaluateChatHook's first generation
 
     def __init__(self, profile):
-        from .profiles import get_profile
+        from ..profiles import get_profile
 
         self.profile = get_profile(profile).name
 

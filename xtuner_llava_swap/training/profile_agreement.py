@@ -1,7 +1,7 @@
 """The parts of a run that name an LLM profile must name the same one.
 
-A tokenizer built by :func:`~xtuner_llava_swap.tokenizers.build_tokenizer` carries its
-profile (:func:`~xtuner_llava_swap.tokenizers.tokenizer_profile`), the function of
+A tokenizer built by :func:`~xtuner_llava_swap.training.tokenizers.build_tokenizer` carries its
+profile (:func:`~xtuner_llava_swap.training.tokenizers.tokenizer_profile`), the function of
 :func:`~xtuner_llava_swap.profiles.template_map_fn_factory` the profiles its template is
 (``profiles``), ``EvaluateChatHook`` and ``RunRecordHook`` the profile they were given.
 Whatever is built from several such parts (``LLaVASwapDataset``: tokenizer and template map
@@ -35,8 +35,8 @@ def agreed_profile(owner: str, parts) -> str | None:
                                     seen[0])
             raise ProfileMismatchError(
                 f"{owner}: {other_key} is {_describe(other)} but {key} is {_describe(names)}; "
-                "build every part from one profile (xtuner_llava_swap.configs.swap_llm(cfg, "
-                "profile, llm_path) rewrites them all)")
+                "build every part from one profile (xtuner_llava_swap.training.configs."
+                "swap_llm(cfg, profile, llm_path) rewrites them all)")
         common = set(names) if common is None else common & set(names)
         seen.append((key, names))
     return next(iter(common)) if common is not None and len(common) == 1 else None

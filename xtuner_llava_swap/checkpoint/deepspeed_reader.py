@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import ExportError
+from ..errors import ExportError
 from .pages import release
 from .checkpoint_files import TrainedCheckpoint, safe_load
 

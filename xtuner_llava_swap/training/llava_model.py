@@ -19,7 +19,7 @@ from mmengine.registry import Registry
 from xtuner.model import LLaVAModel
 from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
-from .towers import tower_for
+from ..towers import tower_for
 
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtuner_llava_swap")
 

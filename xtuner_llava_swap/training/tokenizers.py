@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import copy
 
-from .profiles import get_profile
-from .profiles.chat_template import IMAGE_TOKEN
-from .token_contract import TokenizerContractError, single_token_id
+from ..profiles import get_profile
+from ..profiles.chat_template import IMAGE_TOKEN
+from ..token_contract import TokenizerContractError, single_token_id
 
 # The conversation check_tokenizer_contract encodes both ways (two turns, text only).
 PROBE_CONVERSATION = [
@@ -77,7 +77,8 @@ _CHATGLM_BOS = (64790, 64792)
 def training_bos_ids(tokenizer) -> list:
     """The bos ids xtuner's ``encode_fn`` puts at the start of every sample: none for the
     Qwen classes xtuner names, ChatGLM's two fixed ids, else ``bos_token_id`` (none when
-    it is None, as :mod:`.compat`'s ``bos_none_tokenizers`` makes xtuner do)."""
+    it is None, as :mod:`xtuner_llava_swap.compat`'s ``bos_none_tokenizers`` makes xtuner
+    do)."""
     name = type(tokenizer).__name__
     if name in _NO_BOS_CLASSES:
         return []
@@ -190,7 +191,7 @@ def encode_llava_conversation(sample, tokenizer, profile, *, system=None,
     from xtuner.dataset.map_fns import llava_map_fn
     from xtuner.dataset.utils import encode_fn
 
-    from .profiles import template_map_fn_factory
+    from ..profiles import template_map_fn_factory
 
     example = copy.deepcopy(dict(sample))
     example.update(llava_map_fn(example))

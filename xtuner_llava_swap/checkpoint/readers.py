@@ -25,9 +25,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint_files import TrainedCheckpoint, safe_load
-from .errors import ExportError
-from .run_config import LoraSpec
+from ..errors import ExportError
+from .checkpoint_files import LoraSpec, TrainedCheckpoint, safe_load
 
 def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
     """Read any checkpoint form listed in the module docstring."""
