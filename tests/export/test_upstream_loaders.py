@@ -6,10 +6,7 @@ export loads with LLaVA-NeXT's SigLipVisionTower from a Hugging Face cache, as a
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -149,15 +146,16 @@ def _hub_cache(root, hub_id: str, folder):
 
 @requires_fixtures
 @requires_upstream
-def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts, tmp_path):
+def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts, tmp_path,
+                                                                    monkeypatch, capsys):
     """SigLIP at its real size (384 px, patch 14: the 729 positions LLaVA-NeXT asserts),
-    exported through the command line with --verify --upstream: LLaVA-NeXT builds its
+    exported by the command line with --verify --upstream: LLaVA-NeXT builds its
     SigLipVisionTower from the hub id in a cache, drops the last layer and the head, loads
     every exported tensor, and gives xtuner's logits; haotian-liu/LLaVA is skipped."""
     from mmengine.config import Config
 
     from xtuner_llava_swap.configs import swap_llm, swap_vision_tower
-    from xtuner_llava_swap.export import ExportError
+    from xtuner_llava_swap.export import ExportError, cli
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
     # the shipped Qwen2.5 config moved to the tiny parts, as a file for the command line
@@ -175,16 +173,14 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     assert not (tmp_path / "llava-qwen-no-id").exists()
 
     out = tmp_path / "llava-qwen-siglip"
-    env = {**os.environ, "HF_HUB_CACHE": str(_hub_cache(tmp_path / "hub", SIGLIP_ID, tower)),
-           "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "convert_to_hf.py"),
-         str(run.config), str(run.checkpoint), str(out),
-         "--format", "llava", "--dtype", "float16", "--verify", "--upstream", str(UPSTREAM),
-         "--vision-tower-id", SIGLIP_ID, "--no-progress"],
-        capture_output=True, text=True, cwd=REPO, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", SIGLIP_ID, tower)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = cli.main([str(run.config), str(run.checkpoint), str(out), "--format", "llava",
+                     "--dtype", "float16", "--verify", "--upstream", str(UPSTREAM),
+                     "--vision-tower-id", SIGLIP_ID, "--no-progress"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    summary = json.loads(printed.out[printed.out.index("{"):])
     ours = summary["verify"]
     assert ours["max_abs_logit_diff"] <= ours["tolerance"] and ours["tokens"]
     weights = _weights(out)
@@ -210,6 +206,24 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     assert dropped and summary["vision_tower"]["tower_tensors_left_out"] == len(dropped)
     assert sorted(k.split("vision_tower.vision_tower.")[1] for k in weights
                   if k.startswith("model.vision_tower.")) == sorted(set(base) - set(dropped))
+
+
+def test_upstream_check_reads_a_by_name_tower_from_the_cache_only(tmp_path, monkeypatch):
+    from xtuner_llava_swap.export import ExportError
+    from xtuner_llava_swap.export.upstream import require_cached_tower
+
+    folder = tmp_path / "llava-qwen-siglip"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"mm_vision_tower": SIGLIP_ID}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ExportError, match=f"does not hold it .*huggingface-cli download "
+                                          f"{SIGLIP_ID}\\), or leave out --upstream$"):
+        require_cached_tower(folder)
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    (tower / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "cache", SIGLIP_ID, tower)))
+    require_cached_tower(folder)  # held: no error
 
 
 def test_mm_vision_tower_hub_id(tmp_path):
