@@ -168,9 +168,18 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     cfg.dump(work_dir / "llava_qwen_siglip.py")
     run = TrainedRun(work_dir / "llava_qwen_siglip.py", build_inprocess_checkpoint(
         work_dir / "llava_qwen_siglip.py", {}, work_dir / "iter_1.pth"), {})
-    with pytest.raises(ExportError, match="give --vision-tower-id, e.g. " + SIGLIP_ID):
-        _export(run, tmp_path / "llava-qwen-no-id")  # a local path would build CLIP
-    assert not (tmp_path / "llava-qwen-no-id").exists()
+    from xtuner.model import LLaVAModel
+
+    refused = {  # what LLaVA-NeXT's SigLipVisionTower cannot express, each in one line
+        "give --vision-tower-id, e.g. " + SIGLIP_ID: {},  # a local path would build CLIP
+        "select layer -2 only": {"model.visual_select_layer": -3},
+        "features drop position 0": {"model.type": LLaVAModel},  # xtuner's [:, 1:]
+    }
+    for reason, options in refused.items():
+        with pytest.raises(ExportError, match=reason):
+            _export(type(run)(run.config, run.checkpoint, options), tmp_path / "llava-qwen-no",
+                    vision_tower_id=SIGLIP_ID if options else None)
+    assert not (tmp_path / "llava-qwen-no").exists()
 
     out = tmp_path / "llava-qwen-siglip"
     monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", SIGLIP_ID, tower)))
