@@ -217,6 +217,18 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
                   if k.startswith("model.vision_tower.")) == sorted(set(base) - set(dropped))
 
 
+@requires_fixtures
+@requires_upstream
+def test_only_llava_next_has_the_siglip_tower():
+    from xtuner_llava_swap.export.upstream import applicable
+
+    usable, skipped = applicable(UPSTREAM, "llava_llama", "SigLipVisionTower")
+    assert [c.name for c in usable] == ["llava-next-df17966"]
+    assert skipped == {"llava-c121f04": "skipped: this checkout has no SigLipVisionTower"}
+    usable, skipped = applicable(UPSTREAM, "llava_llama", "CLIPVisionTower")
+    assert len(usable) == 2 and skipped == {}
+
+
 def test_upstream_check_reads_a_by_name_tower_from_the_cache_only(tmp_path, monkeypatch):
     from xtuner_llava_swap.export import ExportError
     from xtuner_llava_swap.export.upstream import require_cached_tower
