@@ -153,6 +153,7 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     SigLipVisionTower from the hub id in a cache, drops the last layer and the head, loads
     every exported tensor, and gives xtuner's logits; haotian-liu/LLaVA is skipped."""
     from mmengine.config import Config
+    from xtuner.model import LLaVAModel
 
     from xtuner_llava_swap.configs import swap_llm, swap_vision_tower
     from xtuner_llava_swap.export import ExportError, cli
@@ -168,8 +169,6 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     cfg.dump(work_dir / "llava_qwen_siglip.py")
     run = TrainedRun(work_dir / "llava_qwen_siglip.py", build_inprocess_checkpoint(
         work_dir / "llava_qwen_siglip.py", {}, work_dir / "iter_1.pth"), {})
-    from xtuner.model import LLaVAModel
-
     refused = {  # what LLaVA-NeXT's SigLipVisionTower cannot express, each in one line
         "give --vision-tower-id, e.g. " + SIGLIP_ID: {},  # a local path would build CLIP
         "select layer -2 only": {"model.visual_select_layer": -3},
@@ -190,6 +189,7 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     printed = capsys.readouterr()
     assert code == 0, printed.err[-3000:]
     summary = json.loads(printed.out[printed.out.index("{"):])
+    assert summary["serving"]["ready"]  # SGLang finds "siglip" in mm_vision_tower
     ours = summary["verify"]
     assert ours["max_abs_logit_diff"] <= ours["tolerance"] and ours["tokens"]
     weights = _weights(out)
