@@ -222,7 +222,10 @@ def test_siglip_run_exports_to_hf_keeping_every_patch(inprocess_run, tmp_path):
     ids = processor(images=Image.new("RGB", (70, 40), "red"), text="<image>\nWhat is it?",
                     return_tensors="pt")["input_ids"][0].tolist()
     assert ids.count(config["image_token_index"]) == 16
-    with pytest.raises(ExportError, match="official layout of a siglip tower"):
+    # LLaVA-NeXT's SigLipVisionTower asserts 729 positions: the official layout needs 384 px
+    # at patch 14 (tests/export/test_upstream_loaders.py exports that size)
+    with pytest.raises(ExportError, match="takes 729 positions per image; this siglip encoder "
+                                          r"\(56 px, patch 14\) gives 16: use --format hf"):
         _convert(run, tmp_path / "llava-qwen-siglip", fmt="llava")
     assert not (tmp_path / "llava-qwen-siglip").exists()
 

@@ -1,7 +1,8 @@
 """`--format llava` folders load with the upstream LLaVA code as it is (haotian-liu/LLaVA,
 LLaVA-NeXT from ../shared/fixtures/upstream, each in its own process): every exported
-tensor in use (the LoRA-trained vision tower too), xtuner's logits and greedy tokens; and
-both formats still load after they moved and the base model folders are gone."""
+tensor in use (the LoRA-trained vision tower too), xtuner's logits and greedy tokens; both
+formats still load after they moved and the base model folders are gone; and a SigLIP
+export loads with LLaVA-NeXT's SigLipVisionTower from a Hugging Face cache, as a user's."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from support import FIXTURES, requires_fixtures
+from export.conftest import TrainedRun, build_inprocess_checkpoint
+from support import FIXTURES, REPO, requires_fixtures
 
 from xtuner_llava_swap.export import convert
 from xtuner_llava_swap.export.llava_writer import TOWER_FOLDER, tower_hub_id
@@ -36,8 +38,10 @@ def _weights(folder):
     return tensors
 
 
-def _assert_upstream(report, checkouts, n_tensors):
-    assert sorted(report) == sorted(checkouts)
+def _assert_upstream(report, checkouts, n_tensors, skipped=()):
+    assert sorted(report) == sorted([*checkouts, *skipped])
+    for name in skipped:
+        assert report.pop(name).startswith("skipped: this checkout has no ")
     for name, numbers in report.items():
         # verify raised unless every tensor equals the loaded one; here the counts
         assert numbers["tensors_compared"] == n_tensors, name
@@ -87,7 +91,8 @@ def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_p
         **run.cfg_options, "llm_name_or_path": str(llm), "visual_encoder_name_or_path": str(clip)})
     out = tmp_path / "made" / "llava-qwen2-trained"
     summary = _export(moved_run, out, verify=True, upstream=UPSTREAM)
-    _assert_upstream(summary["verify"]["upstream"], ["llava-next-df17966"], len(_weights(out)))
+    _assert_upstream(summary["verify"]["upstream"], ["llava-next-df17966"], len(_weights(out)),
+                     skipped=["llava-c121f04"])  # haotian-liu/LLaVA has no llava_qwen
     # no hub id known for the tiny tower: a local path, and the converter says so
     assert summary["vision_tower"]["mm_vision_tower"] == str(out / TOWER_FOLDER)
     assert "If the folder moves" in summary["vision_tower"]["note"]
@@ -124,6 +129,124 @@ def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_p
         hf_logits = hf_model(**inputs).logits[0]
     assert hf_logits.shape[0] == ours.shape[0]
     assert (hf_logits[:, :vocab] - ours[:, :vocab]).abs().max() < 1e-3 * ours.abs().max()
+
+
+SIGLIP_ID = "google/siglip-so400m-patch14-384"
+
+
+def _hub_cache(root, hub_id: str, folder):
+    """A Hugging Face hub cache holding ``folder`` as ``hub_id`` (a download's layout)."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{hub_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root
+
+
+@requires_fixtures
+@requires_upstream
+def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts, tmp_path,
+                                                                    monkeypatch, capsys):
+    """SigLIP at its real size (384 px, patch 14: the 729 positions LLaVA-NeXT asserts),
+    exported (float32) by the command line with --verify --upstream: this package's loader
+    gives xtuner's logits within 1e-4 of their scale; LLaVA-NeXT (loading float16) builds its
+    SigLipVisionTower from the hub id in a cache, drops the last layer and the head, loads
+    every exported tensor, and gives xtuner's logits; haotian-liu/LLaVA is skipped."""
+    from mmengine.config import Config
+    from xtuner.model import LLaVAModel
+
+    from xtuner_llava_swap.configs import swap_llm, swap_vision_tower
+    from xtuner_llava_swap.export import ExportError, cli
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    # the shipped Qwen2.5 config moved to the tiny parts, as a file for the command line
+    tower = build_tiny_tower("siglip-so400m-384", tmp_path / "siglip", image_size=384)
+    cfg = Config.fromfile(REPO / "configs" / "llava_qwen2_5_7b_instruct_qlora.py")
+    swap_llm(cfg, "qwen2.5", str(tiny_parts("qwen2")), pretrained_pth=None)
+    swap_vision_tower(cfg, "siglip-so400m-384", str(tower))
+    work_dir = tmp_path / "work_dir"  # the run's files (an export may not lie inside)
+    work_dir.mkdir()
+    cfg.dump(work_dir / "llava_qwen_siglip.py")
+    run = TrainedRun(work_dir / "llava_qwen_siglip.py", build_inprocess_checkpoint(
+        work_dir / "llava_qwen_siglip.py", {}, work_dir / "iter_1.pth"), {})
+    refused = {  # what LLaVA-NeXT's SigLipVisionTower cannot express, each in one line
+        "give --vision-tower-id, e.g. " + SIGLIP_ID: {},  # a local path would build CLIP
+        "select layer -2 only": {"model.visual_select_layer": -3},
+        "features drop position 0": {"model.type": LLaVAModel},  # xtuner's [:, 1:]
+    }
+    for reason, options in refused.items():
+        with pytest.raises(ExportError, match=reason):
+            _export(type(run)(run.config, run.checkpoint, options), tmp_path / "llava-qwen-no",
+                    vision_tower_id=SIGLIP_ID if options else None)
+    assert not (tmp_path / "llava-qwen-no").exists()
+
+    out = tmp_path / "llava-qwen-siglip"
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", SIGLIP_ID, tower)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = cli.main([str(run.config), str(run.checkpoint), str(out), "--format", "llava",
+                     "--dtype", "float32", "--verify", "--upstream", str(UPSTREAM),
+                     "--vision-tower-id", SIGLIP_ID, "--no-progress"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err[-3000:]
+    summary = json.loads(printed.out[printed.out.index("{"):])
+    assert summary["serving"]["ready"]  # SGLang finds "siglip" in mm_vision_tower
+    ours = summary["verify"]  # this package's loader, float32: the strict check
+    assert ours["max_abs_logit_diff"] <= ours["tolerance"] == 1e-4 * max(1, ours["logit_scale"])
+    assert ours["tokens"] == ours["reference_tokens"] and ours["tokens"]
+    weights = _weights(out)
+    report = summary["verify"]["upstream"]
+    assert "SigLipVisionTower" in report["llava-c121f04"]
+    _assert_upstream(report, ["llava-next-df17966"], len(weights), skipped=["llava-c121f04"])
+    # every position of the image: 729 (no class token dropped), the same in both loaders
+    assert report["llava-next-df17966"]["positions"] == ours["positions"] > 729
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["mm_vision_tower"] == summary["vision_tower"]["mm_vision_tower"] == SIGLIP_ID
+    assert (config["mm_vision_select_layer"], config["mm_vision_select_feature"],
+            config["mm_patch_merge_type"]) == (-2, "full", "flat")
+    assert config["vision_config"]["model_type"] == "siglip_vision_model"
+    assert not (out / TOWER_FOLDER).exists()  # LLaVA-NeXT reads SigLIP by hub id only
+    assert json.loads((out / "preprocessor_config.json").read_text())[
+        "image_processor_type"] == "SiglipImageProcessor"
+    # the folder holds the tower LLaVA-NeXT keeps: without the last layer and the head
+    base = load_file(f"{tower}/model.safetensors")
+    last = config["vision_config"]["num_hidden_layers"] - 1
+    dropped = [k for k in base if k.startswith((f"vision_model.encoder.layers.{last}.",
+                                                "vision_model.head."))]
+    assert dropped and summary["vision_tower"]["tower_tensors_left_out"] == len(dropped)
+    assert sorted(k.split("vision_tower.vision_tower.")[1] for k in weights
+                  if k.startswith("model.vision_tower.")) == sorted(set(base) - set(dropped))
+
+
+@requires_fixtures
+@requires_upstream
+def test_only_llava_next_has_the_siglip_tower():
+    from xtuner_llava_swap.export.upstream import applicable
+
+    usable, skipped = applicable(UPSTREAM, "llava_llama", "SigLipVisionTower")
+    assert [c.name for c in usable] == ["llava-next-df17966"]
+    assert skipped == {"llava-c121f04": "skipped: this checkout has no SigLipVisionTower"}
+    usable, skipped = applicable(UPSTREAM, "llava_llama", "CLIPVisionTower")
+    assert len(usable) == 2 and skipped == {}
+
+
+def test_upstream_check_reads_a_by_name_tower_from_the_cache_only(tmp_path, monkeypatch):
+    from xtuner_llava_swap.export import ExportError
+    from xtuner_llava_swap.export.upstream import require_cached_tower
+
+    folder = tmp_path / "llava-qwen-siglip"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"mm_vision_tower": SIGLIP_ID}))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ExportError, match=f"does not hold it .*huggingface-cli download "
+                                          f"{SIGLIP_ID}\\), or leave out --upstream$"):
+        require_cached_tower(folder)
+    tower = tmp_path / "tower"
+    tower.mkdir()
+    (tower / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "cache", SIGLIP_ID, tower)))
+    require_cached_tower(folder)  # held: no error
 
 
 def test_mm_vision_tower_hub_id(tmp_path):

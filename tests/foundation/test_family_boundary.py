@@ -1,5 +1,6 @@
 """A family's quirks live in its folder: no code outside ``families/`` branches on a family
-or profile name.
+or profile name, and none outside ``towers/`` on a vision tower's name, family, vision
+``model_type`` or official tower class.
 
 Walks every module of the package outside ``xtuner_llava_swap/families/`` with :mod:`ast`
 and looks for the forms a name-switch takes: a comparison with a family or profile name
@@ -15,6 +16,7 @@ from support import REPO
 
 from xtuner_llava_swap.families import FAMILIES
 from xtuner_llava_swap.profiles import PROFILES
+from xtuner_llava_swap.towers import TOWERS
 
 PACKAGE = REPO / "xtuner_llava_swap"
 
@@ -47,12 +49,24 @@ def test_the_walker_finds_each_form_of_switch():
         (1, "qwen"), (2, "llama"), (3, "phi3"), (4, "qwen2")]
 
 
-def test_no_code_outside_the_family_folders_switches_on_a_family():
-    names = set(FAMILIES) | set(PROFILES)
+def _offenders(folder: str, names: set[str]) -> list[str]:
+    """Switches on ``names`` in the package's modules outside ``folder``."""
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        if "families" in path.relative_to(PACKAGE).parts:
+        if folder in path.relative_to(PACKAGE).parts:
             continue
         offenders += [f"{path.relative_to(REPO)}:{line}: {name!r}"
                       for line, name in name_switches(path.read_text(), names)]
+    return offenders
+
+
+def test_no_code_outside_the_family_folders_switches_on_a_family():
+    offenders = _offenders("families", set(FAMILIES) | set(PROFILES))
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_code_outside_the_tower_folders_switches_on_a_tower():
+    names = {name for tower in TOWERS.values() for name in (
+        tower.name, tower.family, tower.vision_model_type, tower.llava_tower_class) if name}
+    offenders = _offenders("towers", names)
     assert not offenders, "\n".join(offenders)

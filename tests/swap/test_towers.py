@@ -67,6 +67,31 @@ def test_official_format_refuses_a_select_layer_siglip_cannot_express():
     assert get_tower("clip-vit-large-336").llava_select_layer_refusal(-1) is None
 
 
+@requires_fixtures
+def test_official_siglip_layout_is_what_llava_next_keeps_of_the_real_tower():
+    """LLaVA-NeXT's SigLipVisionTower: the so400m tower less its last layer and pooling head
+    (the names the writer keeps, on the meta device), and 729 positions only."""
+    import torch
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from xtuner_llava_swap.export.llava_writer import HOLDER_PREFIX, held_tower_names
+
+    tower = get_tower("siglip-so400m-384")
+    config = SiglipVisionConfig.from_pretrained(FIXTURES / "siglip-so400m-patch14-384")
+    held = tower.llava_held_config(config.to_dict())
+    assert (held["num_hidden_layers"], held["vision_use_head"]) == (26, False)
+    with torch.device("meta"):
+        whole = set(SiglipVisionModel(config).state_dict())
+    kept = {n[len(HOLDER_PREFIX + "vision_tower."):] for n in held_tower_names(config.to_dict())}
+    removed = whole - kept
+    assert kept < whole and all(n.startswith(("vision_model.encoder.layers.26.",
+                                              "vision_model.head.")) for n in removed)
+    assert {n.split(".")[1] for n in removed} == {"encoder", "head"}
+    assert tower.llava_size_refusal(config.image_size, config.patch_size) is None
+    assert "takes 729 positions" in get_tower("siglip-base-224").llava_size_refusal(224, 16)
+    assert get_tower("clip-vit-large-224").llava_size_refusal(224, 14) is None
+
+
 @pytest.fixture(scope="module")
 def towers(tmp_path_factory):
     root = tmp_path_factory.mktemp("towers")

@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override CONFIG settings, key=value (as in xtuner train)")
     parser.add_argument("--vision-tower-id", default=None,
                         help="hub id of the base vision tower for mm_vision_tower (--format "
-                             "llava; default: the id its config records, if any)")
+                             "llava; default: the id its config records, if any); needed "
+                             "for SigLIP, which LLaVA-NeXT (the only official loader with "
+                             "a SigLIP tower) loads by hub id from the Hugging Face cache")
     parser.add_argument("--upstream", default=None,
                         help="with --verify --format llava: a haotian-liu/LLaVA or LLaVA-NeXT "
                              "checkout (or a folder of them) whose load_pretrained_model also "

@@ -79,7 +79,7 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
     if fmt == "llava":
         from .llava_writer import check_llava_target
 
-        check_llava_target(run, out)
+        check_llava_target(run, out, vision_tower_id)
     trained_checkpoint = read_checkpoint(checkpoint)
     check_recorded_config(run, trained_checkpoint)
     trained_tok = training_tokenizer(run, trust_remote_code, check_contract=verify)

@@ -113,8 +113,11 @@ def _hf_demands(folder: Path, config: dict, tokenizer) -> list:
 
 
 def _llava_demands(folder: Path, config: dict) -> list:
+    from xtuner_llava_swap.towers import TOWERS
+
     architectures = config.get("architectures") or []
     tower = str(config.get("mm_vision_tower", ""))
+    words = sorted({t.llava_name_word for t in TOWERS.values()})  # clip, siglip
     return [
         Demand(f"architectures is one of {SGLANG_CLASSES}",
                any(a in SGLANG_CLASSES for a in architectures),
@@ -123,8 +126,8 @@ def _llava_demands(folder: Path, config: dict) -> list:
         Demand("preprocessor_config.json present", (folder / "preprocessor_config.json").is_file(),
                "write the vision tower's CLIPImageProcessor into the folder "
                "(CLIPImageProcessor.from_pretrained(TOWER).save_pretrained(OUT_DIR))"),
-        Demand("mm_vision_tower names clip or siglip",
-               "clip" in tower.lower() or "siglip" in tower.lower(),
+        Demand(f"mm_vision_tower names {' or '.join(words)}",
+               any(word in tower.lower() for word in words),
                f"mm_vision_tower={tower!r}: SGLang picks the tower by name; use the hub id "
                "(--vision-tower-id, e.g. openai/clip-vit-large-patch14-336) or a path whose "
                "name says clip (the export's own clip_vision_tower/)"),

@@ -3,8 +3,13 @@
 ``--upstream PATH`` is a checkout of haotian-liu/LLaVA or LLaVA-NeXT (a folder holding the
 ``llava/`` package), or a folder of such checkouts (e.g. ``../shared/fixtures/upstream``).
 Each checkout that has the export's class (``llava_llama``: both; ``llava_qwen``:
-LLaVA-NeXT only) loads the folder in its own process through ``upstream_probe.py``;
+LLaVA-NeXT only) and its vision tower class (``CLIPVisionTower``: both;
+``SigLipVisionTower``: LLaVA-NeXT only) loads the folder in its own process through
+``upstream_probe.py``; the others are skipped with the reason.
 :func:`xtuner_llava_swap.export.verify.verify_export` compares the results with xtuner's.
+The tower comes from the folder's own tower sub-folder when it has one (CLIP), else from
+the hub id ``mm_vision_tower`` names, which must be in the Hugging Face cache (SigLIP:
+LLaVA-NeXT loads it only by name; the check runs with ``HF_HUB_OFFLINE=1``).
 """
 from __future__ import annotations
 
@@ -46,15 +51,59 @@ def default_upstream():
     return fixtures / "upstream" if fixtures and (fixtures / "upstream").is_dir() else None
 
 
-def applicable(path, model_type: str) -> list:
-    """The checkouts under ``path`` that have ``model_type``'s class."""
-    return [c for c in checkouts(path) if model_type == "llava_llama" or is_llava_next(c)]
+def has_tower_class(checkout: Path, tower_class: str) -> bool:
+    """Whether ``checkout``'s vision encoders define ``tower_class``."""
+    encoders = checkout / "llava" / "model" / "multimodal_encoder"
+    return any(f"class {tower_class}(" in source.read_text(errors="replace")
+               for source in encoders.glob("*.py"))
+
+
+def applicable(path, model_type: str, tower_class: str) -> tuple:
+    """``(checkouts, skipped)``: the checkouts under ``path`` that have ``model_type``'s
+    class and ``tower_class``, and ``{name: why}`` for the others."""
+    usable, skipped = [], {}
+    for checkout in checkouts(path):
+        missing = [what for what, has in (
+            (f"{model_type} class", model_type == "llava_llama" or is_llava_next(checkout)),
+            (tower_class, has_tower_class(checkout, tower_class))) if not has]
+        if missing:
+            skipped[checkout.name] = f"skipped: this checkout has no {' and no '.join(missing)}"
+        else:
+            usable.append(checkout)
+    return usable, skipped
+
+
+def tower_override(folder: Path) -> str | None:
+    """``mm_vision_tower`` for the probe: the folder's own tower sub-folder when it has one
+    (no download needed), else None (the hub id its config names)."""
+    from .llava_writer import TOWER_FOLDER
+
+    return str(folder / TOWER_FOLDER) if (folder / TOWER_FOLDER).is_dir() else None
+
+
+def require_cached_tower(folder: Path) -> None:
+    """Raise, in one line, when ``mm_vision_tower`` is a hub id the cache does not hold."""
+    from huggingface_hub import try_to_load_from_cache
+
+    name = json.loads((Path(folder) / "config.json").read_text())["mm_vision_tower"]
+    if Path(name).exists():
+        return
+    found = try_to_load_from_cache(name, "config.json",
+                                   cache_dir=os.environ.get("HF_HUB_CACHE"))
+    if not isinstance(found, str):
+        raise ExportError(f"--upstream: the LLaVA loaders read the vision tower {name!r} "
+                          "(mm_vision_tower) from the Hugging Face cache, which does not hold "
+                          f"it (the check runs offline): download it first (huggingface-cli "
+                          f"download {name}), or leave out --upstream")
 
 
 def probe(checkout: Path, folder: Path, prompt: str, image, forced: list, stop_ids: list,
           max_new_tokens: int, vision_tower: str | None = None, timeout: int = 600) -> dict:
     """Load ``folder`` with ``checkout``'s ``load_pretrained_model`` in a subprocess; return
-    its ids, pixels, logits, greedy tokens and tensor comparison."""
+    its ids, pixels, logits, greedy tokens and tensor comparison. ``vision_tower``
+    overrides ``mm_vision_tower``; without it the hub id there must be in the cache."""
+    if vision_tower is None:
+        require_cached_tower(folder)
     with tempfile.TemporaryDirectory(prefix="upstream-probe-") as scratch:
         scratch = Path(scratch)
         image.convert("RGB").save(scratch / "image.png")

@@ -19,9 +19,11 @@ image processor, chat template, model class). Checked, in this order:
 Logits are compared over the prompt and the generated tokens (teacher-forced).
 
 With ``upstream`` (``--upstream PATH``, see :mod:`.upstream`) an official-format folder
-is also loaded by each upstream LLaVA checkout that has its class, pointed at the folder's
-own ``clip_vision_tower/``, and checked the same way (1-4, with the 16-bit tolerance: both
-loaders load float16), plus: every tensor of the export's safetensors equals the loaded
+is also loaded by each upstream LLaVA checkout that has its model and tower classes (the
+others are reported skipped, with the reason), pointed at the folder's own
+``clip_vision_tower/`` when it has one (a SigLIP folder's tower is read by hub id from the
+Hugging Face cache, as LLaVA-NeXT does), and checked the same way (1-4, with the 16-bit
+tolerance: both loaders load float16), plus: every tensor of the export's safetensors equals the loaded
 model's (none left unused; only the embedding rows past the tokenizer, which the loaders'
 ``resize_token_embeddings(len(tokenizer))`` drops, are not compared).
 
@@ -230,16 +232,17 @@ def _verify_upstream(run, folder: Path, upstream, image, prompt, stop_ids, max_n
     import json
 
     from . import upstream as upstream_loaders
-    from .llava_writer import TOWER_FOLDER
 
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
     tokenizer = _export_tokenizer(folder)
     text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
                                          add_generation_prompt=True)
-    reports = {}
-    for checkout in upstream_loaders.applicable(upstream, model_type):
+    usable, reports = upstream_loaders.applicable(upstream, model_type,
+                                                  run.tower.llava_tower_class)
+    for checkout in usable:
         result = upstream_loaders.probe(checkout, folder, text, image, ref_tokens, stop_ids,
-                                        max_new_tokens, vision_tower=str(folder / TOWER_FOLDER))
+                                        max_new_tokens,
+                                        vision_tower=upstream_loaders.tower_override(folder))
         tensors = result["tensors"]
         if tensors["differ"] or tensors["unused"] or tensors["extra"]:
             raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "

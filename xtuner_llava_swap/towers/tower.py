@@ -39,6 +39,14 @@ class VisionTower:
             the real class and its image processor (the tower folder's ``tiny.py``).
         llava_tower_class: the official loaders' class for this tower (``CLIPVisionTower``,
             ``SigLipVisionTower``).
+        llava_loads_by_name: True when that class loads the encoder from ``mm_vision_tower``
+            as a hub id only (LLaVA-NeXT builds a CLIP tower for any existing path): the
+            official folder then names the hub id and carries no tower sub-folder.
+        llava_removed_layers: last encoder layers that class deletes after loading.
+        llava_held_overrides: ``(field, value)`` changes of the vision config that describe
+            the rest of what that class deletes (SigLIP: the pooling head).
+        llava_tokens_per_image: the positions that class accepts (None: any); LLaVA-NeXT's
+            SigLIP tower asserts 729, i.e. 384 px at patch 14.
     """
 
     name: str
@@ -57,10 +65,15 @@ class VisionTower:
     llava_select_layers: tuple | None = None
     build_tiny: Callable | None = None
     llava_tower_class: str | None = None
+    llava_loads_by_name: bool = False
+    llava_removed_layers: int = 0
+    llava_held_overrides: tuple = ()
+    llava_tokens_per_image: int | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "image_mean", tuple(self.image_mean))
         object.__setattr__(self, "lora_target_modules", tuple(self.lora_target_modules))
+        object.__setattr__(self, "llava_held_overrides", tuple(self.llava_held_overrides))
 
     @property
     def tokens_per_image(self) -> int:
@@ -82,6 +95,28 @@ class VisionTower:
     def pad_colour(self) -> tuple:
         """The pad-to-square background, the processor's mean as 0-255 RGB."""
         return tuple(int(m * 255) for m in self.image_mean)
+
+    @property
+    def llava_select_feature(self) -> str:
+        """``mm_vision_select_feature`` of an official export: ``patch`` drops the class
+        token; ``full`` keeps every position (what SGLang sets for SigLIP itself)."""
+        return "patch" if self.class_token else "full"
+
+    def llava_held_config(self, vision_config: dict) -> dict:
+        """The vision config of the encoder as the official tower class holds it, from the
+        config of the whole encoder (the one ``mm_vision_tower`` names)."""
+        held = {**vision_config, **dict(self.llava_held_overrides)}
+        held["num_hidden_layers"] = vision_config["num_hidden_layers"] - self.llava_removed_layers
+        return held
+
+    def llava_size_refusal(self, image_size: int, patch_size: int) -> str | None:
+        """Why the official tower class cannot take an encoder of this size, or None."""
+        tokens = (image_size // patch_size) ** 2
+        if self.llava_tokens_per_image in (None, tokens):
+            return None
+        return (f"the official {self.llava_tower_class} takes {self.llava_tokens_per_image} "
+                f"positions per image; this {self.family} encoder ({image_size} px, patch "
+                f"{patch_size}) gives {tokens}: use --format hf")
 
     def llava_select_layer_refusal(self, select_layer: int) -> str | None:
         """Why the official format cannot express ``select_layer`` for this tower, or None."""

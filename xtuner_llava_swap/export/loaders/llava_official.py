@@ -4,8 +4,14 @@ can load once this package is imported: no LLaVA / LLaVA-NeXT repository needed.
 The layout is the one of haotian-liu/LLaVA (``LlavaLlamaForCausalLM``) and LLaVA-NeXT
 (``LlavaQwenForCausalLM``): the text model's own keys, ``model.mm_projector.0/2.*``
 (``mlp2x_gelu``) and ``model.vision_tower.vision_tower.vision_model.*``, with the ``mm_*``
-config fields. The config also carries ``vision_config`` (the CLIP vision tower's
-hyper-parameters) so the tower is built without downloading ``mm_vision_tower``.
+config fields. The config also carries ``vision_config`` (the hyper-parameters of the whole
+encoder ``mm_vision_tower`` names, CLIP or SigLIP) so the tower is built without
+downloading ``mm_vision_tower``. The tower is held as the official tower class holds it
+(the tower profile's :meth:`~xtuner_llava_swap.towers.VisionTower.llava_held_config`:
+LLaVA-NeXT's SigLIP tower without its last encoder layer and pooling head), and its
+features are the hidden states of ``mm_vision_select_layer`` counted on the whole encoder
+(-2: for SigLIP the held tower's last), without position 0 when the select feature is
+``patch``.
 
 Prompts follow the official convention: the image place is the id ``IMAGE_TOKEN_INDEX``
 (-200) in ``input_ids`` (see :func:`tokenizer_image_token`), and ``images`` are the pixel
@@ -21,23 +27,31 @@ values of :func:`process_images` (pad-to-square with the mean colour when the co
 from __future__ import annotations
 
 import torch
+import transformers
 from torch import nn
-from transformers import (CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from ...token_contract import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from ...towers import tower_for
 
 
-class CLIPVisionTower(nn.Module):
-    """Holds the CLIP vision model under ``vision_tower`` (the official key names)."""
+class OfficialVisionTower(nn.Module):
+    """Holds the vision model under ``vision_tower`` (the official key names), as the
+    official tower class of its encoder does."""
 
     def __init__(self, vision_config: dict):
         super().__init__()
-        self.vision_tower = CLIPVisionModel(CLIPVisionConfig(**vision_config))
+        tower = tower_for(vision_config.get("model_type"))
+        held = tower.llava_held_config(vision_config)
+        self.removed_layers = vision_config["num_hidden_layers"] - held["num_hidden_layers"]
+        model_class = getattr(transformers, tower.model_class)
+        self.vision_tower = model_class(model_class.config_class.from_dict(held))
 
     def forward(self, pixel_values: torch.Tensor, select_layer: int, select_feature: str):
+        # a layer counted from the end of the whole encoder, on the held (shorter) one
+        index = select_layer + self.removed_layers if select_layer < 0 else select_layer
         hidden = self.vision_tower(pixel_values.to(self.vision_tower.dtype),
-                                   output_hidden_states=True).hidden_states[select_layer]
+                                   output_hidden_states=True).hidden_states[index]
         return hidden[:, 1:] if select_feature == "patch" else hidden
 
 
@@ -52,7 +66,7 @@ class LlavaOfficialMixin:
     """Vision tower + projector on ``self.model`` and the ``images=`` path of the LM."""
 
     def _add_vision_modules(self, config) -> None:
-        self.model.vision_tower = CLIPVisionTower(config.vision_config)
+        self.model.vision_tower = OfficialVisionTower(config.vision_config)
         self.model.mm_projector = _projector(config)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

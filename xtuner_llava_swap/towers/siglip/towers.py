@@ -12,6 +12,13 @@ _COMMON = dict(
     llava_name_word="siglip",
     llava_tower_class="SigLipVisionTower",
     llava_select_layers=(-2,),
+    # LLaVA-NeXT's SigLipVisionTower: SigLipVisionModel.from_pretrained(mm_vision_tower) by
+    # hub id, then it deletes the last encoder layer and the pooling head and takes the
+    # last remaining hidden state (the whole tower's -2), asserting 729 positions
+    llava_loads_by_name=True,
+    llava_removed_layers=1,
+    llava_held_overrides=(("vision_use_head", False),),
+    llava_tokens_per_image=729,
     build_tiny=tiny.build,
 )
 
