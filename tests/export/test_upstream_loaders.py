@@ -156,7 +156,7 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     from mmengine.config import Config
     from xtuner.model import LLaVAModel
 
-    from xtuner_llava_swap.configs import swap_llm, swap_vision_tower
+    from xtuner_llava_swap.training.configs import swap_llm, swap_vision_tower
     from xtuner_llava_swap.export import ExportError, cli
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
