@@ -64,13 +64,14 @@ def build_dataset(name, towers, tiny_parts, corpus, **dataset_options):
     from xtuner.registry import BUILDER
 
     data, images = corpus[:2]
+    options = {f"train_dataloader.dataset.{k}": v for k, v in dataset_options.items()}
     cfg = Config.fromfile(REPO / "configs" / CONFIGS[name][0])
     cfg.merge_from_dict({"llm_name_or_path": str(tiny_parts("qwen2")),
                          "visual_encoder_name_or_path": str(towers[name]),
                          "data_path": str(data), "image_folder": str(images),
                          "train_dataloader.dataset.max_length": MAX_LENGTH,
                          "train_dataloader.dataset.cache": False,
-                         **{f"train_dataloader.dataset.{k}": v for k, v in dataset_options.items()}})
+                         **options})
     return BUILDER.build(cfg.train_dataloader.dataset)
 
 
@@ -89,7 +90,8 @@ def test_shipped_config_dataset_counts_every_kind_and_keeps_the_good_in_order(
     else:
         kept.insert(2, two_images)  # two images of two <image>: a good sample at max_images=2
     assert dict(dataset.problems.counts) == expected
-    examples = {reason: [i for i, _ in found] for reason, found in dataset.problems.examples.items()}
+    examples = {reason: [index for index, _ in found]
+                for reason, found in dataset.problems.examples.items()}
     for reason, _ in BAD_SAMPLES:
         if reason != "too_many_images" or max_images == 1:
             assert examples[reason][0] == bad_index(reason), reason

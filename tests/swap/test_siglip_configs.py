@@ -95,8 +95,7 @@ def test_siglip_leaf_names_its_llm_and_tower_once(config, stage):
 # ------------------------------------------------------------ end to end (tiny)
 def two_image_data(captions_file: Path, out_dir: Path) -> tuple[Path, Path]:
     """Pretrain and finetune sets of 2 samples, each with two images (consecutive pairs of
-    the tiny caption set), trained at batch size 1: each sample is ~1,500 positions, whose
-    logits over the real Qwen2 vocabulary are most of a step's time."""
+    the tiny caption set); each sample is ~1,500 positions."""
     captions = json.loads(captions_file.read_text())[:4]
     pairs = [(captions[i], captions[i + 1]) for i in range(0, len(captions), 2)]
 
@@ -117,17 +116,16 @@ def two_image_data(captions_file: Path, out_dir: Path) -> tuple[Path, Path]:
     return paths
 
 
-def check_run(work_dir: Path, siglip: Path, trained: str, iterations: int) -> Path:
-    """The run trained ``iterations`` steps with finite losses, wrote its last checkpoint and
-    its record."""
+def check_run(work_dir: Path, siglip: Path, trained: str) -> Path:
+    """The run trained its step with a finite loss, wrote its checkpoint and its record."""
     from xtuner_llava_swap.run_record import RECORD_NAME
 
     log = (work_dir / "test_stdout.log").read_text()
     assert "Traceback" not in log, log[-4000:]
-    checkpoint = work_dir / f"iter_{iterations}.pth"
+    checkpoint = work_dir / "iter_1.pth"
     assert checkpoint.is_file(), log[-4000:]
     losses = [float(x) for x in re.findall(r"loss: ([0-9.]+)", log)]
-    assert len(losses) == iterations and all(0 < x < 100 for x in losses), losses
+    assert len(losses) == 1 and all(0 < x < 100 for x in losses), losses
     assert f"{PATCHES} tokens per image" in log  # the dataset's length budget
     record = json.loads((work_dir / RECORD_NAME).read_text())
     assert (record["llm_profile"], record["vision_tower_profile"]) == ("qwen2.5", TOWER)
@@ -144,31 +142,31 @@ def check_run(work_dir: Path, siglip: Path, trained: str, iterations: int) -> Pa
 
 @pytest.fixture(scope="module")
 def siglip_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
-    """`xtuner train` of the SigLIP pretrain leaf (one step: its projector is what the
-    finetune needs), then of the qlora leaf from that projector (two steps), both on
-    two-image samples: the finetuned run."""
+    """`xtuner train` of the SigLIP pretrain leaf, then of the qlora leaf from its projector,
+    one step each (half an epoch of two samples: a step is ~13 s on this 2-core machine,
+    mostly the logits over the real vocabulary), on two-image samples: the finetuned run."""
     root = tmp_path_factory.mktemp("siglip-e2e")
     siglip = build_tiny_tower(TOWER, root / "siglip-384", image_size=IMAGE_SIZE,
                               patch_size=PATCH_SIZE)
     pretrain_data, finetune_data = two_image_data(tiny_parts("data")[0], root)
     tiny = TinyLLaVA("qwen2", tiny_parts("qwen2"), siglip, pretrain_data, finetune_data,
                      tiny_parts("data")[2], uses_real_tokenizer=fixtures_dir() is not None)
-    quiet = {"custom_hooks.1.evaluation_inputs": [], "default_hooks.logger.interval": 1,
-             "train_dataloader.batch_size": 1}
+    short = {"custom_hooks.1.evaluation_inputs": [], "default_hooks.logger.interval": 1,
+             "train_dataloader.batch_size": 1, "train_cfg.max_epochs": 0.5}
 
     configs = root / "configs"
     pretrain_config = config_with_lines(PRETRAIN, configs, PRETRAIN.name, TWO_IMAGES)
     pretrain_dir = root / "pretrain"
-    run_train(pretrain_config, pretrain_dir,
-              tiny.cfg_options("pretrain", **quiet, **{"train_cfg.max_epochs": 0.5}))
-    projector = check_run(pretrain_dir, siglip, "pretrain", iterations=1)
+    run_train(pretrain_config, pretrain_dir, tiny.cfg_options("pretrain", **short))
+    projector = check_run(pretrain_dir, siglip, "pretrain")
 
     qlora_config = config_with_lines(QLORA, configs, QLORA.name, TWO_IMAGES)
     qlora_dir = root / "qlora"
-    options = tiny.cfg_options(pretrained_pth=projector, **quiet,
+    options = tiny.cfg_options(pretrained_pth=projector, **short,
                                **{"train_dataloader.sampler.per_device_batch_size": 1})
     run_train(qlora_config, qlora_dir, options)
-    checkpoint = check_run(qlora_dir, siglip, "qlora", iterations=2)
+    checkpoint = check_run(qlora_dir, siglip, "qlora")
+    assert f"Load pretrained weight from {projector}" in (qlora_dir / "test_stdout.log").read_text()
     keep = ("llm_name_or_path", "visual_encoder_name_or_path", "pretrained_pth", "data_path",
             "image_folder")
     return TrainedRun(qlora_config, checkpoint, {k: str(options[k]) for k in keep})
