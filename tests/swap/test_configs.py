@@ -44,6 +44,8 @@ READY = {
     "llava_qwen2_5_7b_instruct_pretrain.py": ("qwen2.5", "pretrain"),
     "llava_qwen2_5_7b_instruct_qlora.py": ("qwen2.5", "qlora"),
     "llava_qwen7b_from_xtuner_internlm2.py": ("qwen", "qlora"),
+    "llava_qwen2_5_7b_siglip_so400m_pretrain.py": ("qwen2.5", "pretrain"),
+    "llava_qwen2_5_7b_siglip_so400m_qlora.py": ("qwen2.5", "qlora"),
 }
 # config file -> (base, llm_name_or_path, pretrained_pth) of the leaves of configs/_base_
 LEAVES = {
