@@ -27,6 +27,17 @@ requires_tf457 = pytest.mark.skipif(
     reason=".venv-tf457 is absent; `make setup` builds it (tests/export/make_tf457_venv.sh)")
 
 
+def hub_cache(root: Path, hub_id: str, folder: Path) -> Path:
+    """A Hugging Face hub cache at ``root`` holding ``folder`` as ``hub_id`` (a download's
+    layout: snapshot + refs/main), for loaders that take a tower by hub id; returns root."""
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = root / f"models--{hub_id.replace('/', '--')}"
+    shutil.copytree(folder, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return root
+
+
 def config_with_lines(config: Path, folder: Path, name: str, lines: str) -> Path:
     """A copy of a shipped ``config`` with ``lines`` appended, written into ``folder`` beside
     a copy of the stage bases it reads (its ``read_base`` import of ``._base_`` is relative)."""

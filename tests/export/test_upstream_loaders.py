@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from export.conftest import TrainedRun, build_inprocess_checkpoint
-from support import FIXTURES, REPO, requires_fixtures
+from support import FIXTURES, REPO, hub_cache, requires_fixtures
 
 from xtuner_llava_swap.export import convert
 from xtuner_llava_swap.export.llava_writer import TOWER_FOLDER, tower_hub_id
@@ -134,19 +134,9 @@ def test_llava_qwen_loads_with_llava_next_and_after_moving(inprocess_run, tiny_p
 SIGLIP_ID = "google/siglip-so400m-patch14-384"
 
 
-def _hub_cache(root, hub_id: str, folder):
-    """A Hugging Face hub cache holding ``folder`` as ``hub_id`` (a download's layout)."""
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    repo = root / f"models--{hub_id.replace('/', '--')}"
-    shutil.copytree(folder, repo / "snapshots" / revision)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(revision)
-    return root
-
-
 @requires_fixtures
 @requires_upstream
-def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts, tmp_path,
+def test_siglip_llava_export_loads_with_llava_next_from_thehub_cache(tiny_parts, tmp_path,
                                                                     monkeypatch, capsys):
     """SigLIP at its real size (384 px, patch 14: the 729 positions LLaVA-NeXT asserts),
     exported (float32) by the command line with --verify --upstream: this package's loader
@@ -182,7 +172,7 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     assert not (tmp_path / "llava-qwen-no").exists()
 
     out = tmp_path / "llava-qwen-siglip"
-    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "hub", SIGLIP_ID, tower)))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", SIGLIP_ID, tower)))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = cli.main([str(run.config), str(run.checkpoint), str(out), "--format", "llava",
                      "--dtype", "float32", "--verify", "--upstream", str(UPSTREAM),
@@ -245,7 +235,7 @@ def test_upstream_check_reads_a_by_name_tower_from_the_cache_only(tmp_path, monk
     tower = tmp_path / "tower"
     tower.mkdir()
     (tower / "config.json").write_text("{}")
-    monkeypatch.setenv("HF_HUB_CACHE", str(_hub_cache(tmp_path / "cache", SIGLIP_ID, tower)))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "cache", SIGLIP_ID, tower)))
     require_cached_tower(folder)  # held: no error
 
 

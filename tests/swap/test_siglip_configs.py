@@ -4,8 +4,8 @@ two images, then the export of the finetuned checkpoint.
 
 The tiny SigLIP has the real tower's input geometry (384 px, patch 14: 729 positions, no class
 token), so its export is what LLaVA-NeXT's loader (which asserts 729) takes. The runs take the
-REAL config files with two lines appended (``max_images=2`` and ``llava_collate_fn``, what
-several images per sample need, README "Several images per sample") and the CPU switches of
+REAL config files with one line appended (``max_images=2``; the shipped stage bases already
+collate with ``llava_collate_fn``, README "Several images per sample") and the CPU switches of
 ``xtuner_llava_swap.cpu_options`` (as tests/swap/test_configs.py explains, the LLM is then
 unquantized where bitsandbytes cannot quantize; everything else runs as configured).
 EvaluateChatHook generates nothing here (no evaluation inputs): its own tests cover it, and
@@ -25,7 +25,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from support import REPO, config_with_lines, run_train
+from support import FIXTURES, REPO, config_with_lines, hub_cache, run_train
 from xtuner_llava_swap.testing.tiny import TinyLLaVA, build_tiny_tower
 
 CONFIGS = REPO / "configs"
@@ -34,9 +34,8 @@ QLORA = CONFIGS / "llava_qwen2_5_7b_siglip_so400m_qlora.py"
 TOWER = "siglip-so400m-384"
 IMAGE_SIZE, PATCH_SIZE = 384, 14  # the real tower's: google/siglip-so400m-patch14-384
 PATCHES = (IMAGE_SIZE // PATCH_SIZE) ** 2  # 27 x 27 = 729, every one kept
-TWO_IMAGES = ("from xtuner_llava_swap.data.collate import llava_collate_fn\n\n"
-              'llava_dataset["max_images"] = train_dataloader["dataset"]["max_images"] = 2\n'
-              'train_dataloader["collate_fn"] = dict(type=llava_collate_fn)\n')
+TWO_IMAGES = 'llava_dataset["max_images"] = train_dataloader["dataset"]["max_images"] = 2\n'
+HUB_ID = "google/siglip-so400m-patch14-384"  # the official layout loads the tower by hub id
 
 
 @dataclass(frozen=True)
@@ -241,3 +240,34 @@ def test_siglip_run_exports_to_hf_with_verify(siglip_qlora_run, tmp_path, capsys
     assert config["vision_config"]["image_size"] == IMAGE_SIZE
     assert config["vision_feature_select_strategy"] == "full"
     assert config["image_seq_length"] == PATCHES
+
+
+def test_siglip_run_exports_to_llava_with_verify(siglip_qlora_run, tmp_path, monkeypatch, capsys):
+    """The official (LLaVA-NeXT) layout of the same run, by the tower's hub id, with --verify:
+    this package's loader classes give xtuner's logits and tokens; where the pinned upstream
+    checkouts exist, the command also loads the folder with LLaVA-NeXT's own
+    ``load_pretrained_model``, its SigLIP tower taken from a hub cache holding the tiny tower."""
+    from xtuner_llava_swap.export.cli import main as convert_main
+
+    run = siglip_qlora_run
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", HUB_ID, Path(
+        run.cfg_options["visual_encoder_name_or_path"]))))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "llava-qwen-siglip"
+    options = [f"{k}={v}" for k, v in run.cfg_options.items()]
+    status = convert_main([str(run.config), str(run.checkpoint), str(out), "--format", "llava",
+                           "--verify", "--dtype", "float32", "--no-progress",
+                           "--vision-tower-id", HUB_ID, "--cfg-options", *options])
+    captured = capsys.readouterr()
+    assert status == 0, captured.err[-3000:]
+    summary = json.loads(captured.out[captured.out.index("{"):])
+    report = summary["verify"]
+    assert report["max_abs_logit_diff"] <= report["tolerance"]
+    assert report["tokens"] == report["reference_tokens"] and len(report["tokens"]) > 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["mm_vision_tower"] == HUB_ID
+    assert config["mm_vision_select_feature"] == "full" and config["mm_vision_select_layer"] == -2
+    if FIXTURES is not None and (FIXTURES / "upstream").is_dir():  # the CLI's default --upstream
+        llava_next = report["upstream"]["llava-next-df17966"]
+        assert llava_next["max_abs_logit_diff"] <= llava_next["tolerance"]
+        assert len(llava_next["tokens"]) == len(report["reference_tokens"])  # float16: near ties
