@@ -51,16 +51,21 @@ def applicable(path, model_type: str) -> list:
     return [c for c in checkouts(path) if model_type == "llava_llama" or is_llava_next(c)]
 
 
-def probe(checkout: Path, folder: Path, prompt: str, image, forced: list, stop_ids: list,
+def probe(checkout: Path, folder: Path, prompt: str, images, forced: list, stop_ids: list,
           max_new_tokens: int, vision_tower: str | None = None, timeout: int = 600) -> dict:
     """Load ``folder`` with ``checkout``'s ``load_pretrained_model`` in a subprocess; return
-    its ids, pixels, logits, greedy tokens and tensor comparison."""
+    its ids, pixels, logits, greedy tokens and tensor comparison. ``images``: one image or
+    a list, one per ``<image>`` of ``prompt``."""
     with tempfile.TemporaryDirectory(prefix="upstream-probe-") as scratch:
         scratch = Path(scratch)
-        image.convert("RGB").save(scratch / "image.png")
+        files = []
+        for number, image in enumerate(images if isinstance(images, (list, tuple))
+                                       else [images]):
+            files.append(str(scratch / f"image{number}.png"))
+            image.convert("RGB").save(files[-1])
         request = {"folder": str(folder), "name": Path(folder).name,
                    "next": is_llava_next(checkout), "vision_tower": vision_tower,
-                   "prompt": prompt, "image": str(scratch / "image.png"), "forced": forced,
+                   "prompt": prompt, "images": files, "forced": forced,
                    "stop_ids": stop_ids, "max_new_tokens": max_new_tokens,
                    "output": str(scratch / "result.pt")}
         (scratch / "request.json").write_text(json.dumps(request))
