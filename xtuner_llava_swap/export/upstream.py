@@ -56,17 +56,26 @@ def probe(checkout: Path, folder: Path, prompt: str, images, forced: list, stop_
     """Load ``folder`` with ``checkout``'s ``load_pretrained_model`` in a subprocess; return
     its ids, pixels, logits, greedy tokens and tensor comparison. ``images``: one image or
     a list, one per ``<image>`` of ``prompt``."""
+    return probe_cases(checkout, folder, [(prompt, images, forced)], stop_ids, max_new_tokens,
+                       vision_tower, timeout)[0]
+
+
+def probe_cases(checkout: Path, folder: Path, cases: list, stop_ids: list, max_new_tokens: int,
+                vision_tower: str | None = None, timeout: int = 600) -> list:
+    """:func:`probe` for several ``(prompt, images, forced)`` cases, the folder loaded once;
+    one result per case."""
     with tempfile.TemporaryDirectory(prefix="upstream-probe-") as scratch:
         scratch = Path(scratch)
-        files = []
-        for number, image in enumerate(images if isinstance(images, (list, tuple))
-                                       else [images]):
-            files.append(str(scratch / f"image{number}.png"))
-            image.convert("RGB").save(files[-1])
+        requested = []
+        for number, (prompt, images, forced) in enumerate(cases):
+            files = []
+            for image in images if isinstance(images, (list, tuple)) else [images]:
+                files.append(str(scratch / f"image{number}-{len(files)}.png"))
+                image.convert("RGB").save(files[-1])
+            requested.append({"prompt": prompt, "images": files, "forced": forced})
         request = {"folder": str(folder), "name": Path(folder).name,
                    "next": is_llava_next(checkout), "vision_tower": vision_tower,
-                   "prompt": prompt, "images": files, "forced": forced,
-                   "stop_ids": stop_ids, "max_new_tokens": max_new_tokens,
+                   "cases": requested, "stop_ids": stop_ids, "max_new_tokens": max_new_tokens,
                    "output": str(scratch / "result.pt")}
         (scratch / "request.json").write_text(json.dumps(request))
         env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}

@@ -16,8 +16,9 @@ repository does, ``load_pretrained_model`` then ``tokenizer_image_token``,
 
 The request (JSON) holds ``folder``, ``name`` (the folder's name, from which the loaders
 choose the class), ``next`` (LLaVA-NeXT's signature), ``vision_tower`` (an override of
-``mm_vision_tower`` or null), ``prompt``, ``images`` (files), ``forced``, ``stop_ids``,
-``max_new_tokens`` and ``output``.
+``mm_vision_tower`` or null), ``cases`` (each a ``prompt``, its ``images`` (files) and the
+``forced`` tokens; the folder is loaded once for all), ``stop_ids``, ``max_new_tokens``
+and ``output`` (where the list of results, one per case, goes).
 """
 import functools
 import json
@@ -87,22 +88,25 @@ def main(request_file: str) -> None:
             return forward(*args, **kw)
         model.forward = without_cache_position
 
-    text = request["prompt"]
-    if tokenizer.bos_token and text.startswith(tokenizer.bos_token):
-        text = text[len(tokenizer.bos_token):]  # the upstream tokenizer call adds it
-    ids = tokenizer_image_token(text, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
-    images = [Image.open(file).convert("RGB") for file in request["images"]]
-    pixels = process_images(images, image_processor, model.config)
-    forced = torch.tensor([request["forced"]], dtype=torch.long)
-    with torch.no_grad():
-        logits = model(input_ids=torch.cat([ids, forced], 1), images=pixels).logits[0]
-        tokens = model.generate(ids, images=pixels, do_sample=False, num_beams=1,
-                                max_new_tokens=request["max_new_tokens"],
-                                eos_token_id=request["stop_ids"],
-                                pad_token_id=tokenizer.pad_token_id or request["stop_ids"][0])
-    torch.save({"ids": ids[0].tolist(), "pixels": pixels.float(), "logits": logits.float(),
-                "tokens": tokens[0].tolist(), "tensors": tensors}, request["output"])
-
+    results = []
+    for case in request["cases"]:
+        text = case["prompt"]
+        if tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+            text = text[len(tokenizer.bos_token):]  # the upstream tokenizer call adds it
+        ids = tokenizer_image_token(text, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        images = [Image.open(file).convert("RGB") for file in case["images"]]
+        pixels = process_images(images, image_processor, model.config)
+        forced = torch.tensor([case["forced"]], dtype=torch.long)
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([ids, forced], 1), images=pixels).logits[0]
+            tokens = model.generate(ids, images=pixels, do_sample=False, num_beams=1,
+                                    max_new_tokens=request["max_new_tokens"],
+                                    eos_token_id=request["stop_ids"],
+                                    pad_token_id=tokenizer.pad_token_id or request["stop_ids"][0])
+        results.append({"ids": ids[0].tolist(), "pixels": pixels.float(),
+                        "logits": logits.float(), "tokens": tokens[0].tolist(),
+                        "tensors": tensors})
+    torch.save(results, request["output"])
 
 if __name__ == "__main__":
     main(sys.argv[1])

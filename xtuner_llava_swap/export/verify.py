@@ -222,12 +222,13 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
             logits, tokens, image_token_index, ref_ids, ref_pixels, ref_logits, ref_tokens,
             n_image, dtype == torch.float32)})
     del loaded
-    for (images, text), reference, report in zip(cases, references, reports):
-        if fmt == "llava" and upstream is None:
-            report["upstream"] = "not run: give --upstream PATH (a LLaVA / LLaVA-NeXT clone)"
-        elif fmt == "llava":
-            report["upstream"] = _verify_upstream(run, folder, upstream, images, text,
-                                                  stop_ids, max_new_tokens, *reference)
+    if fmt == "llava":
+        upstream_reports = (
+            ["not run: give --upstream PATH (a LLaVA / LLaVA-NeXT clone)"] * len(cases)
+            if upstream is None else
+            _verify_upstream(run, folder, upstream, cases, references, stop_ids, max_new_tokens))
+        for report, upstream_report in zip(reports, upstream_reports):
+            report["upstream"] = upstream_report
     report = reports[0]
     if len(reports) > 1:
         report["several_images"] = reports[1]
@@ -269,9 +270,10 @@ def _compare(who, ids, pixels, logits, tokens, image_token_index, ref_ids, ref_p
     return report
 
 
-def _verify_upstream(run, folder: Path, upstream, images, prompt, stop_ids, max_new_tokens,
-                     ref_ids, ref_pixels, ref_logits, ref_tokens, n_image) -> dict:
-    """Load ``folder`` with each applicable upstream checkout; compare like the export."""
+def _verify_upstream(run, folder: Path, upstream, cases, references, stop_ids,
+                     max_new_tokens) -> list:
+    """Load ``folder`` with each applicable upstream checkout (once for all ``cases``);
+    compare like the export. One ``{checkout: numbers}`` per case."""
     import json
 
     from . import upstream as upstream_loaders
@@ -279,24 +281,26 @@ def _verify_upstream(run, folder: Path, upstream, images, prompt, stop_ids, max_
 
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
     tokenizer = _export_tokenizer(folder)
-    text = tokenizer.apply_chat_template(_messages(run, prompt, len(images)), tokenize=False,
-                                         add_generation_prompt=True)
-    reports = {}
+    requests = [(tokenizer.apply_chat_template(_messages(run, prompt, len(images)),
+                                               tokenize=False, add_generation_prompt=True),
+                 images, reference[3]) for (images, prompt), reference in zip(cases, references)]
+    reports = [{} for _ in cases]
     for checkout in upstream_loaders.applicable(upstream, model_type):
-        result = upstream_loaders.probe(checkout, folder, text, images, ref_tokens, stop_ids,
-                                        max_new_tokens, vision_tower=str(folder / TOWER_FOLDER))
-        tensors = result["tensors"]
-        if tensors["differ"] or tensors["unused"] or tensors["extra"]:
-            raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
-                              f"export's tensors as they are: differ {tensors['differ'][:5]}, "
-                              f"unused {tensors['unused'][:5]}, not from the export "
-                              f"{tensors['extra'][:5]}")
-        report = _compare(checkout.name, result["ids"], result["pixels"], result["logits"],
-                          result["tokens"], None, ref_ids, ref_pixels, ref_logits, ref_tokens,
-                          n_image, strict=False)
-        reports[checkout.name] = {**report, "tensors_compared": tensors["compared"],
-                                  "loaded_dtype": tensors["loaded_dtype"],
-                                  "resized_rows": tensors["resized_rows"]}
+        results = upstream_loaders.probe_cases(checkout, folder, requests, stop_ids,
+                                               max_new_tokens,
+                                               vision_tower=str(folder / TOWER_FOLDER))
+        for report, result, reference in zip(reports, results, references):
+            tensors = result["tensors"]
+            if tensors["differ"] or tensors["unused"] or tensors["extra"]:
+                raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
+                                  f"export's tensors as they are: differ {tensors['differ'][:5]}, "
+                                  f"unused {tensors['unused'][:5]}, not from the export "
+                                  f"{tensors['extra'][:5]}")
+            numbers = _compare(checkout.name, result["ids"], result["pixels"], result["logits"],
+                               result["tokens"], None, *reference, strict=False)
+            report[checkout.name] = {**numbers, "tensors_compared": tensors["compared"],
+                                     "loaded_dtype": tensors["loaded_dtype"],
+                                     "resized_rows": tensors["resized_rows"]}
     return reports
 
 
