@@ -146,3 +146,15 @@ def test_llava_export_verifies_the_two_image_prompt_upstream_too(two_image_run, 
         assert loaded["max_abs_logit_diff"] <= loaded["tolerance"]
         assert len(loaded["tokens"]) == len(loaded["reference_tokens"]) > 0
         assert loaded["tensors_compared"] > 0
+
+
+
+def test_converter_reads_the_runs_max_images_and_refuses_a_bad_one(two_image_run):
+    from xtuner_llava_swap.export import ExportError
+    from xtuner_llava_swap.export.run_config import load_training_run
+
+    _, config, options, _ = two_image_run
+    paths = {k: str(options[k]) for k in ("llm_name_or_path", "visual_encoder_name_or_path")}
+    assert load_training_run(config, paths).max_images == 2
+    with pytest.raises(ExportError, match=r"the dataset's max_images is 0, not a whole number"):
+        load_training_run(config, {**paths, "llava_dataset.max_images": 0})
