@@ -48,7 +48,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
 
-from .image_prompt import prompt_ids, prompt_text, user_text
+from .image_prompt import as_image_list, prompt_ids, prompt_text, user_text
 from .profiles.prompt_format import stop_id_sequences
 
 # xtuner's sampling defaults for its EvaluateChatHook.
@@ -99,13 +99,6 @@ def _partitioned_over_ranks(llm) -> bool:
 
     return (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
             and hasattr(next(llm.parameters()), "ds_id"))
-
-
-def image_list(images) -> list:
-    """The images of one ``evaluation_images`` entry: ``None``, one image or a list."""
-    if images is None:
-        return []
-    return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
 @dataclass(frozen=True)
@@ -172,7 +165,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         self.evaluation_images = self._load_images(evaluation_images, len(self.evaluation_inputs))
         for number, (text, images) in enumerate(zip(self.evaluation_inputs,
                                                     self.evaluation_images)):
-            user_text(text, len(image_list(images)),  # refuses a count that does not fit
+            user_text(text, len(as_image_list(images)),  # refuses a count that does not fit
                       what=f"EvaluateChatHook: evaluation_inputs[{number}]")
         self.every_n_iters = every_n_iters
         self.max_new_tokens = max_new_tokens
@@ -187,7 +180,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         if image_processor is not None:
             self.image_processor = (BUILDER.build(image_processor)
                                     if isinstance(image_processor, dict) else image_processor)
-        if self.image_processor is None and any(image_list(img) for img in self.evaluation_images):
+        if self.image_processor is None and any(map(as_image_list, self.evaluation_images)):
             raise ValueError("EvaluateChatHook: evaluation_images are given but "
                              "image_processor is not")
 
@@ -291,7 +284,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         ``image``: ``None``, one image, or a list of images."""
         from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
-        images = image_list(image)
+        images = as_image_list(image)
         prompt, ids = self.prompt_ids(text, len(images))
         device = next(model.llm.parameters()).device
         input_ids = torch.tensor([ids], device=device)

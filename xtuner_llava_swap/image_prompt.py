@@ -23,6 +23,13 @@ class ImagePromptError(ValueError):
     """A prompt whose ``<image>`` placeholders do not fit its images."""
 
 
+def as_image_list(images) -> list:
+    """The images of one prompt, given as ``None``, one image, or a list (or tuple)."""
+    if images is None:
+        return []
+    return list(images) if isinstance(images, (list, tuple)) else [images]
+
+
 def user_text(text: str, n_images: int, what: str = "prompt") -> str:
     """The user turn of ``text`` with ``n_images`` images, placed as training places them."""
     from .data.map_fns import llava_format_map_fn

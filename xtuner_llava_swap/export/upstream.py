@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..image_prompt import as_image_list
 from .errors import ExportError
 
 PROBE = Path(__file__).with_name("upstream_probe.py")
@@ -69,7 +70,7 @@ def probe_cases(checkout: Path, folder: Path, cases: list, stop_ids: list, max_n
         requested = []
         for number, (prompt, images, forced) in enumerate(cases):
             files = []
-            for image in images if isinstance(images, (list, tuple)) else [images]:
+            for image in as_image_list(images):
                 files.append(str(scratch / f"image{number}-{len(files)}.png"))
                 image.convert("RGB").save(files[-1])
             requested.append({"prompt": prompt, "images": files, "forced": forced})

@@ -66,10 +66,6 @@ def default_image(number: int = 0):
     return image
 
 
-def _images(image) -> list:
-    return list(image) if isinstance(image, (list, tuple)) else [image]
-
-
 def _reference_model(run, checkpoint, trust_remote_code: bool):
     from xtuner.registry import BUILDER
 
@@ -189,7 +185,9 @@ def _run_llava(run, loaded, images, prompt, stop_ids, max_new_tokens, forced):
 def _cases(run, image, prompt) -> list:
     """``[(images, prompt)]`` to check (see the module docstring)."""
     if image is not None:
-        images = _images(image)
+        from xtuner_llava_swap.image_prompt import as_image_list
+
+        images = as_image_list(image)
         default = VERIFY_PROMPT if len(images) == 1 else VERIFY_PROMPT_TWO_IMAGES
         return [(images, prompt or default)]
     cases = [([default_image()], prompt or VERIFY_PROMPT)]
