@@ -55,6 +55,9 @@ def _assert_upstream(report, checkouts, n_tensors, skipped=()):
 @requires_upstream
 def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts, tmp_path):
     run = inprocess_run("vicuna-v1.5", "llama")  # LoRA on the LLM and on CLIP
+    # a dataset of up to two images per sample: verify adds the two-image prompt, which both
+    # upstream checkouts take as one process_images batch
+    run = type(run)(run.config, run.checkpoint, {**run.cfg_options, "llava_dataset.max_images": 2})
     out = tmp_path / "llava-llama-trained"
     summary = _export(run, out, verify=True, upstream=UPSTREAM)
     assert summary["serving"]["ready"] and summary["serving"]["server"] == "SGLang"
@@ -68,6 +71,9 @@ def test_llava_llama_loads_with_both_upstream_loaders(inprocess_run, tiny_parts,
                            base_tower[TOWER_KEY.split("vision_tower.vision_tower.")[1]].float())
     _assert_upstream(summary["verify"]["upstream"], ["llava-c121f04", "llava-next-df17966"],
                      len(weights))
+    assert summary["verify"]["several_images"]["images"] == 2
+    _assert_upstream(summary["verify"]["several_images"]["upstream"],
+                     ["llava-c121f04", "llava-next-df17966"], len(weights))
     for report in summary["verify"]["upstream"].values():  # every token has its own row:
         for exported, loaded in report["resized_rows"].values():  # the loaders' resize to
             assert loaded <= exported  # len(tokenizer) only drops spare rows, adds none

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -25,8 +26,8 @@ def main(config: str, checkpoint: str, folder: str, *options: str) -> dict:
     from xtuner_llava_swap.checkpoint.readers import read_checkpoint
     from xtuner_llava_swap.export.run_config import load_training_run
     from xtuner_llava_swap.export.tokenizer import training_tokenizer
-    from xtuner_llava_swap.export.verify import (VERIFY_PROMPT, _exported_hf, _reference,
-                                                 default_image)
+    from xtuner_llava_swap.export.verify import (VERIFY_PROMPT, _load_hf, _reference,
+                                                 _run_hf, default_image)
 
     cfg_options = dict(option.split("=", 1) for option in options)
     cfg_options = {k: None if v == "None" else v for k, v in cfg_options.items()}
@@ -42,10 +43,10 @@ def main(config: str, checkpoint: str, folder: str, *options: str) -> dict:
     tokenizer = training_tokenizer(run, False)
     stop_ids = run.profile.stop_token_ids(tokenizer)
     image = default_image()
-    _, _, logits_4bit, tokens_4bit, _ = _reference(run, model, tokenizer, image, VERIFY_PROMPT,
-                                                   stop_ids, 8)
-    _, _, logits, tokens, _ = _exported_hf(run, folder, image, VERIFY_PROMPT, stop_ids, 8,
-                                           tokens_4bit)
+    _, _, logits_4bit, tokens_4bit, _ = _reference(run, model, tokenizer, [image],
+                                                   VERIFY_PROMPT, stop_ids, 8)
+    _, _, logits, tokens, _ = _run_hf(run, _load_hf(Path(folder)), [image], VERIFY_PROMPT,
+                                      stop_ids, 8, tokens_4bit)
     logits = logits[:, :logits_4bit.shape[-1]]
     diff = (logits - logits_4bit).abs()
     return {"linear4bit_layers": n_4bit, "unloaded_checkpoint_keys": missing_trained,

@@ -135,7 +135,7 @@ def test_without_the_criterion_qwen_remote_code_generates_past_a_non_eos_stop_wo
     model, llm, processor = llava("qwen")
     hook = make_hook(llm, processor, "qwen", image)
     stop_id = hook.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    _, ids = hook.prompt_ids(hook.evaluation_inputs[1], with_image=False)
+    _, ids = hook.prompt_ids(hook.evaluation_inputs[1], n_images=0)
     prompt = torch.tensor([ids])
     output = model.llm.generate(input_ids=prompt, generation_config=hook.gen_config,
                                 max_new_tokens=MAX_NEW,
@@ -194,7 +194,7 @@ def test_prompt_ids_are_the_training_ids_of_a_first_turn(llava, image, family, p
     sample = {"conversations": [{"from": "human", "value": f"<image>\n{question}"},
                                 {"from": "gpt", "value": reply}]}
     trained = encode_llava_conversation(sample, tokenizer, profile, system=system)["input_ids"]
-    prompt_text, prompt = hook.prompt_ids(question, with_image=True)
+    prompt_text, prompt = hook.prompt_ids(question, n_images=1)
     reply_ids = tokenizer.encode(reply, add_special_tokens=False)
     assert trained[:len(prompt)] == prompt
     assert trained[len(prompt):len(prompt) + len(reply_ids)] == reply_ids
@@ -262,7 +262,7 @@ def test_embedding_path_generates_what_the_id_path_generates(llava, image, famil
     # from transformers' own). Same text prompt both ways -> the same greedy tokens.
     model, llm, processor = llava(family)
     hook = make_hook(llm, processor, profile, image)
-    _, ids = hook.prompt_ids(hook.evaluation_inputs[1], with_image=False)
+    _, ids = hook.prompt_ids(hook.evaluation_inputs[1], n_images=0)
     prompt = torch.tensor([ids])
     by_ids = model.llm.generate(input_ids=prompt, generation_config=hook.gen_config,
                                 max_new_tokens=8, min_new_tokens=8)[0, prompt.shape[1]:]
@@ -299,3 +299,143 @@ def test_ids_past_the_tokenizer_are_shown_not_fatal(llava, image, family, profil
     assert sample.token_ids[1] == beyond and len(sample.token_ids) == K
     assert f"<unknown token id {beyond}>" in sample.reply
     assert sample.reply.startswith(hook.tokenizer.decode(list(sample.token_ids[:1])))
+
+
+# ------------------------------------------------------------- several images
+TWO_IMAGE_TURNS = [  # (hook prompt, the same user turn in a training sample)
+    ("Compare <image> with <image>, please.", "Compare <image> with <image>, please."),
+    ("What do both show?", "<image>\n<image>\nWhat do both show?"),  # none: put in front
+]
+
+
+@pytest.fixture(scope="module")
+def two_image_data(tiny_parts, tmp_path_factory):
+    """``(dataset, image paths)``: LLaVASwapDataset(max_images=2) over one sample per
+    TWO_IMAGE_TURNS, each with two images of the tiny data set."""
+    import json
+
+    from xtuner_llava_swap.data import LLaVASwapDataset
+    from xtuner_llava_swap.profiles import template_map_fn_factory
+
+    _, _, folder = tiny_parts("data")
+    files = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*")) if p.is_file()][:2]
+    samples = [{"image": files, "conversations": [{"from": "human", "value": turn},
+                                                  {"from": "gpt", "value": "Two faces."}]}
+               for _, turn in TWO_IMAGE_TURNS]
+    data_path = tmp_path_factory.mktemp("two-images") / "two_images.json"
+    data_path.write_text(json.dumps(samples))
+    dataset = LLaVASwapDataset(
+        str(folder), dict(type=CLIPImageProcessor.from_pretrained,
+                          pretrained_model_name_or_path=str(tiny_parts("clip"))),
+        data_path=str(data_path), tokenizer=tokenizer_dict("qwen2.5", tiny_parts("qwen2")),
+        dataset_map_fn="llava_format_map_fn", template_map_fn=template_map_fn_factory("qwen2.5"),
+        pad_image_to_square=True, max_images=2, cache=False, strict=True)
+    return dataset, [str(folder / f) for f in files]
+
+
+def two_image_hook(tiny_parts, images, **kwargs):
+    return EvaluateChatHook(
+        tokenizer=tokenizer_dict("qwen2.5", tiny_parts("qwen2")), profile="qwen2.5",
+        evaluation_inputs=[prompt for prompt, _ in TWO_IMAGE_TURNS], evaluation_images=[images],
+        image_processor=dict(type=CLIPImageProcessor.from_pretrained,
+                             pretrained_model_name_or_path=str(tiny_parts("clip"))),
+        max_new_tokens=MAX_NEW, generation_kwargs=dict(do_sample=False), **kwargs)
+
+
+def test_two_image_prompt_ids_are_the_training_ids_of_the_same_turn(tiny_parts, two_image_data):
+    dataset, images = two_image_data
+    hook = two_image_hook(tiny_parts, images)
+    reply = hook.tokenizer.encode("Two faces.", add_special_tokens=False)
+    for index, (prompt_text, turn) in enumerate(TWO_IMAGE_TURNS):
+        trained = list(dataset[index]["input_ids"])
+        text, prompt = hook.prompt_ids(prompt_text, n_images=2)
+        assert trained[:len(prompt)] == prompt, turn
+        assert trained[len(prompt):len(prompt) + len(reply)] == reply
+        assert prompt.count(-200) == 2 and turn in text
+    # in place: text on both sides of the first image; in front: the two side by side
+    first, second = (hook.prompt_ids(p, n_images=2)[1] for p, _ in TWO_IMAGE_TURNS)
+    places = [i for i, t in enumerate(first) if t == -200]
+    assert places[1] - places[0] > 1
+    places = [i for i, t in enumerate(second) if t == -200]
+    newline = hook.tokenizer.encode("\n", add_special_tokens=False)
+    assert second[places[0] + 1:places[1]] == newline  # "<image>\n<image>\n" in front
+
+
+@pytest.fixture(scope="module")
+def swap_model(tiny_parts):
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
+
+    torch.manual_seed(0)
+    return LLaVASwapModel(
+        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, torch_dtype=torch.float32,
+                       pretrained_model_name_or_path=str(tiny_parts("qwen2"))),
+        visual_encoder=ConfigDict(type=CLIPVisionModel.from_pretrained,
+                                  pretrained_model_name_or_path=str(tiny_parts("clip"))),
+        freeze_llm=True, freeze_visual_encoder=True).eval()
+
+
+def test_both_images_reach_the_model_and_generation_stops(tiny_parts, two_image_data,
+                                                          swap_model, monkeypatch):
+    dataset, images = two_image_data
+    hook = two_image_hook(tiny_parts, images)
+    assert [len(entry) for entry in hook.evaluation_images] == [2, 2]
+    seen_pixels, seen_generate = [], []
+    handle = swap_model.visual_encoder.register_forward_pre_hook(
+        lambda module, args, kwargs: seen_pixels.append(args[0].clone()), with_kwargs=True)
+    real_generate = swap_model.llm.generate
+
+    def recording_generate(*args, **kwargs):
+        seen_generate.append(kwargs)
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(swap_model.llm, "generate", recording_generate)
+    stop_id = hook.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    try:
+        sample = hook.generate_sample(
+            swap_model, hook.evaluation_inputs[0], hook.evaluation_images[0],
+            logits_processor=LogitsProcessorList([ForceTokenAtStep(stop_id, K)]))
+    finally:
+        handle.remove()
+    # the pixels are the training sample's: both images, padded to square, in order
+    assert len(seen_pixels) == 1 and seen_pixels[0].shape == (2, 3, 56, 56)
+    assert torch.equal(seen_pixels[0], dataset[0]["pixel_values"])
+    assert not torch.equal(seen_pixels[0][0], seen_pixels[0][1])
+    # each image's features stand where its <image> is, in order
+    _, ids = hook.prompt_ids(hook.evaluation_inputs[0], n_images=2)
+    features = swap_model.visual_features(seen_pixels[0])
+    embeds = seen_generate[0]["inputs_embeds"][0]
+    tokens = features.shape[1]
+    places = [i for i, t in enumerate(ids) if t == -200]
+    starts = [places[0], places[1] + tokens - 1]
+    assert embeds.shape[0] == len(ids) - 2 + 2 * tokens
+    for start, image_features in zip(starts, features):
+        assert torch.allclose(embeds[start:start + tokens], image_features, atol=1e-6)
+    # and the reply stops at the stop id
+    assert len(sample.token_ids) == K and sample.token_ids[-1] == stop_id
+    assert sample.stop_word == "<|im_end|>" and sample.prompt.count("<image>") == 2
+
+
+def test_evaluation_images_forms_and_count_mismatch_named(tiny_parts, two_image_data):
+    from PIL import Image
+
+    _, (first, second) = two_image_data
+    processor = dict(type=CLIPImageProcessor.from_pretrained,
+                     pretrained_model_name_or_path=str(tiny_parts("clip")))
+
+    def hook(inputs, images):
+        return EvaluateChatHook(tokenizer=tokenizer_dict("qwen2.5", tiny_parts("qwen2")),
+                                profile="qwen2.5", evaluation_inputs=inputs,
+                                evaluation_images=images, image_processor=processor)
+
+    built = hook(["a", "b", "Compare <image> and <image>."], [None, first, [first, second]])
+    assert built.evaluation_images[0] is None
+    assert isinstance(built.evaluation_images[1], Image.Image)
+    assert [type(i) for i in built.evaluation_images[2]] == [type(built.evaluation_images[1])] * 2
+    with pytest.raises(ValueError, match=r"evaluation_inputs\[1\] 'Compare <image> and "
+                                         r"<image>\.' holds 2 <image> for 1 image"):
+        hook(["a", "Compare <image> and <image>."], [None, first])
+    with pytest.raises(ValueError, match=r"evaluation_inputs\[0\] 'Describe <image>\.' holds "
+                                         r"1 <image> for 0 image"):
+        hook(["Describe <image>."], None)
+    with pytest.raises(ValueError, match="not a path"):
+        hook(["a"], [[first, 3]])

@@ -70,15 +70,16 @@ def hook_ids(tokenizer, profile, text, with_image, system=None) -> list:
     from xtuner_llava_swap.training.hooks import EvaluateChatHook
 
     hook = EvaluateChatHook(tokenizer, [text], profile=profile, system=system)
-    return hook.prompt_ids(text, with_image=with_image)[1]
+    return hook.prompt_ids(text, n_images=int(with_image))[1]
 
 
 def verify_ids(tokenizer, profile, text, system=None) -> list:
     """The ids ``--verify`` feeds xtuner's model (always with an image)."""
-    from xtuner_llava_swap.export.verify import _reference_ids, _reference_prompt
+    from xtuner_llava_swap.export.verify import _reference_prompt
+    from xtuner_llava_swap.training.image_prompt import prompt_ids
 
     run = SimpleNamespace(profile=get_profile(profile), system=system)
-    return _reference_ids(tokenizer, _reference_prompt(run, text))
+    return prompt_ids(tokenizer, _reference_prompt(run, text))
 
 
 def with_system(messages, system):

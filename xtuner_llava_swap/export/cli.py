@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-shard-size", default="2GB",
                         help="largest safetensors shard, e.g. 2GB, 500MB (default 2GB)")
     parser.add_argument("--verify", action="store_true",
-                        help="compare logits and greedy tokens with xtuner's model of the run")
+                        help="compare logits and greedy tokens with xtuner's model of the run "
+                             "on a one-image prompt, and also on a two-image prompt when the "
+                             "run trains with several images per sample (its dataset's "
+                             "max_images > 1)")
     parser.add_argument("--force", action="store_true",
                         help="replace an existing OUT_DIR (only once the new one is complete)")
     parser.add_argument("--trust-remote-code", action="store_true",

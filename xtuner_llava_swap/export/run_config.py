@@ -40,6 +40,7 @@ class TrainingRun:
     pad_image_to_square: bool
     system: str | None
     trust_remote_code: bool
+    max_images: int = 1  # images per sample the dataset takes (LLaVASwapDataset(max_images=N))
 
 
 def _path_of(cfg_node, what: str, config_path: Path) -> str:
@@ -134,7 +135,18 @@ def load_training_run(config: str | Path, cfg_options: dict | None = None,
         pad_image_to_square=bool(_dataset_of(cfg).get("pad_image_to_square", False)),
         system=system,
         trust_remote_code=bool(model["llm"].get("trust_remote_code", False)),
+        max_images=_max_images(cfg, config_path),
     )
+
+
+def _max_images(cfg, config_path: Path) -> int:
+    """The run dataset's ``max_images`` (1 where it has none: xtuner's datasets take one);
+    read with ``dict.get``, which builds nothing (ConfigDict.get would build a lazy value)."""
+    value = dict.get(_dataset_of(cfg), "max_images", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ExportError(f"{config_path}: the dataset's max_images is {value!r}, not a "
+                          "whole number >= 1")
+    return value
 
 
 def _run_profile(profile_name, checkpoint, cfg, config_path: Path):

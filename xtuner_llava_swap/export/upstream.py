@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
+from ..training.image_prompt import as_image_list
 
 PROBE = Path(__file__).with_name("upstream_probe.py")
 
@@ -97,20 +98,34 @@ def require_cached_tower(folder: Path) -> None:
                           f"download {name}), or leave out --upstream")
 
 
-def probe(checkout: Path, folder: Path, prompt: str, image, forced: list, stop_ids: list,
+def probe(checkout: Path, folder: Path, prompt: str, images, forced: list, stop_ids: list,
           max_new_tokens: int, vision_tower: str | None = None, timeout: int = 600) -> dict:
     """Load ``folder`` with ``checkout``'s ``load_pretrained_model`` in a subprocess; return
-    its ids, pixels, logits, greedy tokens and tensor comparison. ``vision_tower``
-    overrides ``mm_vision_tower``; without it the hub id there must be in the cache."""
+    its ids, pixels, logits, greedy tokens and tensor comparison. ``images``: one image or
+    a list, one per ``<image>`` of ``prompt``. ``vision_tower`` overrides
+    ``mm_vision_tower``; without it the hub id there must be in the cache."""
+    return probe_cases(checkout, folder, [(prompt, images, forced)], stop_ids, max_new_tokens,
+                       vision_tower, timeout)[0]
+
+
+def probe_cases(checkout: Path, folder: Path, cases: list, stop_ids: list, max_new_tokens: int,
+                vision_tower: str | None = None, timeout: int = 600) -> list:
+    """:func:`probe` for several ``(prompt, images, forced)`` cases, the folder loaded once;
+    one result per case."""
     if vision_tower is None:
         require_cached_tower(folder)
     with tempfile.TemporaryDirectory(prefix="upstream-probe-") as scratch:
         scratch = Path(scratch)
-        image.convert("RGB").save(scratch / "image.png")
+        requested = []
+        for number, (prompt, images, forced) in enumerate(cases):
+            files = []
+            for image in as_image_list(images):
+                files.append(str(scratch / f"image{number}-{len(files)}.png"))
+                image.convert("RGB").save(files[-1])
+            requested.append({"prompt": prompt, "images": files, "forced": forced})
         request = {"folder": str(folder), "name": Path(folder).name,
                    "next": is_llava_next(checkout), "vision_tower": vision_tower,
-                   "prompt": prompt, "image": str(scratch / "image.png"), "forced": forced,
-                   "stop_ids": stop_ids, "max_new_tokens": max_new_tokens,
+                   "cases": requested, "stop_ids": stop_ids, "max_new_tokens": max_new_tokens,
                    "output": str(scratch / "result.pt")}
         (scratch / "request.json").write_text(json.dumps(request))
         env = {**os.environ, "PYTHONPATH": str(checkout), "HF_HUB_OFFLINE": "1"}

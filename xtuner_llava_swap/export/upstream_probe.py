@@ -6,7 +6,9 @@ Run as a script (``python -P upstream_probe.py REQUEST.json``) in a process whos
 repository does, ``load_pretrained_model`` then ``tokenizer_image_token``,
 ``process_images`` and ``generate(images=...)``, and saves what :mod:`.upstream` compares:
 
-* the prompt ids and pixel values the upstream code made;
+* the prompt ids and pixel values the upstream code made (several images: one
+  ``process_images`` batch, which both checkouts' ``prepare_inputs_labels_for_multimodal``
+  take one per ``<image>``, in order);
 * fp32 logits over the prompt and the teacher-forced tokens, and greedy tokens;
 * every tensor of the export's safetensors against the loaded model's ``state_dict``
   (cast to the dtype the loader chose: both load 16-bit), and the names the model did not
@@ -14,8 +16,9 @@ repository does, ``load_pretrained_model`` then ``tokenizer_image_token``,
 
 The request (JSON) holds ``folder``, ``name`` (the folder's name, from which the loaders
 choose the class), ``next`` (LLaVA-NeXT's signature), ``vision_tower`` (an override of
-``mm_vision_tower`` or null), ``prompt``, ``image``, ``forced``, ``stop_ids``,
-``max_new_tokens`` and ``output``.
+``mm_vision_tower`` or null), ``cases`` (each a ``prompt``, its ``images`` (files) and the
+``forced`` tokens; the folder is loaded once for all), ``stop_ids``, ``max_new_tokens``
+and ``output`` (where the list of results, one per case, goes).
 """
 import functools
 import json
@@ -85,22 +88,25 @@ def main(request_file: str) -> None:
             return forward(*args, **kw)
         model.forward = without_cache_position
 
-    text = request["prompt"]
-    if tokenizer.bos_token and text.startswith(tokenizer.bos_token):
-        text = text[len(tokenizer.bos_token):]  # the upstream tokenizer call adds it
-    ids = tokenizer_image_token(text, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
-    image = Image.open(request["image"]).convert("RGB")
-    pixels = process_images([image], image_processor, model.config)
-    forced = torch.tensor([request["forced"]], dtype=torch.long)
-    with torch.no_grad():
-        logits = model(input_ids=torch.cat([ids, forced], 1), images=pixels).logits[0]
-        tokens = model.generate(ids, images=pixels, do_sample=False, num_beams=1,
-                                max_new_tokens=request["max_new_tokens"],
-                                eos_token_id=request["stop_ids"],
-                                pad_token_id=tokenizer.pad_token_id or request["stop_ids"][0])
-    torch.save({"ids": ids[0].tolist(), "pixels": pixels.float(), "logits": logits.float(),
-                "tokens": tokens[0].tolist(), "tensors": tensors}, request["output"])
-
+    results = []
+    for case in request["cases"]:
+        text = case["prompt"]
+        if tokenizer.bos_token and text.startswith(tokenizer.bos_token):
+            text = text[len(tokenizer.bos_token):]  # the upstream tokenizer call adds it
+        ids = tokenizer_image_token(text, tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None]
+        images = [Image.open(file).convert("RGB") for file in case["images"]]
+        pixels = process_images(images, image_processor, model.config)
+        forced = torch.tensor([case["forced"]], dtype=torch.long)
+        with torch.no_grad():
+            logits = model(input_ids=torch.cat([ids, forced], 1), images=pixels).logits[0]
+            tokens = model.generate(ids, images=pixels, do_sample=False, num_beams=1,
+                                    max_new_tokens=request["max_new_tokens"],
+                                    eos_token_id=request["stop_ids"],
+                                    pad_token_id=tokenizer.pad_token_id or request["stop_ids"][0])
+        results.append({"ids": ids[0].tolist(), "pixels": pixels.float(),
+                        "logits": logits.float(), "tokens": tokens[0].tolist(),
+                        "tensors": tensors})
+    torch.save(results, request["output"])
 
 if __name__ == "__main__":
     main(sys.argv[1])

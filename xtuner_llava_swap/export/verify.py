@@ -1,11 +1,18 @@
 """``--verify``: the exported folder must behave like xtuner's own model of the run.
 
 The reference is xtuner's ``LLaVAModel`` built from CONFIG (fp32, unquantized base, LoRA
-adapters live, not merged) with CHECKPOINT loaded. Both models get the same image and
+adapters live, not merged) with CHECKPOINT loaded. Both models get the same images and
 prompt: the reference through xtuner's own path (pad-to-square with ``expand2square``,
-CONFIG's image processor, template text encoded in chunks around ``IMAGE_TOKEN_INDEX``,
+CONFIG's image processor, the prompt built as the training data builds a first turn,
+:mod:`xtuner_llava_swap.training.image_prompt`, encoded in chunks around ``IMAGE_TOKEN_INDEX``,
 ``prepare_inputs_labels_for_multimodal``); the export through its own files (processor or
-image processor, chat template, model class). Checked, in this order:
+image processor, chat template, model class).
+
+Prompts checked: one image with :data:`VERIFY_PROMPT`; when the run trains with several
+images per sample (its dataset's ``max_images`` > 1) also two images with
+:data:`VERIFY_PROMPT_TWO_IMAGES` (placeholders in the text, kept in place), reported under
+``several_images``. ``image=`` (one image or a list) checks that one prompt instead.
+Checked for each prompt, in this order:
 
 1. the export's token ids are the reference's with the image place expanded;
 2. the export's pixel values equal the reference's;
@@ -23,7 +30,9 @@ is also loaded by each upstream LLaVA checkout that has its model and tower clas
 others are reported skipped, with the reason), pointed at the folder's own
 ``clip_vision_tower/`` when it has one (a SigLIP folder's tower is read by hub id from the
 Hugging Face cache, as LLaVA-NeXT does), and checked the same way (1-4, with the 16-bit
-tolerance: both loaders load float16), plus: every tensor of the export's safetensors equals the loaded
+tolerance: both loaders load float16; several images go to both checkouts as one
+``process_images`` batch, which their ``prepare_inputs_labels_for_multimodal`` takes one per
+``<image>`` in order), plus: every tensor of the export's safetensors equals the loaded
 model's (none left unused; only the embedding rows past the tokenizer, which the loaders'
 ``resize_token_embeddings(len(tokenizer))`` drops, are not compared).
 
@@ -36,9 +45,10 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
-from ..token_contract import IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from ..token_contract import IMAGE_TOKEN_INDEX
 
 VERIFY_PROMPT = "Describe the image briefly."
+VERIFY_PROMPT_TWO_IMAGES = "What differs between <image> and <image>?"
 
 
 def uses_fast_tokenizer(folder: Path) -> bool:
@@ -46,14 +56,15 @@ def uses_fast_tokenizer(folder: Path) -> bool:
     return (Path(folder) / "tokenizer.json").is_file()
 
 
-def default_image():
-    """A non-square test image (so padding to square is exercised)."""
+def default_image(number: int = 0):
+    """A non-square test image (so padding to square is exercised); ``number`` > 0 gives
+    other ones (other sizes and colours), for prompts with several images."""
     from PIL import Image, ImageDraw
 
-    image = Image.new("RGB", (96, 56), (250, 250, 240))
+    image = Image.new("RGB", (96 - 24 * number, 56 + 16 * number), (250, 250, 240))
     draw = ImageDraw.Draw(image)
-    draw.rectangle([8, 8, 40, 44], fill=(200, 30, 30))
-    draw.ellipse([50, 10, 88, 48], fill=(30, 60, 200))
+    draw.rectangle([8, 8, 40, 44], fill=(200 - 90 * number, 30 + 90 * number, 30))
+    draw.ellipse([50 - 20 * number, 10, 88 - 20 * number, 48], fill=(30, 60, 200 - 90 * number))
     return image
 
 
@@ -79,41 +90,38 @@ def _reference_model(run, checkpoint, trust_remote_code: bool):
     return model
 
 
-def _reference_prompt(run, prompt: str) -> str:
-    """The prompt of a one-turn training sample (the profile's template map fn: default
-    system, position rules), as the evaluation hook builds it."""
-    from xtuner_llava_swap.profiles import template_map_fn_factory
+def _reference_prompt(run, prompt: str, n_images: int = 1) -> str:
+    """The prompt of a one-turn training sample with ``n_images`` images (the profile's
+    template map fn: default system, position rules), as the evaluation hook builds it."""
+    from xtuner_llava_swap.training.image_prompt import prompt_text, user_text
 
-    example = {"conversation": [{"input": f"{IMAGE_TOKEN}\n{prompt}", "output": ""}]}
-    example = template_map_fn_factory(run.profile.template, system=run.system)(example)
-    return example["conversation"][0]["input"]
-
-
-def _reference_ids(tokenizer, text: str) -> list:
-    from xtuner_llava_swap.training.tokenizers import training_bos_ids
-
-    before, after = text.split(IMAGE_TOKEN)
-    return (training_bos_ids(tokenizer) + tokenizer.encode(before, add_special_tokens=False)
-            + [IMAGE_TOKEN_INDEX] + tokenizer.encode(after, add_special_tokens=False))
+    return prompt_text(run.profile.template, run.system,
+                       user_text(prompt, n_images, what="verify prompt"))
 
 
-def _messages(run, prompt: str) -> list:
+def _messages(run, prompt: str, n_images: int) -> list:
+    from xtuner_llava_swap.training.image_prompt import user_text
+
     system = [{"role": "system", "content": run.system}] if run.system is not None else []
-    return system + [{"role": "user", "content": f"{IMAGE_TOKEN}\n{prompt}"}]
+    return system + [{"role": "user", "content": user_text(prompt, n_images,
+                                                           what="verify prompt")}]
 
 
 @torch.no_grad()
-def _reference(run, model, tokenizer, image, prompt, stop_ids, max_new_tokens):
+def _reference(run, model, tokenizer, images, prompt, stop_ids, max_new_tokens):
     from xtuner.dataset.utils import expand2square
     from xtuner.model.utils import prepare_inputs_labels_for_multimodal
     from xtuner.registry import BUILDER
 
+    from xtuner_llava_swap.training.image_prompt import prompt_ids
+
     image_processor = BUILDER.build(run.cfg.image_processor)
-    picture = image.convert("RGB")
+    pictures = [image.convert("RGB") for image in images]
     if run.pad_image_to_square:
-        picture = expand2square(picture, tuple(int(x * 255) for x in image_processor.image_mean))
-    pixels = image_processor.preprocess(picture, return_tensors="pt")["pixel_values"]
-    ids = _reference_ids(tokenizer, _reference_prompt(run, prompt))
+        background = tuple(int(x * 255) for x in image_processor.image_mean)
+        pictures = [expand2square(picture, background) for picture in pictures]
+    pixels = image_processor.preprocess(pictures, return_tensors="pt")["pixel_values"]
+    ids = prompt_ids(tokenizer, _reference_prompt(run, prompt, len(images)))
     visual = model.visual_encoder(pixels, output_hidden_states=True)
     hidden = visual.hidden_states[model.visual_select_layer]
     features = model.projector(hidden[:, 1:] if run.drops_first_position else hidden)
@@ -129,15 +137,20 @@ def _reference(run, model, tokenizer, image, prompt, stop_ids, max_new_tokens):
     return ids, pixels, logits, generated, features.shape[1]
 
 
-@torch.no_grad()
-def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens, forced):
+def _load_hf(folder: Path):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
     model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    text = processor.tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
-                                                   add_generation_prompt=True)
-    inputs = processor(images=image, text=text, return_tensors="pt", add_special_tokens=False)
+    return processor, model
+
+
+@torch.no_grad()
+def _run_hf(run, loaded, images, prompt, stop_ids, max_new_tokens, forced):
+    processor, model = loaded
+    text = processor.tokenizer.apply_chat_template(_messages(run, prompt, len(images)),
+                                                   tokenize=False, add_generation_prompt=True)
+    inputs = processor(images=images, text=text, return_tensors="pt", add_special_tokens=False)
     ids = torch.cat([inputs["input_ids"], torch.tensor([forced])], 1)
     logits = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0]
     output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
@@ -147,47 +160,78 @@ def _exported_hf(run, folder: Path, image, prompt, stop_ids, max_new_tokens, for
             model.config.image_token_index)
 
 
-@torch.no_grad()
-def _exported_llava(run, folder: Path, image, prompt, stop_ids, max_new_tokens, forced):
+def _load_llava(folder: Path):
     from transformers import AutoImageProcessor, AutoModelForCausalLM
 
+    from . import loaders  # noqa: F401  (registers the llava_* classes)
+
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    return _export_tokenizer(folder), AutoImageProcessor.from_pretrained(folder), model
+
+
+@torch.no_grad()
+def _run_llava(run, loaded, images, prompt, stop_ids, max_new_tokens, forced):
     from xtuner_llava_swap.export.loaders import process_images, tokenizer_image_token
 
-    tokenizer = _export_tokenizer(folder)
-    image_processor = AutoImageProcessor.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
-    text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
+    tokenizer, image_processor, model = loaded
+    text = tokenizer.apply_chat_template(_messages(run, prompt, len(images)), tokenize=False,
                                          add_generation_prompt=True)
     ids = tokenizer_image_token(text, tokenizer).unsqueeze(0)
-    pixels = process_images([image], image_processor, model.config)
+    pixels = process_images(images, image_processor, model.config)
     logits = model(input_ids=torch.cat([ids, torch.tensor([forced])], 1), images=pixels).logits[0]
     new = model.generate(ids, images=pixels, do_sample=False, max_new_tokens=max_new_tokens,
                          eos_token_id=stop_ids, num_beams=1)[0].tolist()
     return ids[0].tolist(), pixels, logits, new, None
 
 
+def _cases(run, image, prompt) -> list:
+    """``[(images, prompt)]`` to check (see the module docstring)."""
+    if image is not None:
+        from xtuner_llava_swap.training.image_prompt import as_image_list
+
+        images = as_image_list(image)
+        default = VERIFY_PROMPT if len(images) == 1 else VERIFY_PROMPT_TWO_IMAGES
+        return [(images, prompt or default)]
+    cases = [([default_image()], prompt or VERIFY_PROMPT)]
+    if run.max_images > 1:
+        cases.append(([default_image(0), default_image(1)], VERIFY_PROMPT_TWO_IMAGES))
+    return cases
+
+
 def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.float32,
-                  trust_remote_code: bool = False, image=None, prompt: str = VERIFY_PROMPT,
+                  trust_remote_code: bool = False, image=None, prompt: str | None = None,
                   max_new_tokens: int = 8, upstream=None) -> dict:
-    """Compare the export in ``folder`` with xtuner's model of the run; return the numbers."""
-    image = image if image is not None else default_image()
+    """Compare the export in ``folder`` with xtuner's model of the run; return the numbers
+    (those of the two-image prompt, when it runs, under ``several_images``)."""
+    folder = Path(folder)
+    cases = _cases(run, image, prompt)
     stop_ids = run.profile.stop_token_ids(tokenizer)
     model = _reference_model(run, checkpoint, trust_remote_code)
-    ref_ids, ref_pixels, ref_logits, ref_tokens, n_image = _reference(
-        run, model, tokenizer, image, prompt, stop_ids, max_new_tokens)
+    references = [_reference(run, model, tokenizer, images, text, stop_ids, max_new_tokens)
+                  for images, text in cases]
     del model
-    exported = _exported_hf if fmt == "hf" else _exported_llava
-    ids, pixels, logits, tokens, image_token_index = exported(
-        run, Path(folder), image, prompt, stop_ids, max_new_tokens, ref_tokens)
-
-    report = _compare("export", ids, pixels, logits, tokens, image_token_index, ref_ids,
-                      ref_pixels, ref_logits, ref_tokens, n_image, dtype == torch.float32)
-    if fmt == "llava" and upstream is None:
-        report["upstream"] = "not run: give --upstream PATH (a LLaVA / LLaVA-NeXT clone)"
-    elif fmt == "llava":
-        report["upstream"] = _verify_upstream(run, Path(folder), upstream, image, prompt,
-                                              stop_ids, max_new_tokens, ref_ids, ref_pixels,
-                                              ref_logits, ref_tokens, n_image)
+    load, run_export = (_load_hf, _run_hf) if fmt == "hf" else (_load_llava, _run_llava)
+    loaded = load(folder)
+    reports = []
+    for (images, text), (ref_ids, ref_pixels, ref_logits, ref_tokens, n_image) in zip(
+            cases, references):
+        ids, pixels, logits, tokens, image_token_index = run_export(
+            run, loaded, images, text, stop_ids, max_new_tokens, ref_tokens)
+        reports.append({"images": len(images), **_compare(
+            "export" if len(images) == 1 else f"export, {len(images)} images", ids, pixels,
+            logits, tokens, image_token_index, ref_ids, ref_pixels, ref_logits, ref_tokens,
+            n_image, dtype == torch.float32)})
+    del loaded
+    if fmt == "llava":
+        upstream_reports = (
+            ["not run: give --upstream PATH (a LLaVA / LLaVA-NeXT clone)"] * len(cases)
+            if upstream is None else
+            _verify_upstream(run, folder, upstream, cases, references, stop_ids, max_new_tokens))
+        for report, upstream_report in zip(reports, upstream_reports):
+            report["upstream"] = upstream_report
+    report = reports[0]
+    if len(reports) > 1:
+        report["several_images"] = reports[1]
     return report
 
 
@@ -226,35 +270,38 @@ def _compare(who, ids, pixels, logits, tokens, image_token_index, ref_ids, ref_p
     return report
 
 
-def _verify_upstream(run, folder: Path, upstream, image, prompt, stop_ids, max_new_tokens,
-                     ref_ids, ref_pixels, ref_logits, ref_tokens, n_image) -> dict:
-    """Load ``folder`` with each applicable upstream checkout; compare like the export."""
+def _verify_upstream(run, folder: Path, upstream, cases, references, stop_ids,
+                     max_new_tokens) -> list:
+    """Load ``folder`` with each applicable upstream checkout (once for all ``cases``);
+    compare like the export. One ``{checkout: numbers}`` per case."""
     import json
 
     from . import upstream as upstream_loaders
 
     model_type = json.loads((folder / "config.json").read_text())["model_type"]
     tokenizer = _export_tokenizer(folder)
-    text = tokenizer.apply_chat_template(_messages(run, prompt), tokenize=False,
-                                         add_generation_prompt=True)
-    usable, reports = upstream_loaders.applicable(upstream, model_type,
+    requests = [(tokenizer.apply_chat_template(_messages(run, prompt, len(images)),
+                                               tokenize=False, add_generation_prompt=True),
+                 images, reference[3]) for (images, prompt), reference in zip(cases, references)]
+    usable, skipped = upstream_loaders.applicable(upstream, model_type,
                                                   run.tower.llava_tower_class)
+    reports = [dict(skipped) for _ in cases]
     for checkout in usable:
-        result = upstream_loaders.probe(checkout, folder, text, image, ref_tokens, stop_ids,
-                                        max_new_tokens,
-                                        vision_tower=upstream_loaders.tower_override(folder))
-        tensors = result["tensors"]
-        if tensors["differ"] or tensors["unused"] or tensors["extra"]:
-            raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
-                              f"export's tensors as they are: differ {tensors['differ'][:5]}, "
-                              f"unused {tensors['unused'][:5]}, not from the export "
-                              f"{tensors['extra'][:5]}")
-        report = _compare(checkout.name, result["ids"], result["pixels"], result["logits"],
-                          result["tokens"], None, ref_ids, ref_pixels, ref_logits, ref_tokens,
-                          n_image, strict=False)
-        reports[checkout.name] = {**report, "tensors_compared": tensors["compared"],
-                                  "loaded_dtype": tensors["loaded_dtype"],
-                                  "resized_rows": tensors["resized_rows"]}
+        results = upstream_loaders.probe_cases(checkout, folder, requests, stop_ids,
+                                               max_new_tokens,
+                                               vision_tower=upstream_loaders.tower_override(folder))
+        for report, result, reference in zip(reports, results, references):
+            tensors = result["tensors"]
+            if tensors["differ"] or tensors["unused"] or tensors["extra"]:
+                raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
+                                  f"export's tensors as they are: differ {tensors['differ'][:5]}, "
+                                  f"unused {tensors['unused'][:5]}, not from the export "
+                                  f"{tensors['extra'][:5]}")
+            numbers = _compare(checkout.name, result["ids"], result["pixels"], result["logits"],
+                               result["tokens"], None, *reference, strict=False)
+            report[checkout.name] = {**numbers, "tensors_compared": tensors["compared"],
+                                     "loaded_dtype": tensors["loaded_dtype"],
+                                     "resized_rows": tensors["resized_rows"]}
     return reports
 
 

@@ -24,9 +24,15 @@ that differs where xtuner's hook is wrong for other LLMs:
 * its profile, its tokenizer's and its prompt template's must agree (checked when the hook
   is built, :mod:`xtuner_llava_swap.training.profile_agreement`); :attr:`EvaluateChatHook.profile`
   is the profile they name;
-* each prompt may come with an image or without one (``evaluation_images`` entries may
-  be ``None``), and both kinds run through the same path on Qwen-7B (remote code,
-  ``QWenLMHeadModel``) and Qwen2-family models alike.
+* each prompt may come with several images, one, or none (``evaluation_images`` entries
+  may be lists, or ``None``); the prompt places them as training places a sample's images
+  (:mod:`xtuner_llava_swap.training.image_prompt`: ``<image>`` placeholders in the prompt stay where
+  they are, one per image, else one ``<image>`` per image goes in front; a count that does
+  not fit is refused when the hook is built), and every kind runs through the same path on
+  Qwen-7B (remote code, ``QWenLMHeadModel``) and Qwen2-family models alike;
+* the vision features are selected as the model selects them in training
+  (``LLaVASwapModel.visual_features``: the tower's rule, e.g. every SigLIP patch), or as
+  xtuner's ``LLaVAModel`` does (class token dropped).
 
 Each sample is logged as ``Sample output:`` + prompt + reply (special tokens kept,
 so the stop word is visible), followed by one line
@@ -43,6 +49,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
 
 from ..profiles.prompt_format import stop_id_sequences
+from .image_prompt import as_image_list, prompt_ids, prompt_text, user_text
 
 # xtuner's sampling defaults for its EvaluateChatHook.
 DEFAULT_GENERATION_KWARGS = dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40)
@@ -117,7 +124,10 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         tokenizer: tokenizer config dict (or a built tokenizer).
         evaluation_inputs: a prompt or a list of prompts.
         evaluation_images: ``None`` (text-only prompts), one image for every prompt, or a
-            list with one entry per prompt, ``None`` for a text-only prompt. Paths or URLs.
+            list with one entry per prompt (a list of one entry serves every prompt): an
+            image, a list of images (several for one prompt), or ``None`` (text-only).
+            Paths or URLs. A prompt holding ``<image>`` must hold one per image of its
+            entry; one without any gets them in front (see :mod:`xtuner_llava_swap.training.image_prompt`).
         image_processor: image processor config dict; required when there are images.
         system: ``None`` uses the template's ``DEFAULT_SYSTEM`` (what the training data
             gets from :func:`xtuner_llava_swap.profiles.template_map_fn_factory` without
@@ -153,6 +163,10 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         self.evaluation_inputs = ([evaluation_inputs] if isinstance(evaluation_inputs, str)
                                   else list(evaluation_inputs))
         self.evaluation_images = self._load_images(evaluation_images, len(self.evaluation_inputs))
+        for number, (text, images) in enumerate(zip(self.evaluation_inputs,
+                                                    self.evaluation_images)):
+            user_text(text, len(as_image_list(images)),  # refuses a count that does not fit
+                      what=f"EvaluateChatHook: evaluation_inputs[{number}]")
         self.every_n_iters = every_n_iters
         self.max_new_tokens = max_new_tokens
         self.pad_image_to_square = pad_image_to_square
@@ -166,7 +180,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         if image_processor is not None:
             self.image_processor = (BUILDER.build(image_processor)
                                     if isinstance(image_processor, dict) else image_processor)
-        if self.image_processor is None and any(img is not None for img in self.evaluation_images):
+        if self.image_processor is None and any(map(as_image_list, self.evaluation_images)):
             raise ValueError("EvaluateChatHook: evaluation_images are given but "
                              "image_processor is not")
 
@@ -188,27 +202,37 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _load_images(evaluation_images, n_inputs: int) -> list:
+        """One entry per prompt: ``None``, one PIL image, or a list of PIL images."""
         from xtuner.dataset.utils import load_image
+
+        def is_path(value) -> bool:
+            return isinstance(value, (str, os.PathLike))
 
         if evaluation_images is None:
             return [None] * n_inputs
-        images = ([evaluation_images] if isinstance(evaluation_images, (str, os.PathLike))
-                  else list(evaluation_images))
-        images = [None if image is None else os.fspath(image) for image in images]
-        if len(images) == 1:
-            images = images * n_inputs
-        if len(images) != n_inputs:
-            raise ValueError(f"EvaluateChatHook: {len(images)} evaluation_images for "
+        entries = [evaluation_images] if is_path(evaluation_images) else list(evaluation_images)
+        if len(entries) == 1:
+            entries = entries * n_inputs
+        if len(entries) != n_inputs:
+            raise ValueError(f"EvaluateChatHook: {len(entries)} evaluation_images for "
                              f"{n_inputs} evaluation_inputs (give 1 or one per input)")
         loaded = {}
-        for image in images:
-            if image is not None and image not in loaded:
+
+        def load(image):
+            if not is_path(image):
+                raise ValueError(f"EvaluateChatHook: evaluation image {image!r} is not a path "
+                                 "or URL (an entry is a path, a list of paths, or None)")
+            image = os.fspath(image)
+            if image not in loaded:
                 try:
                     loaded[image] = load_image(image)
                 except Exception as error:
-                    raise ValueError(f"EvaluateChatHook: cannot load evaluation image {image!r}: "
-                                     f"{error}") from error
-        return [None if image is None else loaded[image] for image in images]
+                    raise ValueError(f"EvaluateChatHook: cannot load evaluation image "
+                                     f"{image!r}: {error}") from error
+            return loaded[image]
+
+        return [None if entry is None else load(entry) if is_path(entry)
+                else [load(image) for image in entry] for entry in entries]
 
     def _generation_kwargs(self, overrides: dict) -> dict:
         """xtuner's defaults (sampling ones only when sampling), the tokenizer's eos/pad
@@ -229,43 +253,42 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         return kwargs
 
     # ------------------------------------------------------------- generation
-    def prompt_ids(self, text: str, with_image: bool) -> tuple[str, list]:
-        """The prompt text and ids for ``text``, built like a training sample's first turn."""
-        from xtuner.dataset.utils import encode_fn
-        from xtuner.utils import DEFAULT_IMAGE_TOKEN
+    def prompt_ids(self, text: str, n_images: int = 0) -> tuple[str, list]:
+        """The prompt text and ids for ``text`` with ``n_images`` images, built like a
+        training sample's first turn (:mod:`xtuner_llava_swap.training.image_prompt`)."""
+        prompt = prompt_text(self.template, self.system,
+                             user_text(text, n_images, what="EvaluateChatHook prompt"))
+        return prompt, prompt_ids(self.tokenizer, prompt)
 
-        from ..profiles import template_map_fn_factory
-
-        user_input = f"{DEFAULT_IMAGE_TOKEN}\n{text}" if with_image else text
-        example = {"conversation": [{"input": user_input, "output": ""}]}
-        example = template_map_fn_factory(self.template, system=self.system)(example)
-        prompt = example["conversation"][0]["input"]
-        ids = encode_fn(example, self.tokenizer, max_length=1 << 30,
-                        input_ids_with_output=False, with_image_token=True)["input_ids"]
-        return prompt, ids
-
-    def _pixel_values(self, model, image):
+    def _visual_features(self, model, images: list):
+        """The projected features of ``images`` (one row each), selected as ``model``
+        selects them in training: ``LLaVASwapModel`` by its tower, xtuner's ``LLaVAModel``
+        with the class token dropped."""
         from xtuner.dataset.utils import expand2square
 
         if self.pad_image_to_square:
             background = tuple(int(x * 255) for x in self.image_processor.image_mean)
-            image = expand2square(image, background)
-        pixels = self.image_processor.preprocess(image, return_tensors="pt")["pixel_values"]
+            images = [expand2square(image, background) for image in images]
+        pixels = self.image_processor.preprocess(images, return_tensors="pt")["pixel_values"]
         device = next(model.visual_encoder.parameters()).device
-        visual_outputs = model.visual_encoder(pixels.to(device, model.visual_encoder.dtype),
-                                              output_hidden_states=True)
+        pixels = pixels.to(device, model.visual_encoder.dtype)
+        if hasattr(model, "visual_features"):  # LLaVASwapModel
+            return model.visual_features(pixels)
+        visual_outputs = model.visual_encoder(pixels, output_hidden_states=True)
         return model.projector(visual_outputs.hidden_states[model.visual_select_layer][:, 1:])
 
     @torch.no_grad()
     def generate_sample(self, model, text: str, image=None, max_new_tokens: int | None = None,
                         logits_processor=None) -> ChatSample:
-        """Generate the reply of ``model`` (an xtuner ``LLaVAModel``) to one prompt."""
+        """Generate the reply of ``model`` (an xtuner ``LLaVAModel``) to one prompt with
+        ``image``: ``None``, one image, or a list of images."""
         from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
-        prompt, ids = self.prompt_ids(text, with_image=image is not None)
+        images = as_image_list(image)
+        prompt, ids = self.prompt_ids(text, len(images))
         device = next(model.llm.parameters()).device
         input_ids = torch.tensor([ids], device=device)
-        pixel_values = None if image is None else self._pixel_values(model, image)
+        pixel_values = self._visual_features(model, images) if images else None
         mm_inputs = prepare_inputs_labels_for_multimodal(llm=model.llm, input_ids=input_ids,
                                                          pixel_values=pixel_values)
         inputs = ({"inputs_embeds": mm_inputs["inputs_embeds"]} if pixel_values is not None
@@ -300,7 +323,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         return "".join(text)
 
     def _eval_images(self, runner, model, device, max_new_tokens=None, save_eval_output=False):
-        """Every prompt, with its image or text-only. xtuner's ``_generate_samples`` calls
+        """Every prompt, with its images or text-only. xtuner's ``_generate_samples`` calls
         this one (``evaluation_images`` is always a list here, never ``None``)."""
         outputs = []
         for text, image in zip(self.evaluation_inputs, self.evaluation_images):
