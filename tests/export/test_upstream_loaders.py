@@ -142,7 +142,7 @@ SIGLIP_ID = "google/siglip-so400m-patch14-384"
 
 @requires_fixtures
 @requires_upstream
-def test_siglip_llava_export_loads_with_llava_next_from_thehub_cache(tiny_parts, tmp_path,
+def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts, tmp_path,
                                                                     monkeypatch, capsys):
     """SigLIP at its real size (384 px, patch 14: the 729 positions LLaVA-NeXT asserts),
     exported (float32) by the command line with --verify --upstream: this package's loader
