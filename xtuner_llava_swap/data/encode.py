@@ -10,8 +10,9 @@ tokenized once, in one batched call of the fast tokenizer, and the sequences are
 gathered with numpy instead of per-sample Python lists.
 
 Every core the process is given is used: a fast tokenizer's batched call runs on its own
-Rust thread pool (measured on 2 cores: the whole preprocessing at 100-117% of a raw
-batched call of the same tokenizer, the Python part ~13% of the CPU time), a slow one
+Rust thread pool, in a thread of its own while the next chunk is mapped and planned
+(:meth:`BatchEncoder.encode_chunks`; measured on 2 cores, BENCHMARKS.md: the whole cold
+preprocessing at 96% of a raw batched call of the same tokenizer on all cores); a slow one
 (sentencepiece Llama-2 / Vicuna, tiktoken Qwen-7B) is called per text in forked worker
 processes (:func:`slow_workers`), as it has no pool of its own.
 
