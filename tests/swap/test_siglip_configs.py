@@ -220,21 +220,26 @@ def test_siglip_run_keeps_every_patch_of_both_images(siglip_qlora_run):
                                features[2 * sample + n])
 
 
-def test_siglip_run_exports_to_hf_with_verify(siglip_qlora_run, tmp_path, capsys):
+def verified_export(run: TrainedRun, out: Path, fmt: str, capsys, *extra: str) -> dict:
+    """``tools/convert_to_hf.py`` (its ``main``) of ``run`` to ``fmt`` with ``--verify``; the
+    verify report, checked: exit 0, logits within tolerance, xtuner's greedy tokens."""
     from xtuner_llava_swap.export.cli import main as convert_main
 
-    run = siglip_qlora_run
-    out = tmp_path / "llava-qwen-siglip-hf"
     options = [f"{k}={v}" for k, v in run.cfg_options.items()]
-    status = convert_main([str(run.config), str(run.checkpoint), str(out), "--format", "hf",
-                           "--verify", "--dtype", "float32", "--no-progress",
+    status = convert_main([str(run.config), str(run.checkpoint), str(out), "--format", fmt,
+                           "--verify", "--dtype", "float32", "--no-progress", *extra,
                            "--cfg-options", *options])
     captured = capsys.readouterr()
     assert status == 0, captured.err[-3000:]
-    summary = json.loads(captured.out[captured.out.index("{"):])
-    report = summary["verify"]
+    report = json.loads(captured.out[captured.out.index("{"):])["verify"]
     assert report["max_abs_logit_diff"] <= report["tolerance"]
     assert report["tokens"] == report["reference_tokens"] and len(report["tokens"]) > 0
+    return report
+
+
+def test_siglip_run_exports_to_hf_with_verify(siglip_qlora_run, tmp_path, capsys):
+    out = tmp_path / "llava-qwen-siglip-hf"
+    verified_export(siglip_qlora_run, out, "hf", capsys)
     config = json.loads((out / "config.json").read_text())
     assert config["vision_config"]["model_type"] == "siglip_vision_model"
     assert config["vision_config"]["image_size"] == IMAGE_SIZE
@@ -247,23 +252,12 @@ def test_siglip_run_exports_to_llava_with_verify(siglip_qlora_run, tmp_path, mon
     this package's loader classes give xtuner's logits and tokens; where the pinned upstream
     checkouts exist, the command also loads the folder with LLaVA-NeXT's own
     ``load_pretrained_model``, its SigLIP tower taken from a hub cache holding the tiny tower."""
-    from xtuner_llava_swap.export.cli import main as convert_main
-
     run = siglip_qlora_run
     monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache(tmp_path / "hub", HUB_ID, Path(
         run.cfg_options["visual_encoder_name_or_path"]))))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "llava-qwen-siglip"
-    options = [f"{k}={v}" for k, v in run.cfg_options.items()]
-    status = convert_main([str(run.config), str(run.checkpoint), str(out), "--format", "llava",
-                           "--verify", "--dtype", "float32", "--no-progress",
-                           "--vision-tower-id", HUB_ID, "--cfg-options", *options])
-    captured = capsys.readouterr()
-    assert status == 0, captured.err[-3000:]
-    summary = json.loads(captured.out[captured.out.index("{"):])
-    report = summary["verify"]
-    assert report["max_abs_logit_diff"] <= report["tolerance"]
-    assert report["tokens"] == report["reference_tokens"] and len(report["tokens"]) > 0
+    report = verified_export(run, out, "llava", capsys, "--vision-tower-id", HUB_ID)
     config = json.loads((out / "config.json").read_text())
     assert config["mm_vision_tower"] == HUB_ID
     assert config["mm_vision_select_feature"] == "full" and config["mm_vision_select_layer"] == -2
