@@ -19,7 +19,7 @@ from support import REPO
 from xtuner_llava_swap.profiles import PROMPT_TEMPLATE
 from xtuner_llava_swap.run_record import (RECORD_NAME, RunRecordError, make_record,
                                           plugin_version, read_record, write_record)
-from xtuner_llava_swap.training.profile_agreement import ProfileMismatchError, agreed_profile
+from xtuner_llava_swap.profiles.profile_agreement import ProfileMismatchError, agreed_profile
 from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
 
 

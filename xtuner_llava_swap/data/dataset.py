@@ -21,7 +21,7 @@ work unchanged. What differs:
   converted to RGB;
 * text preprocessing is batched and cached (see :mod:`.cache`);
 * the tokenizer's profile and the template's must agree (checked when the dataset is
-  built, :mod:`xtuner_llava_swap.training.profile_agreement`); :attr:`LLaVASwapDataset.profile`
+  built, :mod:`xtuner_llava_swap.profiles.profile_agreement`); :attr:`LLaVASwapDataset.profile`
   is the profile they name.
 """
 from __future__ import annotations
@@ -37,8 +37,7 @@ from mmengine import print_log
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..training.profile_agreement import agreed_profile
-from ..training.tokenizers import tokenizer_profile
+from ..profiles.profile_agreement import agreed_profile, tokenizer_profile
 from .image_tokens import resolve_image_token_count
 from .preprocess import PreparedText, build_template_map_fn, build_tokenizer, drop_bad_images, \
     prepare_text

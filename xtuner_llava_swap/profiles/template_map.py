@@ -17,7 +17,7 @@ resolved on resume like xtuner's own factory does).
 
 The function the factory returns carries :attr:`profiles`: the names of the profiles its
 template is (:func:`template_profiles`). The dataset and the evaluation hook compare them
-with their tokenizer's profile (:mod:`xtuner_llava_swap.training.profile_agreement`).
+with their tokenizer's profile (:mod:`.profile_agreement`).
 
 The rendering itself, position rules included (a template's ``ALWAYS_SYSTEM``,
 ``LAST_REPLY_PREFIX``, ``REASONING_TAGS``), is the template's

@@ -22,7 +22,7 @@ that differs where xtuner's hook is wrong for other LLMs:
   untrained, sampling model can pick) is shown as ``<unknown token id N>``, where
   ``QWenTokenizer.decode`` would raise and stop the training;
 * its profile, its tokenizer's and its prompt template's must agree (checked when the hook
-  is built, :mod:`xtuner_llava_swap.training.profile_agreement`); :attr:`EvaluateChatHook.profile`
+  is built, :mod:`xtuner_llava_swap.profiles.profile_agreement`); :attr:`EvaluateChatHook.profile`
   is the profile they name;
 * each prompt may come with several images, one, or none (``evaluation_images`` entries
   may be lists, or ``None``); the prompt places them as training places a sample's images
@@ -148,10 +148,9 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
                  pad_image_to_square=True):
         from xtuner.registry import BUILDER
 
-        from .profile_agreement import agreed_profile
         from ..profiles import get_profile
+        from ..profiles.profile_agreement import agreed_profile, tokenizer_profile
         from ..profiles.template_map import resolve_template, template_profiles
-        from .tokenizers import tokenizer_profile
 
         if prompt_template is None and profile is None:
             raise ValueError("EvaluateChatHook needs a profile (e.g. profile='qwen') or a "

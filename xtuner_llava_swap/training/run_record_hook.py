@@ -3,7 +3,7 @@
 Before the first iteration it compares its own ``profile`` (``swap_llm`` adds the hook with
 the profile it swaps to) with the profile of every ``LLaVASwapDataset`` of the train
 dataloader and of every ``EvaluateChatHook`` (each checked its own parts when it was
-built), and raises :class:`~xtuner_llava_swap.training.profile_agreement.ProfileMismatchError` when
+built), and raises :class:`~xtuner_llava_swap.profiles.profile_agreement.ProfileMismatchError` when
 they differ. Then rank 0 writes the run record (:mod:`xtuner_llava_swap.run_record`) into
 the work dir. Registered in mmengine's ``HOOKS`` registry (the one xtuner's runner builds
 its hooks from) as ``RunRecordHook``.
@@ -17,7 +17,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ..run_record import make_record, write_record
-from .profile_agreement import agreed_profile
+from ..profiles.profile_agreement import agreed_profile
 
 
 @HOOKS.register_module()

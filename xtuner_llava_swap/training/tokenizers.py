@@ -5,7 +5,8 @@
   ``AutoTokenizer.from_pretrained`` that injects the profile's bos/eos/pad settings and
   runs :func:`check_tokenizer_contract` every time xtuner builds the tokenizer
   (``LLaVADataset``, ``EvaluateChatHook``, ``DatasetInfoHook`` all ``BUILDER.build`` it);
-  the tokenizer it returns carries its profile's name (:func:`tokenizer_profile`).
+  the tokenizer it returns carries its profile's name
+  (:func:`~xtuner_llava_swap.profiles.profile_agreement.tokenizer_profile` reads it).
 * :func:`check_tokenizer_contract` raises :class:`TokenizerContractError` naming each
   problem and its fix: eos or pad missing or not the profile's, a bos where the profile's
   format has none (or none where it has one), a stop word that is not one token,
@@ -19,6 +20,7 @@ import copy
 
 from ..profiles import get_profile
 from ..profiles.chat_template import IMAGE_TOKEN
+from ..profiles.profile_agreement import PROFILE_ATTRIBUTE
 from ..token_contract import TokenizerContractError, single_token_id
 
 # The conversation check_tokenizer_contract encodes both ways (two turns, text only).
@@ -28,15 +30,6 @@ PROBE_CONVERSATION = [
     {"from": "human", "value": "Name a colour, please."},
     {"from": "gpt", "value": "Blue.\nIt is calm."},
 ]
-
-
-# The attribute build_tokenizer sets on the tokenizer it returns: the profile's name.
-PROFILE_ATTRIBUTE = "xtuner_llava_swap_profile"
-
-
-def tokenizer_profile(tokenizer) -> str | None:
-    """The profile ``tokenizer`` was built for by :func:`build_tokenizer` (else ``None``)."""
-    return getattr(tokenizer, PROFILE_ATTRIBUTE, None)
 
 
 def tokenizer_dict(profile_name, pretrained_model_name_or_path, **overrides) -> dict:

@@ -1,7 +1,7 @@
 """The parts of a run that name an LLM profile must name the same one.
 
 A tokenizer built by :func:`~xtuner_llava_swap.training.tokenizers.build_tokenizer` carries its
-profile (:func:`~xtuner_llava_swap.training.tokenizers.tokenizer_profile`), the function of
+profile (in :data:`PROFILE_ATTRIBUTE`, read by :func:`tokenizer_profile`), the function of
 :func:`~xtuner_llava_swap.profiles.template_map_fn_factory` the profiles its template is
 (``profiles``), ``EvaluateChatHook`` and ``RunRecordHook`` the profile they were given.
 Whatever is built from several such parts (``LLaVASwapDataset``: tokenizer and template map
@@ -11,6 +11,16 @@ profile, the dataset and the evaluation hooks) asks :func:`agreed_profile`, whic
 config that mixes profiles fails when the runner builds it, not in a trained checkpoint.
 """
 from __future__ import annotations
+
+
+# The attribute build_tokenizer sets on the tokenizer it returns: the profile's name.
+PROFILE_ATTRIBUTE = "xtuner_llava_swap_profile"
+
+
+def tokenizer_profile(tokenizer) -> str | None:
+    """The profile ``tokenizer`` was built for by
+    :func:`~xtuner_llava_swap.training.tokenizers.build_tokenizer` (else ``None``)."""
+    return getattr(tokenizer, PROFILE_ATTRIBUTE, None)
 
 
 class ProfileMismatchError(ValueError):
