@@ -83,8 +83,8 @@ def test_no_import_cycles():
 
 # room -> the rooms it must not import. The family, profile and tower registries come first:
 # every later stage asks them. Data comes before training: training uses the data room
-# (its map functions), never the other way. The export comes last: nothing before it
-# imports it. The checkpoint room reads what a run left on disk, for the export
+# (its map functions, its image preprocessing), never the other way. The export comes last:
+# nothing before it imports it. The checkpoint room reads what a run left on disk, for the export
 # and for swap_vision_tower (its projector check): it imports none of the stages that use it.
 MUST_NOT_IMPORT = {
     **{room: ("data", "training", "checkpoint", "export") for room in ("families", "profiles",

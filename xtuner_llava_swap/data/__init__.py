@@ -1,5 +1,6 @@
 """Data for xtuner's LLaVA: format map functions, image-safe fast encoding, bad-sample
-rules, a preprocessing cache, the drop-in dataset class and the preflight report.
+rules, a preprocessing cache, the image preprocessing (:mod:`.pixels`), the drop-in dataset
+class and the preflight report.
 
 Importing this package registers the map functions in xtuner's ``MAP_FUNC``.
 """

@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 
 from ..profiles.profile_agreement import agreed_profile, tokenizer_profile
 from .image_tokens import resolve_image_token_count
+from .pixels import image_pixels
 from .preprocess import PreparedText, build_template_map_fn, build_tokenizer, drop_bad_images, \
     prepare_text
 from .validate import DataError
@@ -146,17 +147,11 @@ class LLaVASwapDataset(Dataset):
         return item
 
     def _pixels(self, name: str) -> torch.Tensor:
-        from xtuner.dataset.utils import expand2square
-
         path = os.path.join(self.image_folder or "", name)
         try:
             with Image.open(path) as opened:
                 image = to_rgb(opened)
-            if self.pad_image_to_square:
-                background = tuple(int(x * 255) for x in self.image_processor.image_mean)
-                image = expand2square(image, background)
-            return self.image_processor.preprocess(image,
-                                                   return_tensors="pt")["pixel_values"][0]
+            return image_pixels([image], self.image_processor, self.pad_image_to_square)[0]
         except Exception as exc:  # missing, truncated, corrupt, degenerate: many kinds
             raise _UnloadableImage(path, exc) from None
 

@@ -109,18 +109,14 @@ def _messages(run, prompt: str, n_images: int) -> list:
 
 @torch.no_grad()
 def _reference(run, model, tokenizer, images, prompt, stop_ids, max_new_tokens):
-    from xtuner.dataset.utils import expand2square
     from xtuner.model.utils import prepare_inputs_labels_for_multimodal
     from xtuner.registry import BUILDER
 
+    from xtuner_llava_swap.data.pixels import image_pixels
     from xtuner_llava_swap.training.image_prompt import prompt_ids
 
-    image_processor = BUILDER.build(run.cfg.image_processor)
-    pictures = [image.convert("RGB") for image in images]
-    if run.pad_image_to_square:
-        background = tuple(int(x * 255) for x in image_processor.image_mean)
-        pictures = [expand2square(picture, background) for picture in pictures]
-    pixels = image_processor.preprocess(pictures, return_tensors="pt")["pixel_values"]
+    pixels = image_pixels(images, BUILDER.build(run.cfg.image_processor),
+                          run.pad_image_to_square)
     ids = prompt_ids(tokenizer, _reference_prompt(run, prompt, len(images)))
     visual = model.visual_encoder(pixels, output_hidden_states=True)
     hidden = visual.hidden_states[model.visual_select_layer]

@@ -263,12 +263,9 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         """The projected features of ``images`` (one row each), selected as ``model``
         selects them in training: ``LLaVASwapModel`` by its tower, xtuner's ``LLaVAModel``
         with the class token dropped."""
-        from xtuner.dataset.utils import expand2square
+        from ..data.pixels import image_pixels
 
-        if self.pad_image_to_square:
-            background = tuple(int(x * 255) for x in self.image_processor.image_mean)
-            images = [expand2square(image, background) for image in images]
-        pixels = self.image_processor.preprocess(images, return_tensors="pt")["pixel_values"]
+        pixels = image_pixels(images, self.image_processor, self.pad_image_to_square)
         device = next(model.visual_encoder.parameters()).device
         pixels = pixels.to(device, model.visual_encoder.dtype)
         if hasattr(model, "visual_features"):  # LLaVASwapModel
