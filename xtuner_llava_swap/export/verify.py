@@ -114,13 +114,12 @@ def _reference(run, model, tokenizer, images, prompt, stop_ids, max_new_tokens):
 
     from xtuner_llava_swap.data.pixels import image_pixels
     from xtuner_llava_swap.training.image_prompt import prompt_ids
+    from xtuner_llava_swap.training.llava_model import visual_features
 
     pixels = image_pixels(images, BUILDER.build(run.cfg.image_processor),
                           run.pad_image_to_square)
     ids = prompt_ids(tokenizer, _reference_prompt(run, prompt, len(images)))
-    visual = model.visual_encoder(pixels, output_hidden_states=True)
-    hidden = visual.hidden_states[model.visual_select_layer]
-    features = model.projector(hidden[:, 1:] if run.drops_first_position else hidden)
+    features = visual_features(model, pixels, run.drops_first_position)
     data = prepare_inputs_labels_for_multimodal(
         llm=model.llm, input_ids=torch.tensor([ids]), pixel_values=features)
     generated = model.llm.generate(inputs_embeds=data["inputs_embeds"], do_sample=False,

@@ -31,8 +31,9 @@ that differs where xtuner's hook is wrong for other LLMs:
   not fit is refused when the hook is built), and every kind runs through the same path on
   Qwen-7B (remote code, ``QWenLMHeadModel``) and Qwen2-family models alike;
 * the vision features are selected as the model selects them in training
-  (``LLaVASwapModel.visual_features``: the tower's rule, e.g. every SigLIP patch), or as
-  xtuner's ``LLaVAModel`` does (class token dropped).
+  (:func:`xtuner_llava_swap.training.llava_model.visual_features`: a ``LLaVASwapModel`` by
+  its tower's rule, e.g. every SigLIP patch; xtuner's ``LLaVAModel`` with the class token
+  dropped).
 
 Each sample is logged as ``Sample output:`` + prompt + reply (special tokens kept,
 so the stop word is visible), followed by one line
@@ -264,14 +265,10 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         selects them in training: ``LLaVASwapModel`` by its tower, xtuner's ``LLaVAModel``
         with the class token dropped."""
         from ..data.pixels import image_pixels
+        from .llava_model import visual_features
 
         pixels = image_pixels(images, self.image_processor, self.pad_image_to_square)
-        device = next(model.visual_encoder.parameters()).device
-        pixels = pixels.to(device, model.visual_encoder.dtype)
-        if hasattr(model, "visual_features"):  # LLaVASwapModel
-            return model.visual_features(pixels)
-        visual_outputs = model.visual_encoder(pixels, output_hidden_states=True)
-        return model.projector(visual_outputs.hidden_states[model.visual_select_layer][:, 1:])
+        return visual_features(model, pixels.to(next(model.visual_encoder.parameters()).device))
 
     @torch.no_grad()
     def generate_sample(self, model, text: str, image=None, max_new_tokens: int | None = None,

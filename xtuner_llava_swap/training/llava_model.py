@@ -4,7 +4,9 @@ xtuner's forward always drops position 0 of the selected hidden states (``[:, 1:
 right for CLIP (a class token), wrong for SigLIP, where it is a real patch. This subclass
 differs only there: the tower (a name of :mod:`xtuner_llava_swap.towers`, or the first
 tower whose vision ``model_type`` the encoder has) says whether position 0 goes, and
-gives the select layer unless the config sets ``visual_select_layer``.
+gives the select layer unless the config sets ``visual_select_layer``. The selection is
+:func:`visual_features`, which also serves the evaluation hook and ``--verify``'s
+reference (for xtuner's ``LLaVAModel`` too: position 0 dropped).
 
 Several images per sample need nothing more here: xtuner's
 ``prepare_inputs_labels_for_multimodal`` takes one row of the projected features per
@@ -36,11 +38,9 @@ class LLaVASwapModel(LLaVAModel):
                                     else visual_select_layer)
 
     def visual_features(self, pixel_values):
-        """Projected features of ``pixel_values`` (one row per image), as the tower selects."""
-        outputs = self.visual_encoder(pixel_values.to(self.visual_encoder.dtype),
-                                      output_hidden_states=True)
-        hidden = outputs.hidden_states[self.visual_select_layer]
-        return self.projector(hidden[:, 1:] if self.vision_tower.drops_first_position else hidden)
+        """Projected features of ``pixel_values`` (one row per image), as the tower selects
+        (:func:`visual_features`)."""
+        return visual_features(self, pixel_values)
 
     def forward(self, data, data_samples=None, mode="loss"):
         if "pixel_values" in data:
@@ -51,3 +51,18 @@ class LLaVASwapModel(LLaVAModel):
             data = prepare_inputs_labels_for_multimodal(
                 llm=self.llm, **{**data, "pixel_values": features})
         return super().forward(data, data_samples, mode)
+
+
+def visual_features(model, pixel_values, drops_first_position: bool | None = None):
+    """Projected features of ``pixel_values`` (one row per image), selected as ``model``
+    selects them in training: a :class:`LLaVASwapModel` as its tower says, xtuner's
+    ``LLaVAModel`` with position 0 (the class token) dropped. ``drops_first_position``, when
+    given, decides instead (``--verify`` passes the run's, the one its export was written
+    with)."""
+    if drops_first_position is None:
+        drops_first_position = (model.vision_tower.drops_first_position
+                                if isinstance(model, LLaVASwapModel) else True)
+    encoder = model.visual_encoder
+    outputs = encoder(pixel_values.to(encoder.dtype), output_hidden_states=True)
+    hidden = outputs.hidden_states[model.visual_select_layer]
+    return model.projector(hidden[:, 1:] if drops_first_position else hidden)
