@@ -113,11 +113,11 @@ def image_positions(model, pixel_values, text_ids):
     """Length of the LLM sequence one ``<image>`` + ``text_ids`` becomes."""
     from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
+    from xtuner_llava_swap.training.llava_model import visual_features
+
     ids = torch.tensor([[IMAGE_TOKEN_INDEX, *text_ids]])
     with torch.no_grad():
-        features = model.visual_features(pixel_values) if hasattr(model, "visual_features") else \
-            model.projector(model.visual_encoder(pixel_values, output_hidden_states=True)
-                            .hidden_states[model.visual_select_layer][:, 1:])
+        features = visual_features(model, pixel_values)
         data = prepare_inputs_labels_for_multimodal(llm=model.llm, input_ids=ids,
                                                     pixel_values=features,
                                                     attention_mask=torch.ones_like(ids))
