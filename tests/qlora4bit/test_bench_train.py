@@ -10,9 +10,10 @@
   nf4 under both component sets in ``.venv-tf457``: the bench exits 0 and prints both rows;
   each run logged every iteration with a finite loss; the models built from the two configs
   it wrote have the same 4-bit nf4 layers, the same LoRA ranks (512 on the LLM, 64 on the
-  tower) and the same trainable parameters; both datasets hold the same token ids, sample for
-  sample (the plugin runs without the profile's default system prompt, so the step measures
-  the components, not a longer prompt).
+  tower) and the same trainable parameters, equal at initialisation under one seed; both
+  datasets hold the same token ids, sample for sample (the plugin runs without the profile's
+  default system prompt, so the step measures the components, not a longer prompt); so both
+  runs log the same first loss.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import json
 import math
 import re
 
+import pytest
 from support import FIXTURES, REPO, requires_tf457
 from test_qlora_4bit import run_tf457
 
@@ -80,6 +82,7 @@ def test_shaped_parts_load_back_as_built(tmp_path):
 # In .venv-tf457: builds the model and the dataset of each config the bench wrote.
 INSPECT = """
 import json, sys
+import torch
 import xtuner_llava_swap
 import bitsandbytes as bnb
 from mmengine.config import Config
@@ -88,14 +91,17 @@ from xtuner.registry import BUILDER
 report = {}
 for name in sys.argv[1:]:
     cfg = Config.fromfile(name)
+    torch.manual_seed(0)
     model = BUILDER.build(cfg.model)
+    trained = [p for p in model.parameters() if p.requires_grad]
     dataset = BUILDER.build(cfg.train_dataloader.dataset)
     layers = [m for m in model.llm.modules() if isinstance(m, bnb.nn.Linear4bit)]
     ranks = lambda part: sorted({r for m in part.modules() for r in getattr(m, "r", {}).values()})
     report[name] = dict(
         nf4=sorted({m.weight.quant_type for m in layers}), n_4bit=len(layers),
         llm_ranks=ranks(model.llm), tower_ranks=ranks(model.visual_encoder),
-        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        trainable=sum(p.numel() for p in trained),
+        initial=[float(p.detach().double().sum()) for p in trained],
         ids=[list(map(int, dataset[i]["input_ids"])) for i in range(len(dataset))])
 print(json.dumps(report))
 """
@@ -109,10 +115,16 @@ def test_qlora_recipe_trains_both_component_sets_in_nf4(tmp_path):
     rows = re.findall(r"^\| (stock xtuner|xtuner-llava-swap) \| ([0-9.]+) \|", proc.stdout, re.M)
     assert [name for name, _ in rows] == ["stock xtuner", "xtuner-llava-swap"], proc.stdout
     assert "recipe qlora" in proc.stdout
+    losses = {}
     for run in ("run-stock_xtuner-0", "run-xtuner-llava-swap-0"):
         scalars = next((work / run).glob("*/vis_data/scalars.json")).read_text().splitlines()
-        losses = [json.loads(line)["loss"] for line in scalars if '"loss"' in line]
-        assert len(losses) == ITERS and all(math.isfinite(x) for x in losses), (run, losses)
+        losses[run] = [json.loads(line)["loss"] for line in scalars if '"loss"' in line]
+        assert len(losses[run]) == ITERS and all(map(math.isfinite, losses[run])), losses
+    # the same model on the same ids: the same first loss (later ones may drift by the
+    # LoRA dropout's random draws, which the two data pipelines leave in other states)
+    assert losses["run-stock_xtuner-0"][0] == losses["run-xtuner-llava-swap-0"][0]
+    assert losses["run-stock_xtuner-0"] == pytest.approx(losses["run-xtuner-llava-swap-0"],
+                                                         abs=1e-2)
 
     configs = [work / "stock_xtuner.py", work / "xtuner-llava-swap.py"]
     inspect = run_tf457("-c", INSPECT, *configs)
@@ -122,5 +134,6 @@ def test_qlora_recipe_trains_both_component_sets_in_nf4(tmp_path):
     assert stock["llm_ranks"] == plugin["llm_ranks"] == [512]
     assert stock["tower_ranks"] == plugin["tower_ranks"] == [64]
     assert stock["trainable"] == plugin["trainable"] > 0
+    assert stock["initial"] == plugin["initial"]  # same seed, same initial adapters
     assert len(stock["ids"]) == len(plugin["ids"]) > 0
     assert stock["ids"] == plugin["ids"]
