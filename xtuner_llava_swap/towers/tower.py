@@ -33,8 +33,6 @@ class VisionTower:
         lora_target_modules: the linear layers a LoRA of the tower targets.
         llava_name_word: the word the official loaders look for in ``mm_vision_tower`` to
             choose this tower's class.
-        llava_select_layers: the select layers the official format can express for this
-            tower (None: any; LLaVA-NeXT's SigLIP tower drops the last layer itself, so -2).
         build_tiny: ``(out folder, image_size, patch_size)`` saves a tiny random model of
             the real class and its image processor (the tower folder's ``tiny.py``).
         llava_tower_class: the official loaders' class for this tower (``CLIPVisionTower``,
@@ -62,7 +60,6 @@ class VisionTower:
     select_layer: int = -2
     lora_target_modules: tuple = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
     llava_name_word: str = ""
-    llava_select_layers: tuple | None = None
     build_tiny: Callable | None = None
     llava_tower_class: str | None = None
     llava_loads_by_name: bool = False
@@ -95,6 +92,13 @@ class VisionTower:
     def pad_colour(self) -> tuple:
         """The pad-to-square background, the processor's mean as 0-255 RGB."""
         return tuple(int(m * 255) for m in self.image_mean)
+
+    @property
+    def llava_select_layers(self) -> tuple | None:
+        """The select layers the official format can express for this tower: any (None),
+        unless its class deletes the last encoder layers and takes the last remaining
+        hidden state (LLaVA-NeXT's SigLIP tower: the whole encoder's -2)."""
+        return (-(self.llava_removed_layers + 1),) if self.llava_removed_layers else None
 
     @property
     def llava_select_feature(self) -> str:

@@ -11,7 +11,6 @@ _COMMON = dict(
     image_mean=(0.5, 0.5, 0.5),
     llava_name_word="siglip",
     llava_tower_class="SigLipVisionTower",
-    llava_select_layers=(-2,),
     # LLaVA-NeXT's SigLipVisionTower: SigLipVisionModel.from_pretrained(mm_vision_tower) by
     # hub id, then it deletes the last encoder layer and the pooling head and takes the
     # last remaining hidden state (the whole tower's -2), asserting 729 positions
