@@ -132,12 +132,17 @@ class _HeldTensors:
 
     def __init__(self, plan, held: set):
         self.plan, self.held = plan, held
+        self.left_out = 0
 
     def kept(self, name: str) -> bool:
         return not name.startswith(TOWER_PREFIX) or name in self.held
 
     def layout(self, fmt: str, dtype: torch.dtype) -> list:
-        return [e for e in self.plan.layout(fmt, dtype) if self.kept(e.name)]
+        """The plan's layout less the deleted tensors (their count kept in ``left_out``)."""
+        entries = self.plan.layout(fmt, dtype)
+        kept = [e for e in entries if self.kept(e.name)]
+        self.left_out = len(entries) - len(kept)
+        return kept
 
     def stream(self, fmt: str, dtype: torch.dtype):
         return ((name, t) for name, t in self.plan.stream(fmt, dtype) if self.kept(name))
@@ -206,7 +211,6 @@ def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_b
     facts = {"mm_vision_tower": mm_vision_tower}
     if hub_id is None:
         facts["note"] = moved_folder_note(final_dir)
-    left_out = sum(not held.kept(e.name) for e in plan.layout("llava", dtype))
-    if left_out:
-        facts["tower_tensors_left_out"] = left_out
+    if held.left_out:  # counted when write_weights laid the tensors out
+        facts["tower_tensors_left_out"] = held.left_out
     return facts
