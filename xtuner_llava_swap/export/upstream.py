@@ -104,14 +104,15 @@ def probe(checkout: Path, folder: Path, prompt: str, images, forced: list, stop_
     its ids, pixels, logits, greedy tokens and tensor comparison. ``images``: one image or
     a list, one per ``<image>`` of ``prompt``. ``vision_tower`` overrides
     ``mm_vision_tower``; without it the hub id there must be in the cache."""
-    return probe_cases(checkout, folder, [(prompt, images, forced)], stop_ids, max_new_tokens,
-                       vision_tower, timeout)[0]
+    tensors, (result,) = probe_cases(checkout, folder, [(prompt, images, forced)], stop_ids,
+                                     max_new_tokens, vision_tower, timeout)
+    return {**result, "tensors": tensors}
 
 
 def probe_cases(checkout: Path, folder: Path, cases: list, stop_ids: list, max_new_tokens: int,
                 vision_tower: str | None = None, timeout: int = 600) -> list:
-    """:func:`probe` for several ``(prompt, images, forced)`` cases, the folder loaded once;
-    one result per case."""
+    """:func:`probe` for several ``(prompt, images, forced)`` cases, the folder loaded once:
+    ``(tensor comparison, [one result per case])``."""
     if vision_tower is None:
         require_cached_tower(folder)
     with tempfile.TemporaryDirectory(prefix="upstream-probe-") as scratch:
@@ -135,4 +136,5 @@ def probe_cases(checkout: Path, folder: Path, cases: list, stop_ids: list, max_n
         if proc.returncode != 0:
             raise ExportError(f"verify: {checkout.name}'s load_pretrained_model failed on "
                               f"{folder}:\n{proc.stderr[-2000:]}")
-        return torch.load(scratch / "result.pt", weights_only=True)
+        saved = torch.load(scratch / "result.pt", weights_only=True)
+        return saved["tensors"], saved["cases"]

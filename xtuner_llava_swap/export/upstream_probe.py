@@ -4,7 +4,8 @@ Run as a script (``python -P upstream_probe.py REQUEST.json``) in a process whos
 ``PYTHONPATH`` is a checkout of haotian-liu/LLaVA or LLaVA-NeXT (both packages are named
 ``llava``). It imports neither this package nor xtuner: it is what a user of that
 repository does, ``load_pretrained_model`` then ``tokenizer_image_token``,
-``process_images`` and ``generate(images=...)``, and saves what :mod:`.upstream` compares:
+``process_images`` and ``generate(images=...)``, and saves what :mod:`.upstream` compares
+(the tensor comparison once per load, the rest per prompt case):
 
 * the prompt ids and pixel values the upstream code made (several images: one
   ``process_images`` batch, which both checkouts' ``prepare_inputs_labels_for_multimodal``
@@ -104,9 +105,8 @@ def main(request_file: str) -> None:
                                     eos_token_id=request["stop_ids"],
                                     pad_token_id=tokenizer.pad_token_id or request["stop_ids"][0])
         results.append({"ids": ids[0].tolist(), "pixels": pixels.float(),
-                        "logits": logits.float(), "tokens": tokens[0].tolist(),
-                        "tensors": tensors})
-    torch.save(results, request["output"])
+                        "logits": logits.float(), "tokens": tokens[0].tolist()})
+    torch.save({"tensors": tensors, "cases": results}, request["output"])
 
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -282,16 +282,15 @@ def _verify_upstream(run, folder: Path, upstream, cases, references, stop_ids,
                                                   run.tower.llava_tower_class)
     reports = [dict(skipped) for _ in cases]
     for checkout in usable:
-        results = upstream_loaders.probe_cases(checkout, folder, requests, stop_ids,
-                                               max_new_tokens,
-                                               vision_tower=upstream_loaders.tower_override(folder))
+        tensors, results = upstream_loaders.probe_cases(
+            checkout, folder, requests, stop_ids, max_new_tokens,
+            vision_tower=upstream_loaders.tower_override(folder))
+        if tensors["differ"] or tensors["unused"] or tensors["extra"]:
+            raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
+                              f"export's tensors as they are: differ {tensors['differ'][:5]}, "
+                              f"unused {tensors['unused'][:5]}, not from the export "
+                              f"{tensors['extra'][:5]}")
         for report, result, reference in zip(reports, results, references):
-            tensors = result["tensors"]
-            if tensors["differ"] or tensors["unused"] or tensors["extra"]:
-                raise ExportError(f"verify ({checkout.name}): the loaded model does not use the "
-                                  f"export's tensors as they are: differ {tensors['differ'][:5]}, "
-                                  f"unused {tensors['unused'][:5]}, not from the export "
-                                  f"{tensors['extra'][:5]}")
             numbers = _compare(checkout.name, result["ids"], result["pixels"], result["logits"],
                                result["tokens"], None, *reference, strict=False)
             report[checkout.name] = {**numbers, "tensors_compared": tensors["compared"],
