@@ -8,12 +8,12 @@ from __future__ import annotations
 
 
 def image_pixels(images, image_processor, pad_image_to_square: bool):
-    """The pixel values of ``images`` (PIL images), one row each: RGB, padded to a square
-    with the processor's mean colour as background (xtuner's ``expand2square``) when
-    ``pad_image_to_square``, then ``image_processor.preprocess(..., return_tensors="pt")``."""
+    """The pixel values of ``images`` (PIL images), one row each: RGB (an RGB image, as the
+    dataset's are, is not copied again), padded to a square with the processor's mean colour
+    as background (xtuner's ``expand2square``) when ``pad_image_to_square``, then ``image_processor.preprocess(..., return_tensors="pt")``."""
     from xtuner.dataset.utils import expand2square
 
-    pictures = [image.convert("RGB") for image in images]
+    pictures = [image if image.mode == "RGB" else image.convert("RGB") for image in images]
     if pad_image_to_square:
         background = tuple(int(x * 255) for x in image_processor.image_mean)
         pictures = [expand2square(picture, background) for picture in pictures]
