@@ -20,9 +20,10 @@ Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directo
 (--format hf) or an official LLaVA folder (--format llava: LlavaLlamaForCausalLM /
 LlavaQwenForCausalLM). LoRA and QLoRA adapters are merged in fp32 into the base weights read
 from the base model path CONFIG names. OUT_DIR is written through a temporary folder beside
-it and appears only when complete. OUT_DIR may not be, contain or lie inside any input
-(CHECKPOINT, the run's work dir, CONFIG, the base LLM, the vision tower); --force replaces
-only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged.
+it and appears only when complete. OUT_DIR may not be or contain any input (CHECKPOINT,
+the run's work dir, CONFIG, the base LLM, the vision tower) nor lie inside a DeepSpeed
+checkpoint directory; a new folder beside the checkpoint (work_dirs/run/iter_8_hf) is fine.
+--force replaces only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged.
 The LLM profile is --profile, else the one training recorded beside CHECKPOINT
 (xtuner_llava_swap_run.json), else CONFIG's tokenizer profile; a --profile that differs
 from the record wins, with a warning.
