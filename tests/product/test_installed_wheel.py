@@ -31,8 +31,9 @@ from xtuner_llava_swap.testing.tiny import TinyLLaVA, fixtures_dir
 
 CONFIG = "llava_qwen2_5_7b_instruct_qlora"
 # what a clone holds that is no source of the build
-NOT_SOURCE = shutil.ignore_patterns(".venv*", ".git", "work_dirs", "demo_output", "build",
-                                    "*.egg-info", "__pycache__", ".pytest_cache", "dist")
+NOT_SOURCE = shutil.ignore_patterns(".venv*", ".git", ".whl", ".gl", ".ci", "work_dirs",
+                                    "demo_output", "build", "dist", "*.egg-info", "__pycache__",
+                                    ".pytest_cache")
 AUDIT = '''"""Test instrument: on exit, write the files of the imported modules (tests/product)."""
 import atexit, json, os, sys
 
@@ -90,9 +91,10 @@ def product(tmp_path_factory) -> Product:
     assert not root.resolve().is_relative_to(REPO.resolve())
     source = root / "source"
     shutil.copytree(REPO, source, ignore=NOT_SOURCE, symlinks=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(root / "wheel"), str(source)], check=True, timeout=300,
-                   capture_output=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+                    "-w", str(root / "wheel"), str(source)],
+                   check=True, timeout=300, capture_output=True)
     wheel, = (root / "wheel").glob("xtuner_llava_swap-*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")],
                    check=True, timeout=120)
@@ -103,9 +105,8 @@ def product(tmp_path_factory) -> Product:
     (site / "_pinned_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     (site / "_module_audit.py").write_text(AUDIT)
     (site / "_module_audit.pth").write_text("import _module_audit\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(found.bin / "python"),
-                    "install", "--no-deps", "-q", str(wheel)], check=True, timeout=300,
-                   capture_output=True)
+    subprocess.run([*pip, "--python", str(found.bin / "python"), "install", "--no-deps",
+                    "--no-index", "-q", str(wheel)], check=True, timeout=300, capture_output=True)
     # the `xtuner` command, as installing xtuner into this environment writes it
     (found.bin / "xtuner").write_text(XTUNER_SCRIPT.format(python=found.bin / "python"))
     (found.bin / "xtuner").chmod(0o755)
@@ -130,6 +131,8 @@ def test_copy_cfg_train_convert_chat_eval(product, tiny_parts):
     listed = product.run("xtuner-llava-swap", "list-cfg").stdout.split()
     assert CONFIG in listed and "llava_qwen7b_qlora" in listed and "_base_" not in listed
     assert "wrote" in product.run("xtuner-llava-swap", "install-startup").stdout
+    assert product.run("xtuner-llava-swap-convert", "--help").stdout.startswith(
+        "usage: xtuner-llava-swap-convert ")
     copied = product.run("xtuner-llava-swap", "copy-cfg", CONFIG, "my_run").stdout.split("\n")
     assert copied[:3] == [f"wrote my_run/{CONFIG}.py", "wrote my_run/_base_/llava_pretrain.py",
                           "wrote my_run/_base_/llava_qlora_finetune.py"]
