@@ -34,7 +34,7 @@ COMMANDS = {
     "eval": Command(
         "xtuner_llava_swap.inference.eval_cli", "main",
         "evaluate a trained run or an export on a question set",
-        "eval work_dirs/run/iter_8_hf --data questions.jsonl"),
+        "eval work_dirs/run/iter_8_hf --data my_vqa.jsonl --work-dir eval/iter_8_hf"),
     "check-data": Command(
         "xtuner_llava_swap.commands.check_data", "main",
         "preflight check of training data (problems, lengths, max_length drops)",
