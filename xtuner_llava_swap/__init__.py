@@ -7,12 +7,14 @@ with xtuner and transformers, each when the module it concerns is imported (at o
 a patch when its target module is, the data map functions in xtuner's ``MAP_FUNC`` with
 ``xtuner``, the ``llava_qwen`` / ``llava_llama`` classes with ``transformers``. So a process
 pays only for what it imports itself (``tools/convert_to_hf.py --help``: torch and
-mmengine.config, no xtuner, transformers or deepspeed).
+mmengine.config, no xtuner, transformers or deepspeed). Module paths of earlier versions
+stay importable (:mod:`xtuner_llava_swap.moved`).
 """
 from xtuner_llava_swap_startup import call_after_import
 
-from . import cfg_options_rebind, compat
+from . import cfg_options_rebind, compat, moved
 
+moved.install()
 compat.apply_all()
 cfg_options_rebind.install_if_asked()
 

@@ -50,12 +50,13 @@ class ExportCase:
         self.clip = tiny_parts("clip")
         self.config = run.config
         self.options = swap_options("qwen2.5", self.llm, self.clip)
+        self.exports = []  # exports a row makes inside an input's folder (not inputs)
         self.before = self.fingerprint()
 
     def fingerprint(self) -> dict:
         return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
                 for root in (self.work_dir, self.llm) for p in sorted(root.rglob("*"))
-                if p.is_file()}
+                if p.is_file() and not any(p.is_relative_to(e) for e in self.exports)}
 
     def convert(self, out, checkpoint=None, **kwargs) -> str:
         """``ok`` or ``error: <message>``."""
@@ -111,8 +112,30 @@ def out_is_base_llm(case):
     return case.convert(case.llm, force=True)
 
 
-def out_inside_base_llm(case):
-    return case.convert(case.llm / "export")
+def new_out_inside_work_dir(case):
+    """What xtuner users' scripts do: export beside the checkpoint, in the work dir, then
+    again over that export with --force."""
+    out = case.work_dir / "iter_1_hf"
+    case.exports.append(out)
+    assert case.convert(out) == "ok"
+    assert (out / EXPORT_MARKER).is_file() and (out / "config.json").is_file()
+    return case.convert(out, force=True)
+
+
+def new_out_inside_base_llm(case):
+    """A new folder inside an input's folder overwrites nothing."""
+    out = case.llm / "export"
+    case.exports.append(out)
+    return case.convert(out)
+
+
+def out_inside_deepspeed_checkpoint(case):
+    """A DeepSpeed checkpoint directory is every file in it: nothing is written there."""
+    deepspeed_dir = case.work_dir / "iter_2.pth"
+    deepspeed_dir.mkdir()
+    (deepspeed_dir / "mp_rank_00_model_states.pt").write_bytes(b"rank 0")
+    case.before = case.fingerprint()
+    return case.convert(deepspeed_dir / "hf", deepspeed_dir)
 
 
 def out_contains_inputs(case):
@@ -338,7 +361,10 @@ EXPORT_ATTACKS = [
     (out_is_work_dir, r"^error: OUT_DIR .* is the run's work dir"),
     (out_is_checkpoint, r"^error: OUT_DIR .* is CHECKPOINT"),
     (out_is_base_llm, r"^error: OUT_DIR .* is the base LLM"),
-    (out_inside_base_llm, r"^error: OUT_DIR .* lies inside the base LLM"),
+    (new_out_inside_work_dir, r"^ok$"),
+    (new_out_inside_base_llm, r"^ok$"),
+    (out_inside_deepspeed_checkpoint, r"^error: OUT_DIR .* lies inside a DeepSpeed checkpoint "
+                                      r"directory"),
     (out_contains_inputs, r"^error: OUT_DIR .* contains CHECKPOINT"),
     (force_over_a_folder_that_is_no_export, r"^error: .*is not an export of this tool"),
     (force_over_a_previous_export, r"^ok$"),

@@ -63,7 +63,7 @@ def test_peak_memory_stays_under_one_and_a_half_shards(tmp_path):
     run = build_synthetic_run(tmp_path / "run", SHAPE, profile="qwen2.5", real_tokenizer=False)
     zero3 = build_synthetic_run(tmp_path / "zero3", ZERO3_SHAPE, profile="qwen2.5",
                                 real_tokenizer=False)
-    work = tmp_path / "work_dir"  # OUT_DIR may not lie inside the run's work dir
+    work = tmp_path / "work_dir"  # the run's files, the exports beside it
     work.mkdir()
     checkpoint = write_lora_checkpoint(run, LORA_RANK, work / "iter_1.pth")
     assert checkpoint.stat().st_size > run.fp16_bytes() > 4 * SHARD_BYTES

@@ -161,7 +161,7 @@ def test_siglip_llava_export_loads_with_llava_next_from_the_hub_cache(tiny_parts
     cfg = Config.fromfile(REPO / "configs" / "llava_qwen2_5_7b_instruct_qlora.py")
     swap_llm(cfg, "qwen2.5", str(tiny_parts("qwen2")), pretrained_pth=None)
     swap_vision_tower(cfg, "siglip-so400m-384", str(tower))
-    work_dir = tmp_path / "work_dir"  # the run's files (an export may not lie inside)
+    work_dir = tmp_path / "work_dir"  # the run's files
     work_dir.mkdir()
     cfg.dump(work_dir / "llava_qwen_siglip.py")
     run = TrainedRun(work_dir / "llava_qwen_siglip.py", build_inprocess_checkpoint(

@@ -86,12 +86,14 @@ def test_no_import_cycles():
 # (its map functions, its image preprocessing), never the other way. The export comes last:
 # nothing before it imports it. The checkpoint room reads what a run left on disk, for the export
 # and for swap_vision_tower (its projector check): it imports none of the stages that use it.
+# The command line (commands/) comes after every room and is imported by none.
 MUST_NOT_IMPORT = {
-    **{room: ("data", "training", "checkpoint", "export") for room in ("families", "profiles",
-                                                                        "towers")},
-    "data": ("training", "checkpoint", "export"),
-    "training": ("export",),
-    "checkpoint": ("data", "training", "export"),
+    **{room: ("data", "training", "checkpoint", "export", "commands")
+       for room in ("families", "profiles", "towers")},
+    "data": ("training", "checkpoint", "export", "commands"),
+    "training": ("export", "commands"),
+    "checkpoint": ("data", "training", "export", "commands"),
+    "export": ("commands",),
 }
 
 

@@ -28,6 +28,13 @@ import torch
 from ..errors import ExportError
 from .checkpoint_files import LoraSpec, TrainedCheckpoint, safe_load
 
+def is_deepspeed_dir(path: Path) -> bool:
+    """Whether ``path`` is a DeepSpeed checkpoint directory (``*model_states.pt`` or
+    ``*optim_states.pt`` at its top)."""
+    return path.is_dir() and (any(path.glob("*model_states.pt"))
+                              or any(path.glob("*optim_states.pt")))
+
+
 def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
     """Read any checkpoint form listed in the module docstring."""
     path = Path(path)
@@ -35,7 +42,7 @@ def read_checkpoint(path: str | Path) -> TrainedCheckpoint:
         raise ExportError(f"CHECKPOINT {path} does not exist")
     if path.is_file():
         return _read_pth_file(path)
-    if list(path.glob("*model_states.pt")) or list(path.glob("*optim_states.pt")):
+    if is_deepspeed_dir(path):
         from .deepspeed_reader import read_deepspeed_dir
 
         return read_deepspeed_dir(path)

@@ -1,4 +1,5 @@
-"""Command line of the export (``tools/convert_to_hf.py``, ``xtuner-llava-swap-convert``).
+"""Command line of the export: ``xtuner-llava-swap convert`` (also ``xtuner-llava-swap-convert``
+and ``tools/convert_to_hf.py``; the usage line names the program that ran).
 
 Argument parsing and printing only; the work is :func:`xtuner_llava_swap.export.convert`,
 and, for ``check OUT_DIR``, :func:`xtuner_llava_swap.export.serving.check_folder`.
@@ -20,21 +21,31 @@ Export an xtuner LLaVA checkpoint (iter_N.pth file, DeepSpeed ZeRO-1/2/3 directo
 (--format hf) or an official LLaVA folder (--format llava: LlavaLlamaForCausalLM /
 LlavaQwenForCausalLM). LoRA and QLoRA adapters are merged in fp32 into the base weights read
 from the base model path CONFIG names. OUT_DIR is written through a temporary folder beside
-it and appears only when complete. OUT_DIR may not be, contain or lie inside any input
-(CHECKPOINT, the run's work dir, CONFIG, the base LLM, the vision tower); --force replaces
-only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged.
+it and appears only when complete. OUT_DIR may not be or contain any input (CHECKPOINT,
+the run's work dir, CONFIG, the base LLM, the vision tower) nor lie inside a DeepSpeed
+checkpoint directory; a new folder beside the checkpoint (work_dirs/run/iter_8_hf) is fine.
+--force replaces only a previous export of this tool. SIGTERM/SIGHUP/Ctrl-C leave OUT_DIR unchanged.
 The LLM profile is --profile, else the one training recorded beside CHECKPOINT
 (xtuner_llava_swap_run.json), else CONFIG's tokenizer profile; a --profile that differs
 from the record wins, with a warning.
 
-`convert_to_hf check OUT_DIR [--profile NAME]` checks an export folder against what vLLM
-(hf) or SGLang (llava) demand, and says what to change; --verify prints the same report."""
+`check OUT_DIR [--profile NAME]` checks an export folder against what vLLM (hf) or SGLang
+(llava) demand, and says what to change; --verify prints the same report."""
+
+EXAMPLES = """\
+examples (`xtuner-llava-swap convert`, `xtuner-llava-swap-convert` and, in a checkout,
+`python tools/convert_to_hf.py` are the same command):
+  xtuner-llava-swap convert my_run/llava_qwen2_5_7b_instruct_qlora.py \\
+      work_dirs/llava_qwen2_5_7b_instruct_qlora/iter_5198.pth \\
+      work_dirs/llava_qwen2_5_7b_instruct_qlora/iter_5198_hf --verify
+  xtuner-llava-swap convert CONFIG CHECKPOINT llava-official --format llava --dtype bfloat16
+  xtuner-llava-swap convert check work_dirs/llava_qwen2_5_7b_instruct_qlora/iter_5198_hf"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mmengine.config import DictAction
 
-    parser = argparse.ArgumentParser(prog="convert_to_hf", description=DESCRIPTION,
+    parser = argparse.ArgumentParser(description=DESCRIPTION, epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="the xtuner config the run was trained with")
     parser.add_argument("checkpoint", help="iter_N.pth file or directory, or pth_to_hf folder")
@@ -81,9 +92,12 @@ def check_main(argv) -> int:
     """``check OUT_DIR``: the serving-readiness report; exit 1 when a demand fails."""
     from .serving import check_folder, folder_format, folder_tokenizer, format_report
 
-    parser = argparse.ArgumentParser(prog="convert_to_hf check",
+    parser = argparse.ArgumentParser(prog=f"{Path(sys.argv[0]).name} check",
                                      description="check an export folder for vLLM (hf) or "
-                                                 "SGLang (llava)")
+                                                 "SGLang (llava)",
+                                     epilog="example:\n  xtuner-llava-swap convert check "
+                                            "work_dirs/run/iter_8_hf --profile qwen2.5",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out_dir", help="an export folder")
     parser.add_argument("--profile", default=None,
                         help="LLM profile: generation_config's eos ids must be its stop ids")

@@ -6,9 +6,10 @@ weight against the base model (nothing is written before this passes), write eve
 into a temporary folder beside OUT_DIR, optionally verify it against xtuner's own model,
 then move it to OUT_DIR.
 
-Nothing is lost: OUT_DIR may not be, contain or lie inside the checkpoint, the run's work
-dir, CONFIG, the base LLM or the vision tower. An existing OUT_DIR is refused unless
-``force``, and ``force`` replaces only a previous export (a folder holding
+Nothing is lost: OUT_DIR may not be or contain the checkpoint, the run's work dir, CONFIG,
+the base LLM or the vision tower, nor lie inside a DeepSpeed checkpoint directory; a new
+folder inside the work dir (``work_dirs/run/iter_8_hf``) overwrites nothing and is fine.
+An existing OUT_DIR is refused unless ``force``, and ``force`` replaces only a previous export (a folder holding
 :data:`EXPORT_MARKER`), swapped in one atomic exchange where the kernel offers it (Linux
 ``renameat2``), else by two renames, undone if the second fails. Ctrl-C, SIGTERM and SIGHUP
 remove the temporary folder; one left by a killed process (SIGKILL) is removed by the next
@@ -29,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint.readers import read_checkpoint
+from ..checkpoint.readers import is_deepspeed_dir, read_checkpoint
 from ..errors import ExportError, ExportInterrupted
 from .run_config import check_recorded_config, load_training_run
 from .shards import parse_size
@@ -150,17 +151,19 @@ def _inputs(run, checkpoint: Path) -> dict:
 
 
 def check_out_dir(out: Path, run, checkpoint: Path, force: bool) -> None:
-    """Refuse an OUT_DIR that is, contains or lies inside an input of the export, and an
-    existing OUT_DIR that is not a previous export (``--force`` replaces only those)."""
+    """Refuse an OUT_DIR that is or contains an input of the export, or lies inside a
+    DeepSpeed checkpoint directory (whose every file is the checkpoint), and an existing
+    OUT_DIR that is not a previous export (``--force`` replaces only those). A new folder
+    inside an input's folder (``work_dirs/run/iter_8_hf``) overwrites nothing: allowed."""
     inputs = _inputs(run, checkpoint).items()
     clashes = [("is", what, path) for what, path in inputs if out == path]
     clashes += [("contains", what, path) for what, path in inputs if path.is_relative_to(out)]
-    clashes += [("lies inside", what, path) for what, path in inputs
-                if path.is_dir() and out.is_relative_to(path)]
+    clashes += [("lies inside", "a DeepSpeed checkpoint directory", folder)
+                for folder in out.parents if is_deepspeed_dir(folder)]
     if clashes:
         relation, what, path = clashes[0]
         raise ExportError(f"OUT_DIR {out} {relation} {what} ({path}); an export never "
-                          "writes over its inputs: choose another OUT_DIR")
+                          "writes over or into its inputs: choose another OUT_DIR")
     if out.exists() and force and not (out / EXPORT_MARKER).is_file():
         raise ExportError(f"OUT_DIR {out} exists and is not an export of this tool (it has no "
                           f"{EXPORT_MARKER}); --force replaces only a previous export: choose "

@@ -60,8 +60,12 @@ def table() -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m xtuner_llava_swap.profiles",
-                                     description="List the LLM profiles and vision towers, or show one in full.")
+    parser = argparse.ArgumentParser(
+        prog="xtuner-llava-swap profiles",
+        description="List the LLM profiles and vision towers, or show one in full.",
+        epilog="examples:\n  xtuner-llava-swap profiles\n  xtuner-llava-swap profiles qwen2.5\n"
+               "  xtuner-llava-swap profiles siglip-so400m-384",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", help="a profile or tower name: print all its fields as JSON")
     args = parser.parse_args(argv)
     try:

@@ -26,7 +26,10 @@
   record into the work dir (:mod:`xtuner_llava_swap.run_record`).
 
 It works on a loaded :class:`mmengine.config.Config` (then ``cfg.dump(path)`` writes a
-standalone config) and on the namespace of a config file while mmengine parses it, so a
+standalone config) of any style: a lazy-import config (LazyObject types), the config
+``xtuner train`` dumps into the work dir (dotted-name strings), or one built in Python (the
+objects); what it writes is in the config's own style, so the result dumps and loads back
+with the same values. It also works on the namespace of a config file while mmengine parses it, so a
 config can inherit one of xtuner's own and swap it in a few lines (see
 ``configs/llava_qwen7b_from_xtuner_internlm2.py``)::
 
@@ -94,10 +97,10 @@ def swap_llm(cfg, profile, llm_name_or_path, *, pretrained_pth: Any = _KEEP,
     if not llm_dicts:
         raise ConfigSwapError("no LLM dict (type=AutoModelForCausalLM.from_pretrained) in this "
                               "config: is it an xtuner LLaVA config?")
-    lazy = any(_is_lazy(dict.get(d, "type")) for d in llm_dicts)
+    style = _style(*(dict.get(d, "type") for d in llm_dicts))
     old_path = dict.get(llm_dicts[0], "pretrained_model_name_or_path")
     new_path = str(llm_name_or_path)
-    swapper = _Swapper(profile, new_path, system, lazy)
+    swapper = _Swapper(profile, new_path, system, style)
 
     _replace_strings(namespace, old_path, new_path)
     swapper.rewrite(namespace)
@@ -144,15 +147,15 @@ def swap_vision_tower(cfg, tower, visual_encoder_name_or_path, *, pretrained_pth
     if not models:
         raise ConfigSwapError("no LLaVA model dict with visual_encoder=... in this config: is it "
                               "an xtuner LLaVA config?")
-    lazy = _is_lazy(dict.get(models[0]["visual_encoder"], "type"))
+    style = _style(dict.get(models[0]["visual_encoder"], "type"))
     old_path = dict.get(models[0]["visual_encoder"], "pretrained_model_name_or_path")
     new_path = str(visual_encoder_name_or_path)
     if old_path:
         _replace_strings(namespace, old_path, new_path)
-    model_type = _from_pretrained_reference(tower.model_class, lazy)
-    processor_type = _from_pretrained_reference(tower.processor_class, lazy)
+    model_type = _from_pretrained_reference(tower.model_class, style)
+    processor_type = _from_pretrained_reference(tower.processor_class, style)
     for model in models:
-        model["type"] = _reference(LLaVASwapModel, lazy)
+        model["type"] = _reference(LLaVASwapModel, style)
         model["vision_tower"] = tower.name
         model["visual_encoder"]["type"] = model_type
         model["visual_encoder"]["pretrained_model_name_or_path"] = new_path
@@ -191,9 +194,11 @@ def _check_projector_width(pretrained_pth, encoder_path: str, tower) -> None:
             "checkpoint, or pretrained_pth=None")
 
 
-def _from_pretrained_reference(class_name: str, lazy: bool):
-    """``transformers.<class_name>.from_pretrained``, or its lazy form in a lazy config."""
-    if not lazy:
+def _from_pretrained_reference(class_name: str, style: str):
+    """``transformers.<class_name>.from_pretrained`` in the config's ``style``."""
+    if style == DOTTED:
+        return f"transformers.{class_name}.from_pretrained"
+    if style == OBJECTS:
         import transformers
 
         return getattr(transformers, class_name).from_pretrained
@@ -205,7 +210,7 @@ def _from_pretrained_reference(class_name: str, lazy: bool):
 class _Swapper:
     """Rewrites the LLM-dependent dicts of one config for one profile."""
 
-    def __init__(self, profile, llm_path: str, system, lazy: bool):
+    def __init__(self, profile, llm_path: str, system, style: str):
         from ..data.map_fns import llava_format_map_fn
         from .hooks import EvaluateChatHook
         from ..profiles import template_map_fn_factory
@@ -216,12 +221,12 @@ class _Swapper:
         self.llm_path = llm_path
         self.system = system
         self.tokenizer = tokenizer_dict(profile.name, llm_path)
-        self.tokenizer["type"] = _reference(build_tokenizer, lazy)
-        self.template = (_prompt_template_reference(profile) if lazy else profile.template)
-        self.template_map_fn_type = _reference(template_map_fn_factory, lazy)
-        self.hook_type = _reference(EvaluateChatHook, lazy)
-        self.map_fn = _reference(llava_format_map_fn, lazy)
-        self.record_hook_type = _reference(RunRecordHook, lazy)
+        self.tokenizer["type"] = _reference(build_tokenizer, style)
+        self.template = _prompt_template_reference(profile, style)
+        self.template_map_fn_type = _reference(template_map_fn_factory, style)
+        self.hook_type = _reference(EvaluateChatHook, style)
+        self.map_fn = _reference(llava_format_map_fn, style)
+        self.record_hook_type = _reference(RunRecordHook, style)
 
     def add_record_hook(self, namespace) -> None:
         """Set the profile of the config's RunRecordHook, or append one to ``custom_hooks``."""
@@ -300,10 +305,22 @@ def _is_xtuner_llava_map_fn(value) -> bool:
     return _type_name(value).rsplit(".", 1)[-1] == _XTUNER_LLAVA_MAP_FN
 
 
-def _is_lazy(value) -> bool:
+# How a config names the objects it builds; what swap_llm/swap_vision_tower write follows it,
+# so that the config stays dumpable (``cfg.dump``) and loads back with the same values.
+LAZY = "lazy"  # a lazy-import config (``from x import y``: LazyObject/LazyAttr values)
+DOTTED = "dotted"  # dotted-name strings: the config `xtuner train` dumps into the work dir
+OBJECTS = "objects"  # the objects themselves (a config built in Python)
+
+
+def _style(*types) -> str:
+    """The style of a config, read from the ``type`` values of the dicts it is recognised by."""
     from mmengine.config.lazy import LazyAttr, LazyObject
 
-    return isinstance(value, (LazyAttr, LazyObject))
+    if any(isinstance(t, (LazyAttr, LazyObject)) for t in types):
+        return LAZY
+    if any(isinstance(t, str) for t in types):
+        return DOTTED
+    return OBJECTS
 
 
 def _type_name(value) -> str:
@@ -326,17 +343,24 @@ def _type_name(value) -> str:
     return f"{getattr(value, '__module__', '')}.{name}"
 
 
-def _reference(obj, lazy: bool):
-    """``obj`` itself, or the LazyObject a lazy-import config holds for it."""
-    if not lazy:
+def _reference(obj, style: str):
+    """``obj`` as a config of ``style`` names it: itself, its LazyObject or its dotted name."""
+    if style == OBJECTS:
         return obj
+    if style == DOTTED:
+        return f"{obj.__module__}.{obj.__name__}"
     from mmengine.config.lazy import LazyObject
 
     return LazyObject(obj.__module__, obj.__name__)
 
 
-def _prompt_template_reference(profile):
-    """``PROMPT_TEMPLATE.<profile>`` of :mod:`xtuner_llava_swap.profiles`, as a lazy attribute."""
+def _prompt_template_reference(profile, style: str):
+    """The profile's template: ``PROMPT_TEMPLATE.<key>`` of :mod:`xtuner_llava_swap.profiles`
+    as a lazy attribute or its dotted name (what a dumped config holds), or the dict itself."""
+    if style == OBJECTS:
+        return profile.template
+    if style == DOTTED:
+        return f"xtuner_llava_swap.profiles.PROMPT_TEMPLATE.{profile.config_key}"
     from mmengine.config.lazy import LazyAttr, LazyObject
 
     return LazyAttr(profile.config_key, LazyObject("xtuner_llava_swap.profiles", "PROMPT_TEMPLATE"))
