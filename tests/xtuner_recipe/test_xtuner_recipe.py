@@ -1,6 +1,6 @@
 """xtuner's own recipe after training on a plugin run (``LLaVASwapModel``, CLIP, the shipped
-Qwen2.5 QLoRA config on tiny parts over the real Qwen2 tokenizer, trained by ``xtuner
-train``): ``xtuner convert pth_to_hf`` in its three ``--save-format``s, ``xtuner convert
+Qwen2.5 QLoRA config on tiny parts over the real Qwen2 tokenizer; its ``iter_N.pth`` built
+in-process as the export tests build theirs): ``xtuner convert pth_to_hf`` in its three ``--save-format``s, ``xtuner convert
 merge`` of the LLM adapter, ``xtuner chat`` and ``xtuner mmbench`` with the profile's
 template registered under its name (``--prompt-template qwen2.5``), and the one line that
 stops them on a SigLIP tower.
@@ -15,17 +15,16 @@ model on the training-format prompt; ``xtuner mmbench`` writes its result files.
 from __future__ import annotations
 
 import base64
-import io
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import FIXTURES, REPO, requires_fixtures, run_train, train_env
-
-from xtuner_llava_swap.testing.tiny import TinyLLaVA
+from export.conftest import build_inprocess_checkpoint
+from support import FIXTURES, REPO, requires_fixtures, train_env
 
 pytestmark = requires_fixtures
 
@@ -33,10 +32,23 @@ CONFIG = REPO / "configs" / "llava_qwen2_5_7b_instruct_qlora.py"
 PROMPT = "Describe the image briefly."
 
 
-def xtuner(*args, stdin: str | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    """``xtuner ARGS`` in this environment (the startup hook imports the plugin there)."""
-    return subprocess.run(["xtuner", *map(str, args)], input=stdin, capture_output=True,
-                          text=True, cwd=cwd, env=train_env(), timeout=600)
+def xtuner(*args, stdin: str | None = None) -> subprocess.Popen:
+    """Start ``xtuner ARGS`` in this environment (the startup hook imports the plugin
+    there); the commands of one step run side by side (each is mostly its start-up)."""
+    process = subprocess.Popen(["xtuner", *map(str, args)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=REPO, env=train_env())
+    process.stdin_text = stdin
+    return process
+
+
+def finish(processes: dict) -> dict:
+    """``{name: CompletedProcess}`` of the started ``processes``."""
+    done = {}
+    for name, process in processes.items():
+        out, err = process.communicate(process.stdin_text, timeout=600)
+        done[name] = subprocess.CompletedProcess(process.args, process.returncode, out, err)
+    return done
 
 
 def tensors(folder: Path) -> dict:
@@ -48,31 +60,29 @@ def tensors(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def run(tiny_parts, tmp_path_factory):
-    """The trained run: config, checkpoint, CLI options, parts, and the plugin's own exports."""
-    from xtuner_llava_swap.export import convert
-
-    _, finetune, images = tiny_parts("data")
-    tiny = TinyLLaVA("qwen2", tiny_parts("qwen2"), tiny_parts("clip"), finetune, finetune, images,
-                     uses_real_tokenizer=True)
-    work = tmp_path_factory.mktemp("recipe-train")
-    proc = run_train(CONFIG, work, tiny.cfg_options(pretrained_pth=None))
-    checkpoint = sorted(work.glob("iter_*.pth"))[-1:]
-    assert checkpoint, f"no checkpoint:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    options = {"llm_name_or_path": tiny.llm, "visual_encoder_name_or_path": tiny.visual_encoder,
-               "pretrained_pth": None, "model.llm.quantization_config": None,
-               "model.llm.torch_dtype": "float32"}
-    root = tmp_path_factory.mktemp("recipe")
-    image = root / "image.png"
+    """The run (an ``iter_N.pth`` of CONFIG's ``LLaVASwapModel`` on the tiny parts, trained
+    weights moved off their init), its CLI options, and the plugin's own exports of it."""
     from PIL import Image
 
+    from xtuner_llava_swap.export import convert
+
+    root = tmp_path_factory.mktemp("recipe")
+    llm, clip = tiny_parts("qwen2"), tiny_parts("clip")
+    options = {"llm_name_or_path": llm, "visual_encoder_name_or_path": clip,
+               "pretrained_pth": None, "model.llm.quantization_config": None,
+               "model.llm.torch_dtype": "float32"}
+    (root / "run").mkdir()
+    checkpoint = build_inprocess_checkpoint(CONFIG, options, root / "run" / "iter_1.pth")
+    image = root / "image.png"
     Image.new("RGB", (56, 56), (200, 40, 30)).save(image)  # square: no padding question
     ours = {}
-    for fmt in ("hf", "llava"):
-        summary = convert(CONFIG, checkpoint[0], root / f"ours-{fmt}", fmt=fmt, dtype="float32",
+    for fmt in ("hf", "llava"):  # (the official loaders take the class from the folder name)
+        out = root / f"ours-llava-qwen-{fmt}"
+        summary = convert(CONFIG, checkpoint, out, fmt=fmt, dtype="float32",
                           cfg_options=options, progress=False, verify=(fmt == "hf"),
                           verify_image=Image.open(image) if fmt == "hf" else None)
-        ours[fmt] = (root / f"ours-{fmt}", summary)
-    return dict(checkpoint=checkpoint[0], root=root, tiny=tiny, image=image, ours=ours,
+        ours[fmt] = (out, summary)
+    return dict(checkpoint=checkpoint, root=root, llm=llm, clip=clip, image=image, ours=ours,
                 cli=["--cfg-options", *(f"{k}={'None' if v is None else v}"
                                         for k, v in options.items())])
 
@@ -80,14 +90,42 @@ def run(tiny_parts, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pth_to_hf(run):
     """``xtuner convert pth_to_hf`` in each --save-format (``--fp32``) -> {format: folder}."""
-    folders = {}
-    for fmt in ("xtuner", "huggingface", "official"):
-        out = run["root"] / f"pth_to_hf-{fmt}"
-        proc = xtuner("convert", "pth_to_hf", CONFIG, run["checkpoint"], out, "--fp32",
-                      "--save-format", fmt, *run["cli"])
+    folders = {fmt: run["root"] / f"pth_to_hf-llava-qwen-{fmt}"
+               for fmt in ("xtuner", "huggingface", "official")}
+    done = finish({fmt: xtuner("convert", "pth_to_hf", CONFIG, run["checkpoint"], out, "--fp32",
+                               "--safe-serialization", "--save-format", fmt, *run["cli"])
+                   for fmt, out in folders.items()})
+    for fmt, proc in done.items():
         assert proc.returncode == 0, f"{fmt}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-        folders[fmt] = out
     return folders
+
+
+@pytest.fixture(scope="module")
+def tools(run, pth_to_hf, tmp_path_factory):
+    """``xtuner convert merge``, ``xtuner chat``, ``xtuner mmbench`` on the ``xtuner``
+    folder, and ``xtuner chat`` on a SigLIP tower, side by side -> {name: (process, folder)}."""
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    root = tmp_path_factory.mktemp("recipe-tools")
+    tokens = run["ours"]["hf"][1]["verify"]["tokens"]
+    siglip = build_tiny_tower("siglip-so400m-384", root / "siglip")
+    folders = {"merge": root / "merged", "mmbench": root / "mmbench", "chat": None,
+               "siglip": None}
+    llava = ("--llava", pth_to_hf["xtuner"], "--visual-encoder", run["clip"],
+             "--prompt-template", "qwen2.5", "--torch-dtype", "fp32")
+    done = finish({
+        "merge": xtuner("convert", "merge", run["llm"], pth_to_hf["xtuner"] / "llm_adapter",
+                        folders["merge"], "--safe-serialization"),
+        "chat": xtuner("chat", run["llm"], *llava, "--image", run["image"], "--temperature", "0",
+                       "--no-streamer", "--max-new-tokens", len(tokens),
+                       stdin=f"{PROMPT}\n\nEXIT\n\n"),
+        "mmbench": xtuner("mmbench", run["llm"], *llava, "--data-path",
+                          mmbench_tsv(root / "mmbench.tsv", run["image"]), "--work-dir",
+                          folders["mmbench"], "--max-new-tokens", "4"),
+        "siglip": xtuner("chat", run["llm"], "--visual-encoder", siglip, "--llava", root,
+                         "--prompt-template", "qwen2.5", "--image", run["image"],
+                         stdin="EXIT\n\n")})
+    return {name: (proc, folders[name]) for name, proc in done.items()}
 
 
 def test_pth_to_hf_xtuner_format_holds_the_trained_tensors(run, pth_to_hf):
@@ -98,9 +136,9 @@ def test_pth_to_hf_xtuner_format_holds_the_trained_tensors(run, pth_to_hf):
     adapter = tensors(out / "llm_adapter")
     trained = {k: v for k, v in state.items() if k.startswith("llm.") and "lora_" in k}
     assert len(adapter) == len(trained) > 0
-    for name, value in adapter.items():  # PEFT drops the adapter name: ...lora_A.weight
-        key = next(k for k in trained if k.endswith(name.split("base_model.model.", 1)[1]))
-        assert torch.equal(value, trained[key])
+    for name, value in adapter.items():  # PEFT drops the adapter's name: ...lora_A.weight
+        key = "llm." + re.sub(r"\.(lora_[AB])\.weight$", r".\1.default.weight", name)
+        assert torch.equal(value, trained[key]), name
     assert (out / "visual_encoder_adapter" / "adapter_config.json").is_file()
     assert (out / "xtuner_config.py").is_file()
 
@@ -111,14 +149,17 @@ def test_pth_to_hf_huggingface_and_official_are_the_plugins_exports(run, pth_to_
     theirs, mine = tensors(out), tensors(reference)
     assert theirs.keys() == mine.keys() and len(mine) > 10
     assert all(torch.equal(theirs[k], mine[k]) for k in mine)
-    assert json.loads((out / "config.json").read_text()) == json.loads(
-        (reference / "config.json").read_text())
+    config, expected = (json.loads((folder / "config.json").read_text())
+                        for folder in (out, reference))
+    if fmt == "official":  # the tower folder each export carries
+        assert config.pop("mm_vision_tower") == str(out / "clip_vision_tower")
+        expected.pop("mm_vision_tower")
+    assert config == expected
     assert (out / "chat_template.jinja").read_text() == (reference / "chat_template.jinja").read_text()
 
 
-def test_merge_gives_the_exports_language_model(run, pth_to_hf):
-    merged = run["root"] / "merged"
-    proc = xtuner("convert", "merge", run["tiny"].llm, pth_to_hf["xtuner"] / "llm_adapter", merged)
+def test_merge_gives_the_exports_language_model(run, tools):
+    proc, merged = tools["merge"]
     assert proc.returncode == 0, proc.stderr[-3000:]
     weights = tensors(merged)
     exported = {k.split("language_model.", 1)[1]: v
@@ -130,17 +171,13 @@ def test_merge_gives_the_exports_language_model(run, pth_to_hf):
     assert (merged / "tokenizer_config.json").is_file()
 
 
-def test_chat_answers_with_the_verified_tokens(run, pth_to_hf):
+def test_chat_answers_with_the_verified_tokens(run, tools):
     from transformers import AutoTokenizer
 
-    tokens = run["ours"]["hf"][1]["verify"]["tokens"]
-    proc = xtuner("chat", run["tiny"].llm, "--visual-encoder", run["tiny"].visual_encoder,
-                  "--llava", pth_to_hf["xtuner"], "--prompt-template", "qwen2.5",
-                  "--image", run["image"], "--torch-dtype", "fp32", "--temperature", "0",
-                  "--no-streamer", "--max-new-tokens", len(tokens),
-                  stdin=f"{PROMPT}\n\nEXIT\n\n")
+    proc, _ = tools["chat"]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    answer = AutoTokenizer.from_pretrained(run["tiny"].llm).decode(tokens)
+    tokens = run["ours"]["hf"][1]["verify"]["tokens"]
+    answer = AutoTokenizer.from_pretrained(run["llm"]).decode(tokens)
     assert answer.strip() and f">>> {answer}" in proc.stdout, (answer, proc.stdout[-1500:])
     assert "Log: Exit!" in proc.stdout
 
@@ -159,27 +196,20 @@ def mmbench_tsv(path: Path, image: Path) -> Path:
     return path
 
 
-def test_mmbench_writes_its_results(run, pth_to_hf, tmp_path):
+def test_mmbench_writes_its_results(tools):
     import pandas as pd
 
-    work = tmp_path / "mmbench"
-    proc = xtuner("mmbench", run["tiny"].llm, "--llava", pth_to_hf["xtuner"], "--visual-encoder",
-                  run["tiny"].visual_encoder, "--prompt-template", "qwen2.5", "--data-path",
-                  mmbench_tsv(tmp_path / "mmbench.tsv", run["image"]), "--work-dir", work,
-                  "--torch-dtype", "fp32", "--max-new-tokens", "4")
+    proc, work = tools["mmbench"]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = pd.read_excel(work / "mmbench_result.xlsx")
+    [results_dir] = work.iterdir()  # mmbench writes into WORK_DIR/<timestamp>/
+    results = pd.read_excel(results_dir / "mmbench_result.xlsx")
     assert list(results["index"]) == [0, 1] and results["prediction"].notna().all()
-    scores = json.loads((work / "mmbench_result.json").read_text())
+    scores = json.loads((results_dir / "mmbench_result.json").read_text())
     assert 0.0 <= scores["Average"] <= 1.0
 
 
-def test_chat_on_a_siglip_tower_says_so_in_one_line(run, tmp_path):
-    from xtuner_llava_swap.testing.tiny import build_tiny_tower
-
-    siglip = build_tiny_tower("siglip-so400m-384", tmp_path / "siglip")
-    proc = xtuner("chat", run["tiny"].llm, "--visual-encoder", siglip, "--llava", tmp_path,
-                  "--prompt-template", "qwen2.5", "--image", run["image"], stdin="EXIT\n\n")
+def test_chat_on_a_siglip_tower_says_so_in_one_line(tools):
+    proc, _ = tools["siglip"]
     assert proc.returncode != 0
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("xtuner chat: xtuner chat / xtuner mmbench load the vision encoder "
