@@ -94,7 +94,6 @@ def load_training_run(config, cfg_options: dict | None = None,
     """Read CONFIG (a path, or an mmengine ``Config`` already read, which is copied; with
     ``cfg_options`` merged) into a :class:`TrainingRun`; the profile is ``profile_name``,
     else the one recorded beside ``checkpoint``, else CONFIG's."""
-    import xtuner_llava_swap  # noqa: F401  (compat patches; --cfg-options re-binding if opted in)
     from mmengine.config import Config
 
     if isinstance(config, Config):  # already read (xtuner's pth_to_hf hands the model one)
