@@ -264,3 +264,38 @@ def test_registered_template_gives_the_training_ids(name, folder):
     before, after = text.split("<image>")
     ids = tokenizer.encode(before) + [-200] + tokenizer.encode(after, add_special_tokens=False)
     assert ids == encoded["input_ids"][:first_label]
+
+
+# ------------------------------------- LLaVASwapModel.to_hf on a SigLIP run, in-process
+def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
+    """What ``pth_to_hf`` calls, on a SigLIP run of another config (Qwen-7B's QLoRA config
+    swapped to Qwen2.5): ``huggingface`` is the plugin's ``hf`` export of the same ``.pth``;
+    ``xtuner`` writes xtuner's folder and the line that names the plugin's tools."""
+    from export.conftest import QLORA_CONFIG, swap_options, tower_options
+    from xtuner.registry import BUILDER
+
+    from xtuner_llava_swap.export import convert
+    from xtuner_llava_swap.export.run_config import load_training_run
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    tower = "siglip-so400m-384"
+    siglip = build_tiny_tower(tower, tmp_path / "siglip")
+    options = {**swap_options("qwen2.5", tiny_parts("qwen2"), siglip), **tower_options(tower)}
+    (tmp_path / "run").mkdir()
+    checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, tmp_path / "run" / "iter_1.pth")
+    cfg = load_training_run(QLORA_CONFIG, options).cfg
+    cfg.model.llm.pop("quantization_config", None)
+    model = BUILDER.build(cfg.model)
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert not model.load_state_dict(state, strict=False).unexpected_keys
+    model.to_hf(cfg=cfg, save_dir=str(tmp_path / "theirs"), fp32=True, save_format="huggingface")
+    convert(QLORA_CONFIG, checkpoint, tmp_path / "ours", dtype="float32", cfg_options=options,
+            progress=False)
+    theirs, ours = tensors(tmp_path / "theirs"), tensors(tmp_path / "ours")
+    assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
+    capsys.readouterr()
+    model.to_hf(cfg=cfg, save_dir=str(tmp_path / "xtuner"), save_format="xtuner")
+    assert (tmp_path / "xtuner" / "projector").is_dir()
+    printed = capsys.readouterr()
+    assert (f"this run's tower is {tower} (SiglipVisionModel): use `xtuner-llava-swap chat` / "
+            "`xtuner-llava-swap eval`") in printed.out + printed.err
