@@ -1,5 +1,6 @@
 # make setup : .venv with the pinned CPU stack (re-runs only when setup.cfg or the constraints
-#              change) and .venv-tf457 with the newer stack (re-runs only when its script changes)
+#              change), .venv-tf457 with the newer stack and .venv-tf5 with transformers 5
+#              (each re-runs only when its script changes)
 # make demo  : tiny Qwen-7B LLaVA on the CPU: pretrain, finetune, export, caption
 # make test  : the test suite (end-to-end xtuner training included)
 PYTHON ?= python3
@@ -10,6 +11,9 @@ STAMP  := $(VENV)/.setup-done
 # quantizes nf4 on a CPU. The 4-bit QLoRA tests train in it and the export tests load the
 # Hugging Face export with it (they skip, with the reason, where it is absent).
 TF457  := .venv-tf457/.setup-done
+# Third environment: transformers 5 and a CPU torch, nothing else (xtuner 0.2.0 does not
+# import on transformers 5); the export tests load the `hf` export with it.
+TF5    := .venv-tf5/.setup-done
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export PIP_CONSTRAINT := $(CURDIR)/requirements/constraints-cpu.txt
 export DS_BUILD_OPS := 0
@@ -17,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: setup demo test clean
 
-setup: $(STAMP) $(TF457)
+setup: $(STAMP) $(TF457) $(TF5)
 
 # With a CPU torch, torchvision goes: the registry's only torchvision for torch 2.13 is a
 # CUDA build that breaks transformers' CLIP image processor (compat stands in for the one
@@ -37,8 +41,12 @@ $(TF457): tests/export/make_tf457_venv.sh
 	PYTHON=$(PYTHON) bash tests/export/make_tf457_venv.sh .venv-tf457
 	touch $@
 
+$(TF5): tests/export/make_tf5_venv.sh requirements/constraints-cpu.txt
+	PYTHON=$(PYTHON) bash tests/export/make_tf5_venv.sh .venv-tf5
+	touch $@
+
 test: setup
 	$(PY) -m pytest tests -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .venv-tf457 work_dirs demo_output
+	rm -rf $(VENV) .venv-tf457 .venv-tf5 work_dirs demo_output

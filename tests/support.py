@@ -26,6 +26,13 @@ requires_tf457 = pytest.mark.skipif(
     not TF457_PYTHON.exists(),
     reason=".venv-tf457 is absent; `make setup` builds it (tests/export/make_tf457_venv.sh)")
 
+# transformers 5 (no xtuner: it does not import there), built by `make setup`: the `hf`
+# export is loaded in it as a user of the newest transformers loads it.
+TF5_PYTHON = REPO / ".venv-tf5" / "bin" / "python"
+requires_tf5 = pytest.mark.skipif(
+    not TF5_PYTHON.exists(),
+    reason=".venv-tf5 is absent; `make setup` builds it (tests/export/make_tf5_venv.sh)")
+
 
 def hub_cache(root: Path, hub_id: str, folder: Path) -> Path:
     """A Hugging Face hub cache at ``root`` holding ``folder`` as ``hub_id`` (a download's

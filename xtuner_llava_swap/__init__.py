@@ -5,7 +5,9 @@ Importing the package applies the compatibility patches this machine needs
 opts in (:mod:`xtuner_llava_swap.cfg_options_rebind`), and registers the plugin's pieces
 with xtuner and transformers, each when the module it concerns is imported (at once if it already is):
 a patch when its target module is, the data map functions in xtuner's ``MAP_FUNC`` with
-``xtuner``, the ``llava_qwen`` / ``llava_llama`` classes with ``transformers``. So a process
+``xtuner``, the profiles' templates in xtuner's ``PROMPT_TEMPLATE`` with ``xtuner.utils``
+(:mod:`xtuner_llava_swap.xtuner_tools`), the ``llava_qwen`` / ``llava_llama`` classes
+with ``transformers``, the export's ``pth_to_hf`` formats with ``LLaVASwapModel``. So a process
 pays only for what it imports itself (``tools/convert_to_hf.py --help``: torch and
 mmengine.config, no xtuner, transformers or deepspeed). Module paths of earlier versions
 stay importable (:mod:`xtuner_llava_swap.moved`).
@@ -27,7 +29,23 @@ def _register_models() -> None:
     from .export import loaders  # noqa: F401  (registers llava_qwen / llava_llama with transformers' Auto classes)
 
 
+def _register_save_formats() -> None:
+    from .export.pth_to_hf import SAVE_FORMATS, write_save_format
+    from .training.llava_model import LLaVASwapModel
+
+    # xtuner convert pth_to_hf --save-format huggingface|official on LLaVASwapModel runs
+    LLaVASwapModel.save_formats.update(dict.fromkeys(SAVE_FORMATS, write_save_format))
+
+
+def _xtuner_tools() -> None:
+    from . import xtuner_tools
+
+    xtuner_tools.install()  # templates for xtuner chat / mmbench, their tower check
+
+
 call_after_import("xtuner", _register_data)
+call_after_import("xtuner.utils", _xtuner_tools)
 call_after_import("transformers", _register_models)
+call_after_import("xtuner_llava_swap.training.llava_model", _register_save_formats)
 
 __version__ = "0.1.0"

@@ -168,4 +168,56 @@ def inprocess_run(tiny_parts, tmp_path_factory):
     return get
 
 
+# The `hf` exports loaded with the newer stacks: run name -> (profile, how its LLM is built)
+VERIFIED_EXPORTS = {"qwen2.5": ("qwen2.5", "qwen2"), "llama3.1": ("llama3.1-instruct", None)}
+
+
+@dataclass(frozen=True)
+class VerifiedExport:
+    run: TrainedRun
+    profile: str
+    folder: Path
+    image: Path     # the image --verify generated from
+    summary: dict   # the converter's summary; summary["verify"]["tokens"] are the verified ones
+
+
+@pytest.fixture(scope="session")
+def verified_export(tiny_parts, inprocess_run, tmp_path_factory):
+    """``verified_export(name) -> VerifiedExport``: the `hf` export (float32, ``--verify``)
+    of a Qwen2.5 run (``"qwen2.5"``, the fixture tokenizer, tied embeddings) or of a
+    Llama-3.1-Instruct run (``"llama3.1"``: a tiny Llama over a tokenizer with Llama-3's
+    special tokens), made once and loaded by every stack's test."""
+    from PIL import Image
+
+    from xtuner_llava_swap.export import convert
+    from xtuner_llava_swap.export.verify import default_image
+    from xtuner_llava_swap.families.llama.tiny import build_llama3
+
+    cache = {}
+
+    def get(name: str) -> VerifiedExport:
+        if name not in cache:
+            profile, family = VERIFIED_EXPORTS[name]
+            folder = tmp_path_factory.mktemp(f"verified-{name}")
+            if family is not None:
+                run = inprocess_run(profile, family, True)
+            else:
+                run_dir = tmp_path_factory.mktemp(f"inproc-{name}")
+                build_llama3(run_dir / "llm")
+                options = swap_options(profile, run_dir / "llm", tiny_parts("clip"))
+                run = TrainedRun(QLORA_CONFIG, build_inprocess_checkpoint(
+                    QLORA_CONFIG, options, run_dir / "iter_1.pth"), options)
+            image = folder / "image.png"
+            default_image().save(image)
+            summary = convert(run.config, run.checkpoint, folder / "hf",
+                              cfg_options=run.cfg_options, dtype="float32", verify=True,
+                              progress=False, verify_image=Image.open(image))
+            assert summary["verify"]["tokens"] == summary["verify"]["reference_tokens"]
+            assert summary["verify"]["tokens"]
+            cache[name] = VerifiedExport(run, profile, folder / "hf", image, summary)
+        return cache[name]
+
+    return get
+
+
 __all__ = ["FIXTURES"]

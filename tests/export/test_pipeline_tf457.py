@@ -8,14 +8,9 @@ import json
 import os
 import subprocess
 
-import pytest
+from support import TF457_PYTHON, requires_fixtures, requires_tf457
 
-from support import REPO, requires_fixtures
-
-from xtuner_llava_swap.export import convert
-from xtuner_llava_swap.export.verify import VERIFY_PROMPT, default_image
-
-TF457_PYTHON = REPO / ".venv-tf457" / "bin" / "python"
+from xtuner_llava_swap.export.verify import VERIFY_PROMPT
 
 SCRIPT = """
 import json, sys
@@ -44,23 +39,14 @@ print("RESULT" + json.dumps({"tokens": tokens, "pipeline": text[0]["generated_te
 
 
 @requires_fixtures
-@pytest.mark.skipif(not TF457_PYTHON.exists(),
-                    reason=".venv-tf457 is absent; create it with tests/export/make_tf457_venv.sh")
-def test_pipeline_and_chat_template_give_verify_tokens(inprocess_run, tmp_path):
-    from PIL import Image
-
-    run = inprocess_run("qwen2.5", "qwen2", True)
-    image_file = tmp_path / "image.png"
-    default_image().save(image_file)
-    out = tmp_path / "hf"
-    summary = convert(run.config, run.checkpoint, out, cfg_options=run.cfg_options,
-                      dtype="float32", verify=True, progress=False,
-                      verify_image=Image.open(image_file))
+@requires_tf457
+def test_pipeline_and_chat_template_give_verify_tokens(verified_export, tmp_path):
+    export = verified_export("qwen2.5")  # the same folder the transformers 5 test loads
+    summary = export.summary
     assert summary["serving"]["ready"] and summary["serving"]["server"] == "vLLM"
     verified = summary["verify"]["tokens"]
-    assert verified == summary["verify"]["reference_tokens"] and verified
-    proc = subprocess.run([str(TF457_PYTHON), "-c", SCRIPT, str(out), str(image_file),
-                           VERIFY_PROMPT, str(len(summary["verify"]["reference_tokens"]))],
+    proc = subprocess.run([str(TF457_PYTHON), "-c", SCRIPT, str(export.folder), str(export.image),
+                           VERIFY_PROMPT, str(len(verified))],
                           capture_output=True, text=True, cwd=tmp_path,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,7 +6,9 @@ Python: :func:`convert`. The CHECKPOINT and the base model folders are read by t
 checkpoint room (:mod:`xtuner_llava_swap.checkpoint`). Modules, in data-flow order:
 :mod:`.run_config` (CONFIG), :mod:`.lora` (updates and merge), :mod:`.layouts` (key
 tables), :mod:`.weights` (the checked stream), :mod:`.text_config`, :mod:`.tokenizer`,
-:mod:`.shards`, :mod:`.hf_writer`, :mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`.
+:mod:`.shards`, :mod:`.hf_writer`, :mod:`.llava_writer`, :mod:`.verify`, :mod:`.convert`;
+:mod:`.pth_to_hf` runs :func:`convert` for ``xtuner convert pth_to_hf``'s ``huggingface``
+and ``official`` formats.
 :mod:`.loaders` holds the classes that load an official-format export with plain
 transformers (registered at import).
 """

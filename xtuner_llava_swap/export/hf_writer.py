@@ -7,7 +7,8 @@ class token, or any tower under xtuner's own LLaVAModel) else ``full`` (SigLIP u
 ``LLaVASwapModel``), ``image_seq_length``; ``text_config.architectures`` and
 ``tie_word_embeddings`` at both levels, which vLLM reads), sharded safetensors with an
 index (on-disk names ``language_model.*``, ``vision_tower.*``, ``multi_modal_projector.*``),
-the tokenizer with ``<image>`` and the profile's chat template, the processor
+the tokenizer with ``<image>`` and the profile's chat template (also as
+``chat_template.jinja``, transformers 5's file), the processor
 (``patch_size``, ``num_additional_image_tokens`` = 1 for a class token else 0, the
 tower's preprocessing as a ``LlavaImageProcessor`` padding to square like training when
 the run did) and ``generation_config.json`` whose eos ids are the profile's stop token ids.
@@ -92,7 +93,7 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
     from transformers import LlavaConfig, LlavaProcessor
 
     from .loaders.pad_image_processor import LlavaImageProcessor
-    from .tokenizer import IMAGE_TOKEN
+    from .tokenizer import IMAGE_TOKEN, write_chat_template_file
 
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -125,4 +126,5 @@ def write_hf(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_byte
                                image_token=IMAGE_TOKEN,
                                chat_template=run.profile.chat_template())
     processor.save_pretrained(out)
+    write_chat_template_file(out, run.profile.chat_template())
     generation_config(run, tokenizer).save_pretrained(out)

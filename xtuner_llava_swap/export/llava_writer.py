@@ -40,6 +40,7 @@ import torch
 from ..errors import ExportError
 from .hf_writer import generation_config, vision_config_of, write_weights
 from .text_config import text_config
+from .tokenizer import write_chat_template_file
 
 TOWER_FOLDER = "clip_vision_tower"  # SGLang wants "clip" or "siglip" in the tower's name
 TOWER_PREFIX = "model.vision_tower.vision_tower."
@@ -202,6 +203,7 @@ def write_llava(out: Path, run, plan, tokenizer, dtype: torch.dtype, max_shard_b
                   copies={TOWER_PREFIX: tower_dir} if tower_dir else None)
     tokenizer.chat_template = run.profile.chat_template()
     tokenizer.save_pretrained(out)
+    write_chat_template_file(out, run.profile.chat_template())
     image_processor = getattr(transformers, tower.processor_class).from_pretrained(
         run.image_processor_path)
     image_processor.save_pretrained(out)

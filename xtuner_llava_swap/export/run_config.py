@@ -11,6 +11,7 @@ from the record is used, with a warning.
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,18 +89,21 @@ def _dataset_of(cfg):
     return dataset
 
 
-def load_training_run(config: str | Path, cfg_options: dict | None = None,
+def load_training_run(config, cfg_options: dict | None = None,
                       profile_name: str | None = None, checkpoint=None) -> TrainingRun:
-    """Read CONFIG (with ``cfg_options`` merged) into a :class:`TrainingRun`; the profile is
-    ``profile_name``, else the one recorded beside ``checkpoint``, else CONFIG's."""
-    import xtuner_llava_swap  # noqa: F401  (compat patches; --cfg-options re-binding if opted in)
+    """Read CONFIG (a path, or an mmengine ``Config`` already read, which is copied; with
+    ``cfg_options`` merged) into a :class:`TrainingRun`; the profile is ``profile_name``,
+    else the one recorded beside ``checkpoint``, else CONFIG's."""
     from mmengine.config import Config
 
-    config_path = Path(config)
+    if isinstance(config, Config):  # already read (xtuner's pth_to_hf hands the model one)
+        cfg, config_path = copy.deepcopy(config), Path(config.filename)
+    else:
+        config_path, cfg = Path(config), None
     if not config_path.is_file():
         raise ExportError(f"CONFIG {config_path} does not exist")
     try:
-        cfg = Config.fromfile(str(config_path))
+        cfg = cfg or Config.fromfile(str(config_path))
         if cfg_options:
             cfg.merge_from_dict(cfg_options)
     except Exception as err:  # noqa: BLE001  (a config is Python: it may raise anything)

@@ -10,6 +10,9 @@ written into the exported folder.
   tokenizer with no transformers class the family rebuilds it (``export_tokenizer`` of
   its :class:`~xtuner_llava_swap.families.LLMFamily`; Qwen-7B's from ``qwen.tiktoken``).
   :func:`check_same_ids` compares the two on real text before anything is written.
+* :func:`write_chat_template_file` writes the profile's chat template also as
+  ``chat_template.jinja``, the file transformers 5 writes and reads (tools that look for
+  it, e.g. lmms-eval's ``llava_hf`` or a server, find the training format, not a default).
 """
 from __future__ import annotations
 
@@ -22,6 +25,16 @@ from ..token_contract import IMAGE_TOKEN
 PROBE_TEXTS = ("Describe the image briefly.\n", "请描述一下这张照片", "  spaces\tand\n\nnew lines",
                "<|im_start|>user\nHi<|im_end|>\n", "Numbers 12345 and émigré café",
                "USER: hi ASSISTANT: hello</s>\n<s>USER: again")
+
+
+# The file transformers reads a chat template from first (4.48 already), and 5.x writes
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def write_chat_template_file(out, template: str) -> None:
+    """``out/chat_template.jinja``: ``template`` as it is, beside the copies the tokenizer
+    and processor files of the installed transformers hold."""
+    (out / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
 
 
 def remote_code_allowed(run, flag: bool) -> bool:

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
+# xtuner 0.2.0's `chat` and `mmbench` build the encoder and processor with these classes and
+# drop position 0 of the features, whatever the folder holds
+XTUNER_TOOLS_TOWER_CLASSES = ("CLIPVisionModel", "CLIPImageProcessor")
+
 
 @dataclass(frozen=True)
 class VisionTower:
@@ -82,6 +86,19 @@ class VisionTower:
     def drops_first_position(self) -> bool:
         """Whether the features drop position 0 (the class token)."""
         return self.class_token
+
+    @property
+    def xtuner_tools_refusal(self) -> str | None:
+        """None when xtuner's own ``chat`` / ``mmbench`` load this tower as training used it
+        (:data:`XTUNER_TOOLS_TOWER_CLASSES`, a class token dropped), else the one line that
+        says they cannot and names the plugin's tools."""
+        classes = (self.model_class, self.processor_class)
+        if classes == XTUNER_TOOLS_TOWER_CLASSES and self.class_token:
+            return None
+        return (f"xtuner chat / xtuner mmbench load the vision encoder as CLIP "
+                f"({XTUNER_TOOLS_TOWER_CLASSES[0]}, position 0 dropped); this run's tower is "
+                f"{self.name} ({self.model_class}): use `xtuner-llava-swap chat` / "
+                "`xtuner-llava-swap eval`, or export with `--save-format huggingface`")
 
     @property
     def hf_select_strategy(self) -> str:

@@ -13,9 +13,16 @@ Several images per sample need nothing more here: xtuner's
 ``<image>`` id, in order (and one placeholder row per text-only sample), so a collate
 function that passes the images of a batch flat serves any count. Parameters and state
 dict names are xtuner's, so its checkpoints load unchanged.
+
+``to_hf`` is what ``xtuner convert pth_to_hf`` calls: ``--save-format xtuner`` is xtuner's
+own writer (adapters and projector; for a tower xtuner's ``chat`` / ``mmbench`` cannot load,
+a note names the plugin's tools); ``huggingface`` and ``official`` are written by the writers
+in :attr:`LLaVASwapModel.save_formats`, which the package's ``__init__`` fills with the
+export's (:mod:`xtuner_llava_swap.export.pth_to_hf`; training does not import the export).
 """
 from __future__ import annotations
 
+from mmengine import print_log
 from mmengine.registry import MODELS as MMENGINE_MODELS
 from mmengine.registry import Registry
 from xtuner.model import LLaVAModel
@@ -29,6 +36,10 @@ MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtuner_llava_swap")
 @MODELS.register_module()
 class LLaVASwapModel(LLaVAModel):
     """xtuner's ``LLaVAModel`` plus ``vision_tower`` (a tower name; None: from the encoder)."""
+
+    # xtuner's --save-format -> writer(model, cfg, save_dir, save_format, fp32,
+    # save_pretrained_kwargs); filled by the package's __init__ with the export's writers
+    save_formats: dict = {}
 
     def __init__(self, *args, vision_tower=None, visual_select_layer=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -51,6 +62,19 @@ class LLaVASwapModel(LLaVAModel):
             data = prepare_inputs_labels_for_multimodal(
                 llm=self.llm, **{**data, "pixel_values": features})
         return super().forward(data, data_samples, mode)
+
+    def to_hf(self, cfg, save_dir, fp32=False, save_pretrained_kwargs={}, save_format="xtuner",
+              **kwargs):  # noqa: B006  (xtuner's signature)
+        if save_format != "xtuner":
+            if save_format not in self.save_formats:
+                raise NotImplementedError(f"--save-format {save_format!r}: choose xtuner, "
+                                          f"{', '.join(self.save_formats)}")
+            self.save_formats[save_format](self, cfg, save_dir, save_format, fp32,
+                                           save_pretrained_kwargs)
+            return
+        super().to_hf(cfg, save_dir, fp32, save_pretrained_kwargs, save_format, **kwargs)
+        if self.vision_tower.xtuner_tools_refusal:
+            print_log(self.vision_tower.xtuner_tools_refusal, "current")
 
 
 def visual_features(model, pixel_values, drops_first_position: bool | None = None):
