@@ -1,4 +1,4 @@
-# make setup : .venv with the pinned CPU stack (re-runs only when setup.cfg or the constraints
+# make setup : .venv with the pinned CPU stack (re-runs only when setup.cfg, setup.py or the constraints
 #              change), .venv-tf457 with the newer stack and .venv-tf5 with transformers 5
 #              (each re-runs only when its script changes)
 # make demo  : tiny Qwen-7B LLaVA on the CPU: pretrain, finetune, export, caption
@@ -27,7 +27,7 @@ setup: $(STAMP) $(TF457) $(TF5)
 # CUDA build that breaks transformers' CLIP image processor (compat stands in for the one
 # xtuner module that imports it). install-startup makes `xtuner train`, a new python
 # process, apply the compatibility patches.
-$(STAMP): setup.cfg pyproject.toml requirements/constraints-cpu.txt
+$(STAMP): setup.cfg setup.py pyproject.toml requirements/constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[deepspeed,test]'
 	$(PY) -c 'import sys, torch; sys.exit(torch.version.cuda is not None)' && $(PY) -m pip uninstall -y -q torchvision || true
