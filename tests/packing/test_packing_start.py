@@ -121,3 +121,19 @@ def test_qwen_7b_profile_is_refused_at_dataset_build(tiny_parts, data):
     assert message.startswith("pack_to_max_length=True is not supported for the qwen family "
                               "(profile qwen): Qwen-7B's remote code (modeling_qwen.py) flattens")
     assert message.endswith("set train_dataloader.dataset.pack_to_max_length=False")
+
+
+def test_an_image_that_fails_at_load_time_leaves_its_sample_out_of_the_pack(tiny_parts,
+                                                                             tmp_path):
+    llm, clip = tiny_parts("qwen2", real_tokenizer=False), tiny_parts("clip")
+    data, images = write_mixed_data(tmp_path)
+    packed = dataset(llm, clip, data, images, "qwen2", TOWER_OF["clip"],
+                     pack_to_max_length=True, max_length=480)
+    (images / "red.png").write_bytes(b"not an image any more")  # sample 0's only image
+    index = next(i for i, p in enumerate(packed.pack_plan.packs) if 0 in p.tolist())
+    members = packed.pack_plan.packs[index].tolist()
+    item = packed[index]
+    kept = [m for m in members if m != 0]
+    assert item["sample_lengths"] == packed.prepared.positions()[kept].tolist()
+    assert dict(packed.load_failures) == {"UnidentifiedImageError": 1}
+    assert len(item["input_ids"]) == sum(len(packed.prepared.encoded.sample(m)[0]) for m in kept)
