@@ -22,12 +22,13 @@ ViT-L/14-336, for a GPU) with LoRA r=16 on the LLM and the projector, AdamW, see
 
 ``padding share`` is over the whole epoch the sampler yields: positions the LLM computes
 (rows x the longest row of each batch) that hold no token of a sample. ``samples/s`` is
-measured on the first ``--measure`` samples of the epoch (after 2 warm-up steps: data
-loading, images, forward, backward, optimizer step), the median of ``--repeats``
+the epoch's samples over its estimated time: the mean time of ``--steps`` batches spread
+evenly over the epoch (data loading, images, forward, backward, optimizer step; after 2
+warm-up steps) times the epoch's number of batches; the median of ``--repeats``
 alternating runs. Runs:
 
     python bench/bench_pack.py                              # CPU, tiny
-    python bench/bench_pack.py --shape 7b --batch 16 --measure 400 --repeats 1   # GPU
+    python bench/bench_pack.py --shape 7b --batch 16 --steps 20 --repeats 1   # GPU
 """
 from __future__ import annotations
 
@@ -165,8 +166,9 @@ def samples_in(dataset, indices) -> int:
     return sum(len(plan.packs[i]) for i in indices) if plan is not None else len(indices)
 
 
-def measure(name, dataset, collate, model_cfg, batches, n_samples: int) -> float:
-    """Samples per second over the first ``n_samples`` samples after the warm-up steps."""
+def measure(name, dataset, collate, model_cfg, batches, steps: int) -> float:
+    """The epoch's samples per second, estimated from ``steps`` batches spread evenly over
+    ``batches`` (the epoch), after the warm-up steps."""
     import torch
     from xtuner.registry import BUILDER
 
@@ -175,8 +177,10 @@ def measure(name, dataset, collate, model_cfg, batches, n_samples: int) -> float
     model = BUILDER.build(model_cfg).to(device)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    done, seconds = 0, 0.0
-    for step, indices in enumerate(batches):
+    stride = max(1, len(batches) // steps)
+    chosen = batches[:WARMUP_STEPS] + batches[::stride][:steps]
+    seconds = []
+    for step, indices in enumerate(chosen):
         start = time.perf_counter()
         data = collate([dataset[i] for i in indices])["data"]
         data = {k: (v.to(device) if hasattr(v, "to") else
@@ -189,13 +193,10 @@ def measure(name, dataset, collate, model_cfg, batches, n_samples: int) -> float
         if device == "cuda":
             torch.cuda.synchronize()
         if step >= WARMUP_STEPS:
-            seconds += time.perf_counter() - start
-            done += samples_in(dataset, indices)
-            if done >= n_samples:
-                break
+            seconds.append(time.perf_counter() - start)
     if not torch.isfinite(loss):
         raise RuntimeError(f"{name}: loss {loss.item()}")
-    return done / seconds
+    return samples_in(dataset, range(len(dataset))) / (statistics.mean(seconds) * len(batches))
 
 
 def main(argv=None) -> int:
@@ -205,7 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8, help="samples per padded batch")
     parser.add_argument("--pack-batch", type=int, default=None, help="packs per packed batch")
-    parser.add_argument("--measure", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=12, help="timed batches per run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -231,7 +232,7 @@ def main(argv=None) -> int:
     for repeat in range(args.repeats):
         for name, (dataset, collate, model_cfg, _) in variants.items():
             speed[name].append(measure(name, dataset, collate, model_cfg, batches[name],
-                                       args.measure))
+                                       args.steps))
             print(f"  {name} run {repeat + 1}: {speed[name][-1]:.1f} samples/s", flush=True)
 
     packed_dataset = variants["packed"][0]
@@ -243,8 +244,8 @@ def main(argv=None) -> int:
           f"{llm_config['vocab_size']}; CLIP {clip_config['image_size']} px ({image_tokens} "
           f"image tokens); {args.samples} synthetic samples, max_length {args.max_length}; "
           f"padded batch {args.batch} samples, packed batch {pack_batch} packs "
-          f"({packed_dataset.pack_plan.summary()}); samples/s over the first {args.measure} "
-          f"samples, median of {args.repeats} alternating runs\n")
+          f"({packed_dataset.pack_plan.summary()}); samples/s of the epoch from {args.steps} "
+          f"timed batches spread over it, median of {args.repeats} alternating runs\n")
     print("| variant | samples kept | batches / epoch | padding share of computed positions "
           "| computed positions / epoch | samples/s (median) | each run | x padded |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
