@@ -121,6 +121,10 @@ llava_dataset = dict(
     template_map_fn=dict(type=template_map_fn_factory, template=prompt_template, system=SYSTEM),
     max_length=max_length,
     pad_image_to_square=False,
+    # True: whole samples packed into sequences of up to max_length positions (image tokens
+    # counted), each sample kept apart by LLaVASwapModel (docs/packing.md); lower batch_size
+    # to match: one item is then a full sequence
+    pack_to_max_length=False,
 )
 
 train_dataloader = dict(

@@ -20,6 +20,9 @@ work unchanged. What differs:
   white), transparent ones are laid over white, palette/CMYK/animated ones (first frame)
   converted to RGB;
 * text preprocessing is batched and cached (see :mod:`.cache`);
+* ``pack_to_max_length=True`` packs whole samples into items of at most ``max_length``
+  positions (:mod:`.packing`; the model keeps them apart: ``LLaVASwapModel`` with
+  ``llava_collate_fn``); ``len``, ``length`` and ``modality_length`` then count packs;
 * the tokenizer's profile and the template's must agree (checked when the dataset is
   built, :mod:`xtuner_llava_swap.profiles.profile_agreement`); :attr:`LLaVASwapDataset.profile`
   is the profile they name.
@@ -39,6 +42,7 @@ from torch.utils.data import Dataset
 
 from ..profiles.profile_agreement import agreed_profile, tokenizer_profile
 from .image_tokens import resolve_image_token_count
+from .packing import PackPlan, pack_item, plan_packs, refuse_packing
 from .pixels import image_pixels
 from .preprocess import PreparedText, build_template_map_fn, build_tokenizer, drop_bad_images, \
     prepare_text
@@ -58,7 +62,8 @@ class LLaVASwapDataset(Dataset):
     ``llava_collate_fn``, and a sample with more is skipped as ``too_many_images``;
     a sample's images are then one ``(n, 3, H, W)`` tensor), ``length_policy``, ``strict``, ``check_images`` (``open`` | ``exists`` |
     ``none``), ``allow_outside_image_folder``, ``replacement_seed``, ``cache``,
-    ``cache_dir``, ``progress``.
+    ``cache_dir``, ``progress``, ``pack_to_max_length`` (default False) and ``pack_seed``
+    (default 0: the packing's tie-break and pack order).
     """
 
     def __init__(self, image_folder, image_processor, data_path=None, tokenizer=None,
@@ -67,7 +72,8 @@ class LLaVASwapDataset(Dataset):
                  pad_image_to_square=False, *, image_token_count=None, vision_config=None,
                  select_feature="patch", max_images=1, length_policy="drop", strict=False,
                  check_images="open", allow_outside_image_folder=False, replacement_seed=0,
-                 cache=True, cache_dir=None, progress=False):
+                 cache=True, cache_dir=None, progress=False, pack_to_max_length=False,
+                 pack_seed=0):
         super().__init__()
         if offline_processed_text_folder is not None:
             raise ValueError("offline_processed_text_folder is not used by LLaVASwapDataset: "
@@ -84,6 +90,8 @@ class LLaVASwapDataset(Dataset):
         self.pad_image_to_square = pad_image_to_square
         self.image_tokens = resolve_image_token_count(image_token_count, vision_config,
                                                       image_processor, select_feature)
+        if pack_to_max_length:
+            refuse_packing(self.profile, max_length, self.image_tokens)
         self.image_processor = _build(image_processor)
         prepared = _prepare_once_per_node(
             data_path, tokenizer, image_tokens=self.image_tokens, dataset_map_fn=dataset_map_fn,
@@ -105,25 +113,36 @@ class LLaVASwapDataset(Dataset):
         if not len(prepared):
             raise ValueError(f"{data_path}: no usable sample left (see the table of skipped "
                              "samples above)")
+        self.pack_plan: PackPlan | None = None
+        if pack_to_max_length:
+            self.pack_plan = plan_packs(prepared.positions(), max_length, pack_seed)
+            print_log(f"LLaVASwapDataset {data_path} packed: {self.pack_plan.summary()}",
+                      logger="current")
 
     # ------------------------------------------------------------------ xtuner API
     @property
     def modality_length(self) -> list[int]:
         """Sequence length with the image tokens, negative for text-only samples (what
         xtuner's ``LengthGroupedSampler`` groups by)."""
-        positions = self.prepared.positions()
+        positions = self.length
         has_image = np.fromiter((bool(f) for f in self.prepared.images), dtype=bool,
-                                count=len(positions))
-        return np.where(has_image, positions, -positions).tolist()
+                                count=len(self.prepared))
+        if self.pack_plan is not None:
+            has_image = np.array([has_image[p].any() for p in self.pack_plan.packs], dtype=bool)
+        return np.where(has_image, positions, -np.asarray(positions)).tolist()
 
     @property
     def length(self) -> list[int]:
+        if self.pack_plan is not None:
+            return self.pack_plan.lengths.tolist()
         return self.prepared.positions().tolist()
 
     def __len__(self) -> int:
-        return len(self.prepared)
+        return len(self.pack_plan) if self.pack_plan is not None else len(self.prepared)
 
     def __getitem__(self, index: int) -> dict:
+        if self.pack_plan is not None:
+            return self._pack(index)
         for _ in range(MAX_REPLACEMENTS):
             try:
                 return self._item(index)
@@ -142,9 +161,31 @@ class LLaVASwapDataset(Dataset):
         elif files:
             item["pixel_values"] = torch.stack([self._pixels(name) for name in files])
         else:
-            size = getattr(self.image_processor, "crop_size", None) or self.image_processor.size
-            item["pixel_values"] = torch.zeros(3, size["height"], size["width"])
+            item["pixel_values"] = self._placeholder()
         return item
+
+    def _pack(self, index: int) -> dict:
+        """Pack ``index``: its samples whose images load (one that fails is left out and
+        counted; a pack left empty is replaced by a random other pack)."""
+        for _ in range(MAX_REPLACEMENTS):
+            members, items = [], []
+            for sample in self.pack_plan.packs[index].tolist():
+                try:
+                    items.append(self._item(sample))
+                    members.append(sample)
+                except _UnloadableImage as failure:
+                    self._record_failure(sample, failure, "left out of its pack")
+            if items:
+                positions = self.prepared.positions()[members].tolist()
+                counts = [len(self.prepared.images[m]) for m in members]
+                return pack_item(items, positions, counts, self._placeholder())
+            index = self._rng.randrange(len(self.pack_plan))
+        raise RuntimeError(f"{MAX_REPLACEMENTS} packs in a row had no loadable image in "
+                           f"{self.image_folder!r}; stopping (failures: {dict(self.load_failures)})")
+
+    def _placeholder(self) -> torch.Tensor:
+        size = getattr(self.image_processor, "crop_size", None) or self.image_processor.size
+        return torch.zeros(3, size["height"], size["width"])
 
     def _pixels(self, name: str) -> torch.Tensor:
         path = os.path.join(self.image_folder or "", name)
@@ -158,19 +199,21 @@ class LLaVASwapDataset(Dataset):
     def _replace(self, index: int, failure: "_UnloadableImage") -> int:
         """A random other sample with an image that has not failed (seeded: the same
         run draws the same replacements; every candidate equally likely)."""
-        self._unloadable.add(index)
-        self.load_failures[type(failure.cause).__name__] += 1
-        total = sum(self.load_failures.values())
-        print_log(f"LLaVASwapDataset: sample {index} (file index "
-                  f"{int(self.prepared.source_index[index])}): cannot load {failure.path} "
-                  f"({failure.cause}); replaced by another sample ({total} replaced so far in "
-                  f"this process: {dict(self.load_failures)})", logger="current",
-                  level=logging.WARNING)
+        self._record_failure(index, failure, "replaced by another sample")
         candidates = [i for i, files in enumerate(self.prepared.images)
                       if files and i not in self._unloadable]
         if not candidates:
             raise RuntimeError(f"no loadable image left in {self.image_folder!r}")
         return self._rng.choice(candidates)
+
+    def _record_failure(self, index: int, failure: "_UnloadableImage", action: str) -> None:
+        self._unloadable.add(index)
+        self.load_failures[type(failure.cause).__name__] += 1
+        total = sum(self.load_failures.values())
+        print_log(f"LLaVASwapDataset: sample {index} (file index "
+                  f"{int(self.prepared.source_index[index])}): cannot load {failure.path} "
+                  f"({failure.cause}); {action} ({total} so far in this process: "
+                  f"{dict(self.load_failures)})", logger="current", level=logging.WARNING)
 
     def _log_summary(self, data_path, max_length) -> None:
         prepared = self.prepared

@@ -37,6 +37,9 @@ class LLMFamily:
             (``.venv-tf457``); ``""`` when xtuner's stack has it.
         old_stack_only: why the family does not run on the newer stack (transformers
             4.57), or ``""`` when it does.
+        packing_refusal: why packed training (``pack_to_max_length=True``) cannot keep
+            samples apart in this family's attention, or ``""`` when it can (the model's
+            start-up probe checks it too, :mod:`xtuner_llava_swap.training.packing`).
     """
 
     name: str
@@ -50,6 +53,7 @@ class LLMFamily:
     build_tiny: Callable | None = None
     min_transformers: str = ""
     old_stack_only: str = ""
+    packing_refusal: str = ""
 
     def __post_init__(self):
         if self.official_llava_class is None and not self.no_official_llava:

@@ -19,6 +19,9 @@ own writer (adapters and projector; for a tower xtuner's ``chat`` / ``mmbench`` 
 a note names the plugin's tools); ``huggingface`` and ``official`` are written by the writers
 in :attr:`LLaVASwapModel.save_formats`, which the package's ``__init__`` fills with the
 export's (:mod:`xtuner_llava_swap.export.pth_to_hf`; training does not import the export).
+
+Packed batches (``sample_lengths`` from ``llava_collate_fn``) get per-sample position ids
+and a block-diagonal attention mask (:mod:`.packing`), checked once on the LLM first.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from xtuner.model import LLaVAModel
 from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
 from ..towers import tower_for
+from .packing import check_isolation, isolate_samples
 
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtuner_llava_swap")
 
@@ -45,6 +49,7 @@ class LLaVASwapModel(LLaVAModel):
         super().__init__(*args, **kwargs)
         self.vision_tower = tower_for(getattr(self.visual_encoder.config, "model_type", None),
                                       vision_tower)
+        self.packing_checked = False  # the LLM's isolation of packed samples, at the first pack
         self.visual_select_layer = (self.vision_tower.select_layer if visual_select_layer is None
                                     else visual_select_layer)
 
@@ -54,6 +59,7 @@ class LLaVASwapModel(LLaVAModel):
         return visual_features(self, pixel_values)
 
     def forward(self, data, data_samples=None, mode="loss"):
+        sample_lengths = data.pop("sample_lengths", None)
         if "pixel_values" in data:
             if self.is_first_iter:  # xtuner's QLoRA + ZeRO-3 device move, before the encoder runs
                 self.to(data["input_ids"].device)
@@ -61,6 +67,11 @@ class LLaVASwapModel(LLaVAModel):
             features = self.visual_features(data["pixel_values"])
             data = prepare_inputs_labels_for_multimodal(
                 llm=self.llm, **{**data, "pixel_values": features})
+        if sample_lengths is not None:
+            if not self.packing_checked:
+                check_isolation(self.llm)
+                self.packing_checked = True
+            data = isolate_samples(data, sample_lengths)
         return super().forward(data, data_samples, mode)
 
     def to_hf(self, cfg, save_dir, fp32=False, save_pretrained_kwargs={}, save_format="xtuner",

@@ -14,4 +14,7 @@ FAMILY = register_family(LLMFamily(
     weight_signatures={r"(^|\.)transformer\.h\.\d+\.attn\.c_attn": "qwen (Qwen-7B first generation)"},
     build_tiny=tiny.build,
     old_stack_only="its remote code imports transformers_stream_generator, which fails on 4.57",
+    packing_refusal="Qwen-7B's remote code (modeling_qwen.py) flattens the attention mask to "
+                    "one padding row per sequence (attention_mask.view(batch_size, -1)), so it "
+                    "cannot keep packed samples from attending to each other",
 ))

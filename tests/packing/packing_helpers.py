@@ -1,0 +1,82 @@
+"""Shared pieces of the packing tests: a small LLaVA data set with one, two and no images
+per sample, and the dataset/model builders over the tiny parts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+PROFILE_OF = {"qwen2": "qwen2.5", "llama": "vicuna-v1.5"}
+TOWER_OF = {"clip": "clip-vit-large-336", "siglip": "siglip-so400m-384"}
+
+
+def write_mixed_data(folder: Path) -> tuple[Path, Path]:
+    """``(data_path, image_folder)``: eight conversations, one or two images or none, of
+    different lengths (generated images, so no fixture is needed)."""
+    from PIL import Image, ImageDraw
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    colours = ["red", "green", "blue", "yellow", "purple", "orange"]
+    for i, colour in enumerate(colours):
+        img = Image.new("RGB", (40 + 9 * i, 48), "white")
+        ImageDraw.Draw(img).ellipse([4, 4, 30, 30 + i], fill=colour)
+        img.save(images / f"{colour}.png")
+
+    def turn(q, a):
+        return [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+
+    samples = []
+    for i, colour in enumerate(colours):
+        extra = " It sits on a plain white background." * (i % 3)
+        if i % 2:
+            other = colours[(i + 1) % len(colours)]
+            samples.append({"id": f"two{i}", "image": [f"{colour}.png", f"{other}.png"],
+                            "conversations": turn("<image>\n<image>\nCompare the two shapes.",
+                                                  f"The first is {colour}, the second {other}."
+                                                  + extra)})
+        else:
+            samples.append({"id": f"one{i}", "image": f"{colour}.png",
+                            "conversations": turn("<image>\nWhat colour is the shape?",
+                                                  f"It is {colour}." + extra)
+                            + turn("Anything else?", "No, only the shape.")})
+    samples.insert(3, {"id": "text", "conversations": turn("What is the capital of France?",
+                                                           "The capital of France is Paris.")})
+    samples.append({"id": "text2", "conversations": turn("Say hello.", "Hello!")})
+    data = folder / "mixed.json"
+    data.write_text(json.dumps(samples, indent=1))
+    return data, images
+
+
+def dataset(llm: Path, tower: Path, data: Path, images: Path, family: str, tower_name: str,
+            **kwargs):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    from xtuner_llava_swap.data import LLaVASwapDataset
+    from xtuner_llava_swap.profiles import template_map_fn_factory
+    from xtuner_llava_swap.towers import get_tower
+
+    return LLaVASwapDataset(
+        str(images), AutoImageProcessor.from_pretrained(tower), data_path=str(data),
+        tokenizer=AutoTokenizer.from_pretrained(llm), dataset_map_fn="llava_format_map_fn",
+        template_map_fn=template_map_fn_factory(PROFILE_OF[family]), vision_config=str(tower),
+        select_feature="patch" if get_tower(tower_name).class_token else "cls_patch",
+        max_images=2, cache=False, **kwargs)
+
+
+def model(llm: Path, tower: Path, tower_name: str):
+    from mmengine.config import ConfigDict
+    from transformers import AutoModelForCausalLM, CLIPVisionModel, SiglipVisionModel
+
+    from xtuner_llava_swap.training.llava_model import LLaVASwapModel
+
+    vision_cls = SiglipVisionModel if tower_name.startswith("siglip") else CLIPVisionModel
+    torch.manual_seed(0)
+    return LLaVASwapModel(
+        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, torch_dtype=torch.float32,
+                       attn_implementation="sdpa", pretrained_model_name_or_path=str(llm)),
+        visual_encoder=ConfigDict(type=vision_cls.from_pretrained,
+                                  pretrained_model_name_or_path=str(tower)),
+        vision_tower=tower_name, freeze_llm=False, freeze_visual_encoder=False,
+        use_activation_checkpointing=False)

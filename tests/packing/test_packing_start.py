@@ -1,0 +1,139 @@
+"""Packing at start: the plan (whole samples, deterministic for a seed, full packs), the
+labels at sample boundaries, the isolation probe of every family on both stacks, and the
+one-line refusals (max_length below one image, a family or attention that cannot keep
+samples apart)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from packing_helpers import TOWER_OF, dataset, write_mixed_data
+
+from support import FIXTURES, REPO, TF457_PYTHON, requires_fixtures, requires_tf457
+import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner)
+from xtuner_llava_swap.data.packing import PackingError, pack_item, plan_packs
+from xtuner_llava_swap.token_contract import IGNORE_INDEX
+from xtuner_llava_swap.training.packing import PackedAttentionError, check_isolation
+
+HERE = Path(__file__).parent
+
+
+def test_plan_packs_whole_samples_deterministic_and_full():
+    lengths = np.random.default_rng(1).integers(40, 2000, size=3000)
+    plan = plan_packs(lengths, 2048, seed=7)
+    members = np.concatenate(plan.packs)
+    assert sorted(members.tolist()) == list(range(3000))  # every sample once, never split
+    assert all(lengths[p].sum() <= 2048 for p in plan.packs)
+    assert plan.lengths.tolist() == [int(lengths[p].sum()) for p in plan.packs]
+    assert plan.efficiency > 0.97
+    again, other = plan_packs(lengths, 2048, seed=7), plan_packs(lengths, 2048, seed=8)
+    assert all((a == b).all() for a, b in zip(plan.packs, again.packs))
+    assert [p.tolist() for p in plan.packs] != [p.tolist() for p in other.packs]
+    with pytest.raises(ValueError, match="sample 0 has 3000 positions, more than max_length=2048"):
+        plan_packs([3000], 2048)
+
+
+def test_pack_item_ignores_each_first_label_and_keeps_image_order():
+    images = [torch.full((3, 2, 2), float(i)) for i in range(3)]
+    items = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7], "pixel_values": images[0]},
+             {"input_ids": [8, 9], "labels": [8, 9], "pixel_values": torch.zeros(3, 2, 2)},
+             {"input_ids": [1, -200, -200, 2], "labels": [1, -100, -100, 2],
+              "pixel_values": torch.stack(images[1:])}]
+    packed = pack_item(items, [3, 2, 36], [1, 0, 2], torch.zeros(3, 2, 2))
+    assert packed["input_ids"] == [5, 6, 7, 8, 9, 1, -200, -200, 2]
+    # the next sample's first position is never the target of the previous one's last
+    assert packed["labels"] == [IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9, IGNORE_INDEX, -100, -100, 2]
+    assert packed["pixel_values"][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]  # the text-only
+    assert packed["sample_lengths"] == [3, 2, 36]  # sample's placeholder is left out
+
+
+def probe_in(python, *extra) -> dict:
+    proc = subprocess.run([str(python), str(HERE / "probe_families.py"), "qwen2", "llama",
+                           "phi3", "qwen3", *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_every_family_isolates_samples_or_is_refused_in_one_line_on_4_48():
+    found = probe_in(sys.executable, *(["qwen"] if FIXTURES else []))
+    assert {found[f] for f in ("qwen2", "llama", "phi3")} == {"isolated"}
+    assert "qwen3" not in found  # its model class needs transformers >= 4.51
+    if FIXTURES:
+        assert "QWenLMHeadModel does not take a per-sample attention mask" in found["qwen"]
+        assert found["qwen"].endswith("set train_dataloader.dataset.pack_to_max_length=False")
+        assert "\n" not in found["qwen"]
+
+
+@requires_tf457
+def test_every_family_isolates_samples_on_4_57():  # qwen (Qwen-7B) does not run on 4.57
+    found = probe_in(TF457_PYTHON)
+    assert {found[f] for f in ("qwen2", "llama", "phi3", "qwen3")} == {"isolated"}
+
+
+def test_flash_attention_2_is_refused_with_what_to_set(tiny_parts):
+    from transformers import AutoModelForCausalLM
+
+    llm = AutoModelForCausalLM.from_pretrained(tiny_parts("qwen2", real_tokenizer=False))
+    llm.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(PackedAttentionError, match="model.llm.attn_implementation='sdpa'"):
+        check_isolation(llm)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_mixed_data(tmp_path_factory.mktemp("pack-start-data"))
+
+
+def test_max_length_below_one_image_stops_at_start(tiny_parts, data):
+    llm, clip = tiny_parts("qwen2", real_tokenizer=False), tiny_parts("clip")
+    with pytest.raises(PackingError) as refused:
+        dataset(llm, clip, *data, "qwen2", TOWER_OF["clip"], pack_to_max_length=True,
+                max_length=12)
+    assert str(refused.value) == (
+        "pack_to_max_length=True with max_length=12, but one image takes 16 positions: raise "
+        "train_dataloader.dataset.max_length above 16 (e.g. 2048) or set "
+        "pack_to_max_length=False")
+
+
+@requires_fixtures
+def test_qwen_7b_profile_is_refused_at_dataset_build(tiny_parts, data):
+    from transformers import CLIPImageProcessor
+
+    from xtuner_llava_swap.data import LLaVASwapDataset
+    from xtuner_llava_swap.profiles import template_map_fn_factory
+    from xtuner_llava_swap.training.tokenizers import build_tokenizer, tokenizer_dict
+
+    with pytest.raises(PackingError) as refused:
+        LLaVASwapDataset(str(data[1]), CLIPImageProcessor.from_pretrained(tiny_parts("clip")),
+                         data_path=str(data[0]),
+                         tokenizer=build_tokenizer(**{k: v for k, v in tokenizer_dict(
+                             "qwen", tiny_parts("qwen")).items() if k != "type"}),
+                         template_map_fn=template_map_fn_factory("qwen"),
+                         vision_config=str(tiny_parts("clip")), pack_to_max_length=True,
+                         cache=False)
+    message = str(refused.value)
+    assert message.startswith("pack_to_max_length=True is not supported for the qwen family "
+                              "(profile qwen): Qwen-7B's remote code (modeling_qwen.py) flattens")
+    assert message.endswith("set train_dataloader.dataset.pack_to_max_length=False")
+
+
+def test_an_image_that_fails_at_load_time_leaves_its_sample_out_of_the_pack(tiny_parts,
+                                                                             tmp_path):
+    llm, clip = tiny_parts("qwen2", real_tokenizer=False), tiny_parts("clip")
+    data, images = write_mixed_data(tmp_path)
+    packed = dataset(llm, clip, data, images, "qwen2", TOWER_OF["clip"],
+                     pack_to_max_length=True, max_length=480)
+    (images / "red.png").write_bytes(b"not an image any more")  # sample 0's only image
+    index = next(i for i, p in enumerate(packed.pack_plan.packs) if 0 in p.tolist())
+    members = packed.pack_plan.packs[index].tolist()
+    item = packed[index]
+    kept = [m for m in members if m != 0]
+    assert item["sample_lengths"] == packed.prepared.positions()[kept].tolist()
+    assert dict(packed.load_failures) == {"UnidentifiedImageError": 1}
+    assert len(item["input_ids"]) == sum(len(packed.prepared.encoded.sample(m)[0]) for m in kept)
