@@ -15,10 +15,11 @@ import pytest
 from export.conftest import (QLORA_CONFIG, build_inprocess_checkpoint, swap_options,
                              tower_options)
 
-# name -> (profile, family, tower or None for the tiny CLIP, exports)
+# name -> (profile, tiny LLM (a family, or llama3: see llama3_llm), tower or None for the
+# tiny CLIP, exports)
 RUNS = {
     "qwen2.5": ("qwen2.5", "qwen2", None, ("hf", "llava")),
-    "llama3": ("llama3-instruct", "llama", None, ("hf", "llava")),
+    "llama3": ("llama3-instruct", "llama3", None, ("hf", "llava")),
     # the official layout needs SigLIP's real geometry (729 positions): hf only on a tiny tower
     "siglip": ("qwen2.5", "qwen2", "siglip-so400m-384", ("hf",)),
 }
@@ -38,8 +39,37 @@ class InferenceRun:
         return ["--config", str(self.config), "--cfg-options", *options]
 
 
+LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
+                   "<|end_header_id|>", "<|eot_id|>", "<|eom_id|>", "<|python_tag|>",
+                   "<|finetune_right_pad_id|>"]
+
+
 @pytest.fixture(scope="session")
-def inference_run(tiny_parts, tmp_path_factory):
+def llama3_llm(tmp_path_factory):
+    """The tiny Llama of the ``llama`` family with a tokenizer of Llama-3's special-token
+    contract (bos ``<|begin_of_text|>``, turns ended by ``<|eot_id|>``), a synthetic BPE
+    (the tiny Llama's own is Llama-2's sentencepiece)."""
+    from transformers import PreTrainedTokenizerFast
+
+    from xtuner_llava_swap.testing.tiny import build_tiny_llm
+    from xtuner_llava_swap.testing.tiny_recipe import synthetic_bpe
+
+    out = build_tiny_llm("llama", tmp_path_factory.mktemp("llama3") / "llm", real_tokenizer=False)
+    for old in ("tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "added_tokens.json"):
+        (out / old).unlink(missing_ok=True)
+    PreTrainedTokenizerFast(tokenizer_object=synthetic_bpe(LLAMA3_SPECIALS),
+                            bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                            pad_token="<|end_of_text|>").save_pretrained(out)
+    return out
+
+
+def llm_of(tiny_parts, llama3_llm, family: str) -> Path:
+    return llama3_llm if family == "llama3" else tiny_parts(family)
+
+
+@pytest.fixture(scope="session")
+def inference_run(tiny_parts, llama3_llm, tmp_path_factory):
     """``inference_run(name) -> InferenceRun`` for a name of :data:`RUNS`."""
     from xtuner_llava_swap.export.convert import convert
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
@@ -51,12 +81,14 @@ def inference_run(tiny_parts, tmp_path_factory):
             profile, family, tower, formats = RUNS[name]
             folder = tmp_path_factory.mktemp(f"infer-{name}")
             vision = build_tiny_tower(tower, folder / "tower") if tower else tiny_parts("clip")
-            options = {**swap_options(profile, tiny_parts(family), vision),
+            options = {**swap_options(profile, llm_of(tiny_parts, llama3_llm, family), vision),
                        **(tower_options(tower) if tower else {})}
-            checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, folder / "iter_1.pth")
+            (folder / "work").mkdir()
+            checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options,
+                                                    folder / "work" / "iter_1.pth")
             exports = {}
             for fmt in formats:
-                exports[fmt] = folder / f"export-{fmt}"
+                exports[fmt] = folder / f"{fmt}-llava-{name}"  # the loaders read the name
                 convert(QLORA_CONFIG, checkpoint, exports[fmt], fmt=fmt, dtype="float32",
                         cfg_options=options, progress=False)
             cache[name] = InferenceRun(QLORA_CONFIG, checkpoint, options, exports)

@@ -42,8 +42,10 @@ def read_option(reply: str, options: dict) -> str | None:
         found = {m.group(1).upper() for m in pattern.finditer(text)} & set(letters)
         if len(found) == 1:
             return found.pop()
+    alone = {key for key in letters if re.search(_ALONE.format(letter=key), text)}
     leading = _LEADING.match(text)
-    if leading and leading.group(1) in letters:
+    if leading and leading.group(1) in letters and (
+            len(alone) == 1 or not leading.group(0)[-1:].isspace()):
         return leading.group(1)
     lowered = bare.lower()
     by_text = [key for key, value in options.items()
@@ -54,7 +56,6 @@ def read_option(reply: str, options: dict) -> str | None:
                  if len(str(value).strip()) > 1 and str(value).strip().lower() in text.lower()]
     if len(contained) == 1:
         return contained[0]
-    alone = {key for key in letters if re.search(_ALONE.format(letter=key), text)}
     if len(alone) == 1:
         return alone.pop()
     return None
