@@ -33,10 +33,32 @@ class InferenceRun:
     exports: dict  # format -> folder
 
     def cli_options(self) -> list:
-        """``--config CONFIG --cfg-options k=v ...`` for the tools (paths as strings)."""
-        options = [f"{k}={v}" for k, v in self.cfg_options.items()
-                   if k in ("llm_name_or_path", "visual_encoder_name_or_path")]
-        return ["--config", str(self.config), "--cfg-options", *options]
+        """``--config CONFIG`` for the tools (CONFIG: the run's config as xtuner dumps it)."""
+        return ["--config", str(self.config)]
+
+
+def _dotted(value):
+    """``value`` of a ``--cfg-options`` dict with every class and function as its dotted
+    path, as a dumped config holds them (mmengine cannot dump a function object)."""
+    import inspect
+
+    if isinstance(value, dict):
+        return {key: _dotted(item) for key, item in value.items()}
+    if inspect.ismethod(value):  # SomeModel.from_pretrained
+        owner = value.__self__
+        return f"{owner.__module__.split('.')[0]}.{owner.__name__}.{value.__name__}"
+    if inspect.isclass(value) or inspect.isfunction(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return value
+
+
+def dumped_config(options: dict, out: Path) -> Path:
+    """The shipped QLoRA config with ``options`` merged, dumped as ``xtuner train`` dumps
+    it into its work dir (what a user passes as CONFIG after training)."""
+    from xtuner_llava_swap.export.run_config import load_training_run
+
+    load_training_run(QLORA_CONFIG, _dotted(options)).cfg.dump(str(out))
+    return out
 
 
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
@@ -86,12 +108,13 @@ def inference_run(tiny_parts, llama3_llm, tmp_path_factory):
             (folder / "work").mkdir()
             checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options,
                                                     folder / "work" / "iter_1.pth")
+            config = dumped_config(options, folder / "work" / "llava_qwen7b_qlora.py")
             exports = {}
             for fmt in formats:
                 exports[fmt] = folder / f"{fmt}-llava-{name}"  # the loaders read the name
-                convert(QLORA_CONFIG, checkpoint, exports[fmt], fmt=fmt, dtype="float32",
-                        cfg_options=options, progress=False)
-            cache[name] = InferenceRun(QLORA_CONFIG, checkpoint, options, exports)
+                convert(config, checkpoint, exports[fmt], fmt=fmt, dtype="float32",
+                        progress=False)
+            cache[name] = InferenceRun(config, checkpoint, options, exports)
         return cache[name]
 
     return get

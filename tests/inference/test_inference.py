@@ -104,7 +104,7 @@ def test_chat_on_the_run_and_its_exports_answers_alike(inference_run, pictures, 
         code, interactive = _chat(model, run, stdin=script)
         assert code == 0
         assert interactive.count("[image added to the next turn") == 3
-        assert "[new conversation]" in interactive and interactive.count(">>> ") == 5
+        assert "[new conversation]" in interactive and interactive.count(">>> ") == 8
         answers[str(model)] = (one_shot, interactive.split("\n", 1)[1])
     assert len(set(answers.values())) == 1, answers
 
