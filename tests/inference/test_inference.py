@@ -110,7 +110,11 @@ def test_chat_on_the_run_and_its_exports_answers_alike(inference_run, pictures, 
 
 
 def test_chat_bad_input_one_line(inference_run, pictures, tmp_path, capsys):
-    run, other = inference_run("qwen2.5"), inference_run("llama3")
+    import torch
+
+    run = inference_run("qwen2.5")
+    other = tmp_path / "iter_9.pth"  # a projector of another width: another model's
+    torch.save({"state_dict": {"projector.model.0.weight": torch.zeros(3, 3)}}, other)
     cases = [
         ([str(run.checkpoint), "--prompt", "x"], "needs --config CONFIG"),
         ([str(run.exports["hf"]), "--prompt", "x", "--image", str(tmp_path / "none.png")],
@@ -122,8 +126,7 @@ def test_chat_bad_input_one_line(inference_run, pictures, tmp_path, capsys):
         ([str(run.exports["hf"]), "--prompt", "x", "--profile", "nope"], "unknown LLM profile"),
         ([str(run.exports["hf"]), "--prompt", "x", "--profile", "llama3-instruct"],
          "choose a profile of that family"),
-        ([str(other.checkpoint), *run.cli_options(), "--prompt", "x"],
-         "not a checkpoint of"),
+        ([str(other), *run.cli_options(), "--prompt", "x"], "not a checkpoint of"),
     ]
     for argv, message in cases:
         assert chat_cli.main(argv, stdin=io.StringIO(""), stdout=io.StringIO()) == 1

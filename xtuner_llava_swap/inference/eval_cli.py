@@ -71,7 +71,8 @@ def _prepare_out(out: Path, force: bool) -> None:
 def _load(args, model):
     from .loading import load_generator
 
-    return load_generator(model, args.config, cfg_options=args.cfg_options, dtype=args.dtype,
+    config = None if (Path(model) / "config.json").is_file() else args.config  # an export
+    return load_generator(model, config, cfg_options=args.cfg_options, dtype=args.dtype,
                           device=args.device, trust_remote_code=args.trust_remote_code,
                           system=args.system, profile=args.profile)
 
@@ -88,7 +89,8 @@ def _evaluate(args, model, kind, items, out: Path, label: str):
 
 
 def _source(model, args) -> str:
-    return f"{model} (CONFIG {args.config})" if args.config else str(model)
+    export = (Path(model) / "config.json").is_file()
+    return f"{model} (CONFIG {args.config})" if args.config and not export else str(model)
 
 
 def format_table(result: dict) -> str:

@@ -61,7 +61,11 @@ def predict(generator, kind: str, items: list, path: Path, *, batch_size: int = 
     todo = [item for item in items if str(item.index) not in done]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=label, unit="item",
                disable=not progress, dynamic_ncols=True)
+    torn = Path(path).is_file() and not Path(path).read_bytes().endswith(b"\n") \
+        and Path(path).stat().st_size > 0
     with open(path, "a", encoding="utf-8") as out:
+        if torn:  # a line cut by a kill: the next record starts on a line of its own
+            out.write("\n")
         def write(record):
             out.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
             out.flush()
