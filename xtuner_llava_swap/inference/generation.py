@@ -238,14 +238,20 @@ class RunGenerator(Generator):
 
         return image_pixels(images, self.image_processor, self.pad_image_to_square)
 
-    def embeddings(self, prompt: Prompt) -> torch.Tensor:
-        """The prompt's input embeddings (image places filled), one row."""
+    def image_features(self, images: list) -> torch.Tensor:
+        """Projected features of ``images`` (one row each), in one vision forward."""
+        return self.features(self.model, self.pixels(images).to(self.device))
+
+    def embeddings(self, prompt: Prompt, features=None) -> torch.Tensor:
+        """The prompt's input embeddings (image places filled with ``features``, the rows
+        of its images, computed here when not given), one row."""
         from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
         ids = torch.tensor([prompt.ids], device=self.device)
         if not prompt.images:
             return self.model.llm.get_input_embeddings()(ids)[0]
-        features = self.features(self.model, self.pixels(prompt.images).to(self.device))
+        if features is None:
+            features = self.image_features(prompt.images)
         data = prepare_inputs_labels_for_multimodal(llm=self.model.llm, input_ids=ids,
                                                     pixel_values=features)
         return data["inputs_embeds"][0]
@@ -257,7 +263,12 @@ class RunGenerator(Generator):
             ids, mask = _left_pad([torch.tensor(p.ids, device=self.device) for p in prompts],
                                   self.pad_id)
             return {"input_ids": ids, "attention_mask": mask}
-        embeds, mask = _left_pad([self.embeddings(p) for p in prompts], 0)
+        features = self.image_features([image for p in prompts for image in p.images])
+        rows, start = [], 0
+        for prompt in prompts:
+            rows.append(self.embeddings(prompt, features[start:start + len(prompt.images)]))
+            start += len(prompt.images)
+        embeds, mask = _left_pad(rows, 0)
         return {"inputs_embeds": embeds, "attention_mask": mask}
 
     def model_generate(self, inputs: dict, **kwargs):
