@@ -8,7 +8,7 @@ import io
 import json
 
 import pytest
-from conftest import RUNS, image_b64, llm_of
+from inference.conftest import RUNS, image_b64, llm_of
 
 from xtuner_llava_swap.inference import chat_cli, eval_cli
 from xtuner_llava_swap.inference.answers import read_option, vqa_match
