@@ -45,7 +45,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, StoppingCriteriaList
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
 
 from ..inference.generation import RunGenerator, StopOnTokenIds
@@ -166,7 +166,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         self._generator = RunGenerator(None, self.tokenizer, template, self.image_processor,
                                        pad_image_to_square, _features, system=system,
                                        stop_words=self.stop_words)
-        self.stop_criteria = [self._generator.stopping]
+        self.stop_criteria = StoppingCriteriaList([self._generator.stopping])
         self.gen_config = GenerationConfig(**self._generation_kwargs(generation_kwargs or {}))
         self.is_first_run = True
 
