@@ -188,7 +188,8 @@ def main(argv=None) -> int:
     xtuner_folder = work / "xtuner-format"
     timed("xtuner convert pth_to_hf (xtuner format)", [
         sys.executable, "-m", "xtuner.tools.model_converters.pth_to_hf", str(config),
-        str(checkpoint), str(xtuner_folder)], env)
+        str(checkpoint), str(xtuner_folder), *(["--fp32"] if args.dtype == "float32" else [])],
+        env)  # without --fp32 it rounds the adapters to fp16: a random model's near-ties flip
     xtuner_out = work / "xtuner-mmbench"
     seconds = timed("xtuner mmbench", [
         sys.executable, "-m", "xtuner.tools.mmbench", str(run.llm), "--llava",
