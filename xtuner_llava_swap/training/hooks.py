@@ -9,6 +9,9 @@ that differs where xtuner's hook is wrong for other LLMs:
 * the prompt is built exactly as the training data is (this package's template map fn,
   so the profile's default system prompt is used unless ``system`` says otherwise,
   then xtuner's ``encode_fn``: bos only where the tokenizer has one);
+* the prompt and the generation are the inference room's
+  (:class:`~xtuner_llava_swap.inference.generation.RunGenerator`), as for ``--verify`` and
+  the chat and eval tools;
 * stopping is decided on token ids (:class:`StopOnTokenIds`): each step compares the
   last generated id with the stop ids, never decodes the whole sequence; every stop word
   must be one token of the tokenizer, the profile's rule
@@ -48,7 +51,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteriaList
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
 
-from ..inference.generation import RunGenerator, StopOnTokenIds
+from ..inference.generation import RunGenerator, StopOnTokenIds  # noqa: F401  (re-exported)
 from ..inference.prompt import as_image_list, user_text
 
 # xtuner's sampling defaults for its EvaluateChatHook.
