@@ -40,6 +40,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# the synthetic CONFIG has no dataset section, so nothing says the run pads its images to a
+# square; the shipped configs (and xtuner mmbench, always) do: say it
+PAD = {"llava_dataset.pad_image_to_square": True}
 
 
 def _pictures(n: int):
@@ -93,7 +96,8 @@ def loop_rate(checkpoint, config, data, batch_size, args) -> float:
     from xtuner_llava_swap.inference.evaluation import predict
     from xtuner_llava_swap.inference.loading import load_generator
 
-    generator = load_generator(checkpoint, config, dtype=args.dtype, device=args.device)
+    generator = load_generator(checkpoint, config, cfg_options=PAD, dtype=args.dtype,
+                               device=args.device)
     kind, items = read_items(data)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
@@ -109,7 +113,8 @@ def chat_latency(checkpoint, config, args) -> tuple[float, float, int]:
     from xtuner_llava_swap.inference.loading import load_generator
     from xtuner_llava_swap.inference.prompt import one_turn
 
-    generator = load_generator(checkpoint, config, dtype=args.dtype, device=args.device)
+    generator = load_generator(checkpoint, config, cfg_options=PAD, dtype=args.dtype,
+                               device=args.device)
     stamps = []
 
     class Clock:
@@ -170,7 +175,8 @@ def main(argv=None) -> int:
             sys.executable, "tools/eval.py", str(checkpoint), "--config", str(config),
             "--data", str(data), "--work-dir", str(out), "--batch-size", str(batch),
             "--max-new-tokens", str(args.max_new_tokens), "--device", args.device,
-            "--dtype", args.dtype, "--force", "--no-progress", *extra], env)
+            "--dtype", args.dtype, "--force", "--no-progress", "--cfg-options",
+            *(f"{k}={v}" for k, v in PAD.items()), *extra], env)
         records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
         predictions[label] = {r["index"]: r["prediction"] for r in records}
         return seconds
