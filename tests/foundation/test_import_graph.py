@@ -86,15 +86,31 @@ def test_no_import_cycles():
 # (its map functions, its image preprocessing), never the other way. The export comes last:
 # nothing before it imports it. The checkpoint room reads what a run left on disk, for the export
 # and for swap_vision_tower (its projector check): it imports none of the stages that use it.
+# The inference room comes after the export (its loading and tools use training, the checkpoint
+# room and the export), except its core, prompt rendering and generation over built models, which
+# comes right after data: the evaluation hook (training) and --verify (export) generate
+# through it, so the core imports neither of them, and they import nothing else of the room.
 # The command line (commands/) comes after every room and is imported by none.
+INFERENCE_CORE = ("inference.prompt", "inference.generation")
+INFERENCE_FRONT = ("inference.loading", "inference.answers", "inference.benchmarks",
+                   "inference.evaluation", "inference.chat_cli", "inference.eval_cli")
 MUST_NOT_IMPORT = {
-    **{room: ("data", "training", "checkpoint", "export", "commands")
+    **{room: ("data", "training", "checkpoint", "export", "inference", "commands")
        for room in ("families", "profiles", "towers")},
-    "data": ("training", "checkpoint", "export", "commands"),
-    "training": ("export", "commands"),
-    "checkpoint": ("data", "training", "export", "commands"),
-    "export": ("commands",),
+    "data": ("training", "checkpoint", "export", "inference", "commands"),
+    **{core: ("training", "checkpoint", "export", *INFERENCE_FRONT, "commands")
+       for core in INFERENCE_CORE},
+    "training": ("export", *INFERENCE_FRONT, "commands"),
+    "checkpoint": ("data", "training", "export", "inference", "commands"),
+    "export": (*INFERENCE_FRONT, "commands"),
+    "inference": ("commands",),
 }
+
+
+def test_every_inference_module_is_placed():
+    modules = {name.removeprefix("xtuner_llava_swap.") for name in module_files()
+               if name.startswith("xtuner_llava_swap.inference.")}
+    assert modules == set(INFERENCE_CORE + INFERENCE_FRONT)
 
 
 def in_room(module: str, room: str) -> bool:
