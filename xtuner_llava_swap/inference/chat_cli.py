@@ -1,6 +1,6 @@
 """``tools/chat.py`` / ``xtuner-llava-swap chat``: talk to a run or an export.
 
-    python tools/chat.py MODEL [--config CONFIG] [--prompt TEXT [--image PATH ...]]
+    xtuner-llava-swap chat MODEL [--config CONFIG] [--prompt TEXT [--image PATH ...]]
 
 MODEL is a checkpoint with ``--config`` (the run, its trained LoRA live, no export) or an
 export folder (``hf`` or ``llava``). The prompt is the run's training format (its profile,
@@ -17,15 +17,15 @@ import argparse
 import sys
 
 EXAMPLE = """examples:
-  python tools/chat.py work_dirs/run/iter_500.pth --config configs/llava_qwen2_5_7b_finetune.py \\
+  xtuner-llava-swap chat work_dirs/run/iter_500.pth --config configs/llava_qwen2_5_7b_instruct_qlora.py \\
       --image photo.jpg --prompt "What is in the picture?"
-  python tools/chat.py exports/hf          # interactive: /image PATH, /reset, /exit"""
+  xtuner-llava-swap chat exports/hf          # interactive: /image PATH, /reset, /exit"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mmengine.config import DictAction
 
-    parser = argparse.ArgumentParser(prog="chat", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog=EXAMPLE,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL",

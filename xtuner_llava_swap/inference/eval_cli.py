@@ -1,7 +1,7 @@
 """``tools/eval.py`` / ``xtuner-llava-swap eval``: score a run or an export on a benchmark.
 
-    python tools/eval.py MODEL [--config CONFIG] --data FILE --work-dir OUT
-                         [--batch-size N] [--max-new-tokens N] [--force] [--compare MODEL2 ...]
+    xtuner-llava-swap eval MODEL [--config CONFIG] --data FILE --work-dir OUT
+                              [--batch-size N] [--max-new-tokens N] [--force] [--compare MODEL2 ...]
 
 MODEL is a checkpoint with ``--config`` (the run, no export needed) or an export folder
 (``hf`` or ``llava``). FILE is an MMBench TSV or a VQA JSONL (:mod:`.benchmarks`). OUT gets
@@ -20,16 +20,16 @@ import sys
 from pathlib import Path
 
 EXAMPLE = """example:
-  python tools/eval.py work_dirs/run/iter_500.pth --config configs/llava_qwen2_5_7b_finetune.py \\
+  xtuner-llava-swap eval work_dirs/run/iter_500.pth --config configs/llava_qwen2_5_7b_instruct_qlora.py \\
       --data MMBench_DEV_EN.tsv --work-dir eval/run --compare exports/hf exports/llava
-  python tools/eval.py exports/hf --data my_vqa.jsonl --work-dir eval/hf --batch-size 16"""
+  xtuner-llava-swap eval exports/hf --data my_vqa.jsonl --work-dir eval/hf --batch-size 16"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mmengine.config import DictAction
 
     parser = argparse.ArgumentParser(
-        prog="eval", description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0],
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL",
                         help="a checkpoint (with --config) or an export folder (hf or llava)")
