@@ -55,11 +55,11 @@ class VisualTask:
     heldout: Path
     heldout_blank: Path
     heldout_centre_crop: Path
+    answers: dict  # {kind: its answers}, for the kinds asked (the held-out categories)
 
-    @staticmethod
-    def chance(category: str) -> float:
+    def chance(self, category: str) -> float:
         """Accuracy of a constant answer on a category (its items are balanced)."""
-        return 1 / len(ANSWERS[category])
+        return 1 / len(self.answers[category])
 
 
 def draw(colour: str, shape: str, side: str, size: tuple, rng: random.Random):
@@ -69,7 +69,7 @@ def draw(colour: str, shape: str, side: str, size: tuple, rng: random.Random):
 
     width, height = size
     quarter = width // 4
-    extent = int(rng.uniform(0.6, 0.95) * min(quarter, height))
+    extent = int(rng.uniform(0.9, 1.0) * min(quarter, height))
     x = rng.randint(0, quarter - extent)
     if side == "right":
         x = width - extent - x
@@ -96,32 +96,34 @@ def centre_crop(image):
     return image.crop((left, top, left + side, top + side))
 
 
-def _random_item(rng: random.Random) -> dict:
-    return {"colour": rng.choice(tuple(COLOURS)), "shape": rng.choice(SHAPES),
-            "side": rng.choice(SIDES)}
+def _random_item(rng: random.Random, colours: tuple) -> dict:
+    return {"colour": rng.choice(colours), "shape": rng.choice(SHAPES), "side": rng.choice(SIDES)}
 
 
 def build_visual_task(out_dir: str | Path, *, n_train: int = 240, n_heldout: int = 24,
-                      size: tuple = (128, 64), seed: int = 0) -> VisualTask:
-    """Write the task under ``out_dir``: ``n_train`` training pictures (three questions
-    each) and ``n_heldout`` held-out items per category, balanced over its answers (each on
-    a picture of its own, the other attributes random)."""
+                      size: tuple = (128, 64), kinds: tuple = tuple(QUESTIONS),
+                      colours: tuple = tuple(COLOURS), seed: int = 0) -> VisualTask:
+    """Write the task under ``out_dir``: ``n_train`` training pictures (a question of each
+    of ``kinds`` on each) and ``n_heldout`` held-out items per kind, balanced over its
+    answers (each on a picture of its own, the other attributes random); the shapes take
+    the ``colours`` given (of :data:`COLOURS`)."""
     from PIL import Image
 
     out = Path(out_dir)
     for folder in ("images", "blank", "centre_crop"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
+    answers = {kind: colours if kind == "colour" else ANSWERS[kind] for kind in kinds}
 
     train = []
     for number in range(n_train):
-        item = _random_item(rng)
+        item = _random_item(rng, colours)
         name = f"images/train-{number:04d}.png"
         draw(item["colour"], item["shape"], item["side"], size, rng).save(out / name)
-        kinds = list(QUESTIONS)
-        rng.shuffle(kinds)
+        order = list(kinds)
+        rng.shuffle(order)
         turns = []
-        for turn, kind in enumerate(kinds):
+        for turn, kind in enumerate(order):
             turns += [{"from": "human", "value": ("<image>\n" if turn == 0 else "") + QUESTIONS[kind]},
                       {"from": "gpt", "value": item[kind]}]
         train.append({"id": f"train-{number:04d}", "image": name, "conversations": turns})
@@ -129,9 +131,9 @@ def build_visual_task(out_dir: str | Path, *, n_train: int = 240, n_heldout: int
 
     Image.new("RGB", size, BACKGROUND).save(out / "blank" / "blank.png")
     items, blank, cropped = [], [], []
-    for kind, answers in ANSWERS.items():
+    for kind in kinds:
         for number in range(n_heldout):
-            item = {**_random_item(rng), kind: answers[number % len(answers)]}
+            item = {**_random_item(rng, colours), kind: answers[kind][number % len(answers[kind])]}
             name = f"heldout-{kind}-{number:03d}.png"
             picture = draw(item["colour"], item["shape"], item["side"], size, rng)
             picture.save(out / "images" / name)
@@ -143,7 +145,7 @@ def build_visual_task(out_dir: str | Path, *, n_train: int = 240, n_heldout: int
     paths = out / "heldout.jsonl", out / "heldout_blank.jsonl", out / "heldout_centre_crop.jsonl"
     for path, rows in zip(paths, (items, blank, cropped)):
         path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return VisualTask(out / "train.json", out, *paths)
+    return VisualTask(out / "train.json", out, *paths, answers)
 
 
 def build_task_llm(family: str, out_dir: str | Path, *, lm_head_std: float = 1.0,
