@@ -86,13 +86,28 @@ def test_no_import_cycles():
 # (its map functions, its image preprocessing), never the other way. The export comes last:
 # nothing before it imports it. The checkpoint room reads what a run left on disk, for the export
 # and for swap_vision_tower (its projector check): it imports none of the stages that use it.
+# The inference room comes last (its loading and tools use training, the checkpoint room and
+# the export), except its core, prompt rendering and generation over built models, which
+# comes right after data: the evaluation hook (training) and --verify (export) generate
+# through it, so the core imports neither of them, and they import nothing else of the room.
+INFERENCE_CORE = ("inference.prompt", "inference.generation")
+INFERENCE_FRONT = ("inference.loading", "inference.answers", "inference.benchmarks",
+                   "inference.evaluation", "inference.chat_cli", "inference.eval_cli")
 MUST_NOT_IMPORT = {
-    **{room: ("data", "training", "checkpoint", "export") for room in ("families", "profiles",
-                                                                        "towers")},
-    "data": ("training", "checkpoint", "export"),
-    "training": ("export",),
-    "checkpoint": ("data", "training", "export"),
+    **{room: ("data", "training", "checkpoint", "export", "inference")
+       for room in ("families", "profiles", "towers")},
+    "data": ("training", "checkpoint", "export", "inference"),
+    **{core: ("training", "checkpoint", "export", *INFERENCE_FRONT) for core in INFERENCE_CORE},
+    "training": ("export", *INFERENCE_FRONT),
+    "checkpoint": ("data", "training", "export", "inference"),
+    "export": INFERENCE_FRONT,
 }
+
+
+def test_every_inference_module_is_placed():
+    modules = {name.removeprefix("xtuner_llava_swap.") for name in module_files()
+               if name.startswith("xtuner_llava_swap.inference.")}
+    assert modules == set(INFERENCE_CORE + INFERENCE_FRONT)
 
 
 def in_room(module: str, room: str) -> bool:

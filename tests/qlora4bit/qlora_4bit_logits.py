@@ -26,8 +26,8 @@ def main(config: str, checkpoint: str, folder: str, *options: str) -> dict:
     from xtuner_llava_swap.checkpoint.readers import read_checkpoint
     from xtuner_llava_swap.export.run_config import load_training_run
     from xtuner_llava_swap.export.tokenizer import training_tokenizer
-    from xtuner_llava_swap.export.verify import (VERIFY_PROMPT, _load_hf, _reference,
-                                                 _run_hf, default_image)
+    from xtuner_llava_swap.export.verify import (VERIFY_PROMPT, _reference, _run_hf,
+                                                 default_image, load_hf_folder, run_generator)
 
     cfg_options = dict(option.split("=", 1) for option in options)
     cfg_options = {k: None if v == "None" else v for k, v in cfg_options.items()}
@@ -41,12 +41,11 @@ def main(config: str, checkpoint: str, folder: str, *options: str) -> dict:
     model.load_state_dict(state, strict=False)
 
     tokenizer = training_tokenizer(run, False)
-    stop_ids = run.profile.stop_token_ids(tokenizer)
     image = default_image()
-    _, _, logits_4bit, tokens_4bit, _ = _reference(run, model, tokenizer, [image],
-                                                   VERIFY_PROMPT, stop_ids, 8)
-    _, _, logits, tokens, _ = _run_hf(run, _load_hf(Path(folder)), [image], VERIFY_PROMPT,
-                                      stop_ids, 8, tokens_4bit)
+    _, _, logits_4bit, tokens_4bit, _ = _reference(run, run_generator(run, model, tokenizer),
+                                                   [image], VERIFY_PROMPT, 8)
+    _, _, logits, tokens, _ = _run_hf(run, load_hf_folder(Path(folder)), [image],
+                                      VERIFY_PROMPT, 8, tokens_4bit)
     logits = logits[:, :logits_4bit.shape[-1]]
     diff = (logits - logits_4bit).abs()
     return {"linear4bit_layers": n_4bit, "unloaded_checkpoint_keys": missing_trained,

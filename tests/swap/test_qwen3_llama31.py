@@ -76,10 +76,9 @@ def hook_ids(tokenizer, profile, text, with_image, system=None) -> list:
 def verify_ids(tokenizer, profile, text, system=None) -> list:
     """The ids ``--verify`` feeds xtuner's model (always with an image)."""
     from xtuner_llava_swap.export.verify import _reference_prompt
-    from xtuner_llava_swap.training.image_prompt import prompt_ids
 
     run = SimpleNamespace(profile=get_profile(profile), system=system)
-    return prompt_ids(tokenizer, _reference_prompt(run, text))
+    return _reference_prompt(run, tokenizer, text, [None]).ids
 
 
 def with_system(messages, system):

@@ -115,7 +115,8 @@ def convert(config, checkpoint, out_dir, *, fmt: str = "hf", dtype: str | None =
                                                       out, vision_tower_id)
             (temporary / EXPORT_MARKER).write_text(json.dumps(
                 {"config": str(run.config_path.resolve()),
-                 "checkpoint": str(Path(checkpoint).resolve()), "format": fmt, "dtype": dtype},
+                 "checkpoint": str(Path(checkpoint).resolve()), "format": fmt, "dtype": dtype,
+                 "profile": run.profile.name, "system": run.system},
                 indent=2))
             _usual_permissions(temporary)
             if verify:

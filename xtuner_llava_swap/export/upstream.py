@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ExportError
-from ..training.image_prompt import as_image_list
+from ..inference.prompt import as_image_list
 
 PROBE = Path(__file__).with_name("upstream_probe.py")
 

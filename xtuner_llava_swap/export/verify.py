@@ -1,12 +1,15 @@
 """``--verify``: the exported folder must behave like xtuner's own model of the run.
 
 The reference is xtuner's ``LLaVAModel`` built from CONFIG (fp32, unquantized base, LoRA
-adapters live, not merged) with CHECKPOINT loaded. Both models get the same images and
-prompt: the reference through xtuner's own path (pad-to-square with ``expand2square``,
-CONFIG's image processor, the prompt built as the training data builds a first turn,
-:mod:`xtuner_llava_swap.training.image_prompt`, encoded in chunks around ``IMAGE_TOKEN_INDEX``,
+adapters live, not merged) with CHECKPOINT loaded (:func:`trained_model`, also what the
+chat and eval tools load a run with). Both models get the same images and prompt, and
+both generate through the inference room (:mod:`xtuner_llava_swap.inference`): the
+reference through xtuner's own path (:class:`~xtuner_llava_swap.inference.generation.RunGenerator`:
+pad-to-square with ``expand2square``, CONFIG's image processor, the prompt rendered as the
+training data renders a first turn, :func:`xtuner_llava_swap.inference.prompt.render`,
 ``prepare_inputs_labels_for_multimodal``); the export through its own files (processor or
-image processor, chat template, model class).
+image processor, model class; ``HFGenerator`` / ``LlavaGenerator``), and check 1 compares
+the ids the export's own chat template gives a user with the reference's.
 
 Prompts checked: one image with :data:`VERIFY_PROMPT`; when the run trains with several
 images per sample (its dataset's ``max_images`` > 1) also two images with
@@ -68,7 +71,11 @@ def default_image(number: int = 0):
     return image
 
 
-def _reference_model(run, checkpoint, trust_remote_code: bool):
+def trained_model(run, checkpoint, trust_remote_code: bool = False, quantization=None):
+    """xtuner's model of ``run`` (fp32, unquantized base, LoRA adapters live, not merged)
+    with ``checkpoint`` (a :class:`~xtuner_llava_swap.checkpoint.TrainedCheckpoint`) loaded.
+    ``quantization``: a ``BitsAndBytesConfig`` for the base LLM instead (the chat tool's
+    ``--load-in-4bit``, CUDA only)."""
     from xtuner.registry import BUILDER
 
     from .tokenizer import remote_code_allowed
@@ -78,111 +85,140 @@ def _reference_model(run, checkpoint, trust_remote_code: bool):
     model_cfg.llm = model_cfg.llm.copy()
     model_cfg.llm.pop("quantization_config", None)
     model_cfg.llm.torch_dtype = torch.float32
+    if quantization is not None:
+        model_cfg.llm.quantization_config = quantization
+        model_cfg.llm.torch_dtype = quantization.bnb_4bit_compute_dtype
     if model_cfg.llm.get("trust_remote_code") and not remote_code_allowed(run, trust_remote_code):
         raise ExportError("--verify builds the run's LLM, which needs remote code; pass "
                           "--trust-remote-code")
-    model = BUILDER.build(model_cfg).float().eval()
+    model = BUILDER.build(model_cfg).eval()
+    if quantization is None:
+        model = model.float()
     state = {k: v.to(torch.float32) for k, v in checkpoint.tensors.items()}
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape: another model's checkpoint
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line),
+                     str(err).splitlines()[0])
+        raise ExportError(f"{checkpoint.path}: not a checkpoint of {run.config_path}'s model "
+                          f"({first}); give the CONFIG it was trained with") from None
     if result.unexpected_keys:
         raise ExportError(f"{checkpoint.path}: keys xtuner's LLaVAModel does not have: "
                           f"{result.unexpected_keys[:5]}")
     return model
 
 
-def _reference_prompt(run, prompt: str, n_images: int = 1) -> str:
-    """The prompt of a one-turn training sample with ``n_images`` images (the profile's
-    template map fn: default system, position rules), as the evaluation hook builds it."""
-    from xtuner_llava_swap.training.image_prompt import prompt_text, user_text
+def run_generator(run, model, tokenizer, system=None):
+    """The inference room's generator over xtuner's ``model`` of ``run`` (its image
+    preprocessing, its feature selection, its profile; ``system``: the run's unless given)."""
+    from xtuner.registry import BUILDER
 
-    return prompt_text(run.profile.template, run.system,
-                       user_text(prompt, n_images, what="verify prompt"))
+    from xtuner_llava_swap.inference.generation import RunGenerator
+    from xtuner_llava_swap.training.llava_model import visual_features
+
+    def features(model, pixels):
+        return visual_features(model, pixels, run.drops_first_position)
+
+    return RunGenerator(model, tokenizer, run.profile.template,
+                        BUILDER.build(run.cfg.image_processor), run.pad_image_to_square,
+                        features, system=run.system if system is None else system,
+                        profile=run.profile)
+
+
+def _reference_prompt(run, tokenizer, prompt: str, images: list):
+    """The prompt of a one-turn training sample with ``images`` (the profile's template:
+    default system, position rules), as the evaluation hook builds it."""
+    from xtuner_llava_swap.inference.prompt import one_turn, render
+
+    return render(tokenizer, run.profile.template, one_turn(prompt, images), run.system,
+                  what="verify prompt")
 
 
 def _messages(run, prompt: str, n_images: int) -> list:
-    from xtuner_llava_swap.training.image_prompt import user_text
+    from xtuner_llava_swap.inference.prompt import user_text
 
     system = [{"role": "system", "content": run.system}] if run.system is not None else []
     return system + [{"role": "user", "content": user_text(prompt, n_images,
                                                            what="verify prompt")}]
 
 
+def _generate_and_score(generator, prompt, max_new_tokens, forced=None):
+    """Greedy tokens of ``prompt`` and the teacher-forced logits over the prompt and
+    ``forced`` (the generated tokens when ``None``)."""
+    tokens = list(generator.generate([prompt], max_new_tokens=max_new_tokens)[0].token_ids)
+    return tokens, generator.logits(prompt, tokens if forced is None else forced)
+
+
 @torch.no_grad()
-def _reference(run, model, tokenizer, images, prompt, stop_ids, max_new_tokens):
-    from xtuner.model.utils import prepare_inputs_labels_for_multimodal
-    from xtuner.registry import BUILDER
-
-    from xtuner_llava_swap.data.pixels import image_pixels
-    from xtuner_llava_swap.training.image_prompt import prompt_ids
-    from xtuner_llava_swap.training.llava_model import visual_features
-
-    pixels = image_pixels(images, BUILDER.build(run.cfg.image_processor),
-                          run.pad_image_to_square)
-    ids = prompt_ids(tokenizer, _reference_prompt(run, prompt, len(images)))
-    features = visual_features(model, pixels, run.drops_first_position)
-    data = prepare_inputs_labels_for_multimodal(
-        llm=model.llm, input_ids=torch.tensor([ids]), pixel_values=features)
-    generated = model.llm.generate(inputs_embeds=data["inputs_embeds"], do_sample=False,
-                                   max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                                   pad_token_id=tokenizer.pad_token_id or stop_ids[0],
-                                   num_beams=1)[0].tolist()
-    # teacher-forced logits over the prompt and the generated tokens
-    new_embeds = model.llm.get_input_embeddings()(torch.tensor([generated]))
-    logits = model.llm(inputs_embeds=torch.cat([data["inputs_embeds"], new_embeds], 1)).logits[0]
-    return ids, pixels, logits, generated, features.shape[1]
+def _reference(run, generator, images, prompt, max_new_tokens):
+    rendered = _reference_prompt(run, generator.tokenizer, prompt, images)
+    generated, logits = _generate_and_score(generator, rendered, max_new_tokens)
+    pixels = generator.pixels(images)
+    n_image = generator.features(generator.model, pixels).shape[1]
+    return rendered.ids, pixels, logits, generated, n_image
 
 
-def _load_hf(folder: Path):
+def load_hf_folder(folder: Path, dtype=torch.float32, **model_kwargs):
+    """``(processor, model)`` of a Hugging Face export, loaded as users load it."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(folder, use_fast=uses_fast_tokenizer(folder))
-    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=dtype,
+                                                          **model_kwargs).eval()
     return processor, model
 
 
 @torch.no_grad()
-def _run_hf(run, loaded, images, prompt, stop_ids, max_new_tokens, forced):
+def _run_hf(run, loaded, images, prompt, max_new_tokens, forced):
+    from xtuner_llava_swap.inference.generation import HFGenerator
+
     processor, model = loaded
+    # the ids a user gets from the export's own chat template and processor
     text = processor.tokenizer.apply_chat_template(_messages(run, prompt, len(images)),
                                                    tokenize=False, add_generation_prompt=True)
     inputs = processor(images=images, text=text, return_tensors="pt", add_special_tokens=False)
-    ids = torch.cat([inputs["input_ids"], torch.tensor([forced])], 1)
-    logits = model(input_ids=ids, pixel_values=inputs["pixel_values"]).logits[0]
-    output = model.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens,
-                            eos_token_id=stop_ids, num_beams=1)
-    new = output[0, inputs["input_ids"].shape[1]:].tolist()
-    return (inputs["input_ids"][0].tolist(), inputs["pixel_values"], logits, new,
+    generator = HFGenerator(model, processor, run.profile.template, system=run.system)
+    tokens, logits = _generate_and_score(
+        generator, _reference_prompt(run, processor.tokenizer, prompt, images), max_new_tokens,
+        forced)
+    return (inputs["input_ids"][0].tolist(), inputs["pixel_values"], logits, tokens,
             model.config.image_token_index)
 
 
-def _load_llava(folder: Path):
+def load_llava_folder(folder: Path, dtype=torch.float32, **model_kwargs):
+    """``(tokenizer, image_processor, model)`` of an official-layout export, loaded by the
+    package's loader classes (:mod:`.loaders`)."""
     from transformers import AutoImageProcessor, AutoModelForCausalLM
 
     from . import loaders  # noqa: F401  (registers the llava_* classes)
 
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=dtype,
+                                                 **model_kwargs).eval()
     return _export_tokenizer(folder), AutoImageProcessor.from_pretrained(folder), model
 
 
 @torch.no_grad()
-def _run_llava(run, loaded, images, prompt, stop_ids, max_new_tokens, forced):
+def _run_llava(run, loaded, images, prompt, max_new_tokens, forced):
     from xtuner_llava_swap.export.loaders import process_images, tokenizer_image_token
+    from xtuner_llava_swap.inference.generation import LlavaGenerator
 
     tokenizer, image_processor, model = loaded
+    # the ids and pixels a user gets with LLaVA's own helpers
     text = tokenizer.apply_chat_template(_messages(run, prompt, len(images)), tokenize=False,
                                          add_generation_prompt=True)
-    ids = tokenizer_image_token(text, tokenizer).unsqueeze(0)
+    ids = tokenizer_image_token(text, tokenizer)
     pixels = process_images(images, image_processor, model.config)
-    logits = model(input_ids=torch.cat([ids, torch.tensor([forced])], 1), images=pixels).logits[0]
-    new = model.generate(ids, images=pixels, do_sample=False, max_new_tokens=max_new_tokens,
-                         eos_token_id=stop_ids, num_beams=1)[0].tolist()
-    return ids[0].tolist(), pixels, logits, new, None
+    generator = LlavaGenerator(model, tokenizer, image_processor, run.profile.template,
+                               system=run.system)
+    tokens, logits = _generate_and_score(
+        generator, _reference_prompt(run, tokenizer, prompt, images), max_new_tokens, forced)
+    return ids.tolist(), pixels, logits, tokens, None
 
 
 def _cases(run, image, prompt) -> list:
     """``[(images, prompt)]`` to check (see the module docstring)."""
     if image is not None:
-        from xtuner_llava_swap.training.image_prompt import as_image_list
+        from xtuner_llava_swap.inference.prompt import as_image_list
 
         images = as_image_list(image)
         default = VERIFY_PROMPT if len(images) == 1 else VERIFY_PROMPT_TWO_IMAGES
@@ -201,17 +237,18 @@ def verify_export(run, checkpoint, folder, fmt: str, tokenizer, *, dtype=torch.f
     folder = Path(folder)
     cases = _cases(run, image, prompt)
     stop_ids = run.profile.stop_token_ids(tokenizer)
-    model = _reference_model(run, checkpoint, trust_remote_code)
-    references = [_reference(run, model, tokenizer, images, text, stop_ids, max_new_tokens)
+    generator = run_generator(run, trained_model(run, checkpoint, trust_remote_code), tokenizer)
+    references = [_reference(run, generator, images, text, max_new_tokens)
                   for images, text in cases]
-    del model
-    load, run_export = (_load_hf, _run_hf) if fmt == "hf" else (_load_llava, _run_llava)
+    del generator
+    load, run_export = (load_hf_folder, _run_hf) if fmt == "hf" else (load_llava_folder,
+                                                                       _run_llava)
     loaded = load(folder)
     reports = []
     for (images, text), (ref_ids, ref_pixels, ref_logits, ref_tokens, n_image) in zip(
             cases, references):
         ids, pixels, logits, tokens, image_token_index = run_export(
-            run, loaded, images, text, stop_ids, max_new_tokens, ref_tokens)
+            run, loaded, images, text, max_new_tokens, ref_tokens)
         reports.append({"images": len(images), **_compare(
             "export" if len(images) == 1 else f"export, {len(images)} images", ids, pixels,
             logits, tokens, image_token_index, ref_ids, ref_pixels, ref_logits, ref_tokens,

@@ -9,6 +9,9 @@ that differs where xtuner's hook is wrong for other LLMs:
 * the prompt is built exactly as the training data is (this package's template map fn,
   so the profile's default system prompt is used unless ``system`` says otherwise,
   then xtuner's ``encode_fn``: bos only where the tokenizer has one);
+* the prompt and the generation are the inference room's
+  (:class:`~xtuner_llava_swap.inference.generation.RunGenerator`), as for ``--verify`` and
+  the chat and eval tools;
 * stopping is decided on token ids (:class:`StopOnTokenIds`): each step compares the
   last generated id with the stop ids, never decodes the whole sequence; every stop word
   must be one token of the tokenizer, the profile's rule
@@ -26,7 +29,7 @@ that differs where xtuner's hook is wrong for other LLMs:
   is the profile they name;
 * each prompt may come with several images, one, or none (``evaluation_images`` entries
   may be lists, or ``None``); the prompt places them as training places a sample's images
-  (:mod:`xtuner_llava_swap.training.image_prompt`: ``<image>`` placeholders in the prompt stay where
+  (:mod:`xtuner_llava_swap.inference.prompt`: ``<image>`` placeholders in the prompt stay where
   they are, one per image, else one ``<image>`` per image goes in front; a count that does
   not fit is refused when the hook is built), and every kind runs through the same path on
   Qwen-7B (remote code, ``QWenLMHeadModel``) and Qwen2-family models alike;
@@ -43,52 +46,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, StoppingCriteriaList
 from xtuner.engine.hooks import EvaluateChatHook as XtunerEvaluateChatHook
 
-from ..profiles.prompt_format import stop_id_sequences
-from .image_prompt import as_image_list, prompt_ids, prompt_text, user_text
+from ..inference.generation import RunGenerator, StopOnTokenIds  # noqa: F401  (re-exported)
+from ..inference.prompt import as_image_list, user_text
 
 # xtuner's sampling defaults for its EvaluateChatHook.
 DEFAULT_GENERATION_KWARGS = dict(do_sample=True, temperature=0.1, top_p=0.75, top_k=40)
 
 
-class StopOnTokenIds(StoppingCriteria):
-    """Stop a sequence when its last tokens equal one of ``stop_sequences`` (lists of ids).
+def _features(model, pixels):
+    """The projected features of ``pixels``, selected as ``model`` selects them in training
+    (:func:`~xtuner_llava_swap.training.llava_model.visual_features`)."""
+    from .llava_model import visual_features
 
-    The cost per generated token depends only on the stop sequences, never on the
-    length of what was generated. Returns one flag per batch row.
-    """
-
-    def __init__(self, stop_sequences: Sequence[Sequence[int]]):
-        sequences = [tuple(int(i) for i in seq) for seq in stop_sequences]
-        if not sequences or any(len(seq) == 0 for seq in sequences):
-            raise ValueError("stop_sequences must be non-empty id sequences, "
-                             f"got {stop_sequences!r}")
-        by_length: dict[int, list] = {}
-        for seq in dict.fromkeys(sequences):
-            by_length.setdefault(len(seq), []).append(seq)
-        self.stop_sequences = list(dict.fromkeys(sequences))
-        self._by_length = {n: torch.tensor(seqs, dtype=torch.long) for n, seqs in by_length.items()}
-
-    def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        for length, sequences in self._by_length.items():
-            if input_ids.shape[1] < length:
-                continue
-            tail = input_ids[:, -length:]
-            sequences = sequences.to(input_ids.device)
-            done |= (tail[:, None, :] == sequences[None, :, :]).all(dim=-1).any(dim=-1)
-        return done
-
-    def matched(self, token_ids: Sequence[int]) -> tuple | None:
-        """The stop sequence ``token_ids`` ends with, or ``None``."""
-        token_ids = list(token_ids)
-        return next((seq for seq in self.stop_sequences
-                     if len(token_ids) >= len(seq) and tuple(token_ids[-len(seq):]) == seq), None)
+    return visual_features(model, pixels)
 
 
 def _partitioned_over_ranks(llm) -> bool:
@@ -128,7 +103,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
             list with one entry per prompt (a list of one entry serves every prompt): an
             image, a list of images (several for one prompt), or ``None`` (text-only).
             Paths or URLs. A prompt holding ``<image>`` must hold one per image of its
-            entry; one without any gets them in front (see :mod:`xtuner_llava_swap.training.image_prompt`).
+            entry; one without any gets them in front (see :mod:`xtuner_llava_swap.inference.prompt`).
         image_processor: image processor config dict; required when there are images.
         system: ``None`` uses the template's ``DEFAULT_SYSTEM`` (what the training data
             gets from :func:`xtuner_llava_swap.profiles.template_map_fn_factory` without
@@ -190,12 +165,11 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
             raise ValueError("EvaluateChatHook: no stop words (neither stop_words nor the "
                              "template's STOP_WORDS)")
         # one rule for every stop word, the profile's: exactly one token of the tokenizer
-        sequences = stop_id_sequences(self.tokenizer, self.stop_words,
-                                      what="EvaluateChatHook stop word")
-        self._stop_word_of = {}
-        for word, seq in zip(self.stop_words, sequences):
-            self._stop_word_of.setdefault(tuple(seq), word)
-        self.stop_criteria = StoppingCriteriaList([StopOnTokenIds(sequences)])
+        # (the inference room's generator checks it; it generates for this hook)
+        self._generator = RunGenerator(None, self.tokenizer, template, self.image_processor,
+                                       pad_image_to_square, _features, system=system,
+                                       stop_words=self.stop_words)
+        self.stop_criteria = StoppingCriteriaList([self._generator.stopping])
         self.gen_config = GenerationConfig(**self._generation_kwargs(generation_kwargs or {}))
         self.is_first_run = True
 
@@ -239,7 +213,7 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
         (the first stop id where it has no eos), its bos only when it has one, then
         ``overrides``."""
         tokenizer = self.tokenizer
-        first_stop = self.stop_criteria[0].stop_sequences[0][-1]
+        first_stop = self._generator.stop_ids[0]
         eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else first_stop
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         sampling = DEFAULT_GENERATION_KWARGS if overrides.get("do_sample", True) else {}
@@ -255,65 +229,31 @@ class EvaluateChatHook(XtunerEvaluateChatHook):
     # ------------------------------------------------------------- generation
     def prompt_ids(self, text: str, n_images: int = 0) -> tuple[str, list]:
         """The prompt text and ids for ``text`` with ``n_images`` images, built like a
-        training sample's first turn (:mod:`xtuner_llava_swap.training.image_prompt`)."""
-        prompt = prompt_text(self.template, self.system,
-                             user_text(text, n_images, what="EvaluateChatHook prompt"))
-        return prompt, prompt_ids(self.tokenizer, prompt)
-
-    def _visual_features(self, model, images: list):
-        """The projected features of ``images`` (one row each), selected as ``model``
-        selects them in training: ``LLaVASwapModel`` by its tower, xtuner's ``LLaVAModel``
-        with the class token dropped."""
-        from ..data.pixels import image_pixels
-        from .llava_model import visual_features
-
-        pixels = image_pixels(images, self.image_processor, self.pad_image_to_square)
-        return visual_features(model, pixels.to(next(model.visual_encoder.parameters()).device))
+        training sample's first turn (:func:`xtuner_llava_swap.inference.prompt.render`)."""
+        prompt = self._generator.render(
+            [{"role": "user", "content": text, "images": [None] * n_images}],
+            what="EvaluateChatHook prompt")
+        return prompt.text, prompt.ids
 
     @torch.no_grad()
     def generate_sample(self, model, text: str, image=None, max_new_tokens: int | None = None,
                         logits_processor=None) -> ChatSample:
         """Generate the reply of ``model`` (an xtuner ``LLaVAModel``) to one prompt with
-        ``image``: ``None``, one image, or a list of images."""
-        from xtuner.model.utils import prepare_inputs_labels_for_multimodal
-
-        images = as_image_list(image)
-        prompt, ids = self.prompt_ids(text, len(images))
-        device = next(model.llm.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        pixel_values = self._visual_features(model, images) if images else None
-        mm_inputs = prepare_inputs_labels_for_multimodal(llm=model.llm, input_ids=input_ids,
-                                                         pixel_values=pixel_values)
-        inputs = ({"inputs_embeds": mm_inputs["inputs_embeds"]} if pixel_values is not None
-                  else {"input_ids": mm_inputs["input_ids"]})
-        output = model.llm.generate(
-            **inputs, generation_config=self.gen_config,
-            max_new_tokens=max_new_tokens or self.max_new_tokens,
-            stopping_criteria=self.stop_criteria, logits_processor=logits_processor,
-            synced_gpus=_partitioned_over_ranks(model.llm))
-        # generate returns the prompt ids too when it was given ids, only new ids for embeddings
-        new_ids = output[0, input_ids.shape[1]:] if "input_ids" in inputs else output[0]
-        new_ids = tuple(new_ids.tolist())
-        stop_word = self._stop_word_of.get(self.stop_criteria[0].matched(new_ids))
-        reply = self.decode(new_ids)
-        return ChatSample(prompt=prompt, token_ids=new_ids, reply=reply, stop_word=stop_word)
+        ``image``: ``None``, one image, or a list of images, through the inference room's
+        :class:`~xtuner_llava_swap.inference.generation.RunGenerator`."""
+        self._generator.model = model
+        self._generator.synced_gpus = _partitioned_over_ranks(model.llm)
+        extra = {} if logits_processor is None else {"logits_processor": logits_processor}
+        reply = self._generator.generate(
+            [[{"role": "user", "content": text, "images": as_image_list(image)}]],
+            generation_config=self.gen_config,
+            max_new_tokens=max_new_tokens or self.max_new_tokens, **extra)[0]
+        return ChatSample(prompt=reply.prompt.text, token_ids=reply.token_ids, reply=reply.text,
+                          stop_word=reply.stop_word)
 
     def decode(self, token_ids) -> str:
-        """Text of ``token_ids``, special tokens kept. An id without a token (the embedding
-        of Qwen models has more rows than the tokenizer has tokens, and an untrained model
-        can pick one) is shown as ``<unknown token id N>`` instead of failing."""
-        vocab_size = len(self.tokenizer)
-        text, run = [], []
-        for token_id in list(token_ids) + [None]:
-            if token_id is not None and token_id < vocab_size:
-                run.append(token_id)
-                continue
-            if run:
-                text.append(self.tokenizer.decode(run, skip_special_tokens=False))
-                run = []
-            if token_id is not None:
-                text.append(f"<unknown token id {token_id}>")
-        return "".join(text)
+        """Text of ``token_ids`` (:meth:`~xtuner_llava_swap.inference.generation.Generator.decode`)."""
+        return self._generator.decode(token_ids)
 
     def _eval_images(self, runner, model, device, max_new_tokens=None, save_eval_output=False):
         """Every prompt, with its images or text-only. xtuner's ``_generate_samples`` calls
