@@ -9,23 +9,21 @@ or right edge; colour, shape and side questions), with the tiny parts put in by
 lists (CPU switches, paths, no pretrain projector, batch size, learning rate, schedule
 length, activation checkpointing off).
 
-The held-out items are then answered greedily, as a user would ask them:
+The held-out items are then answered greedily and scored by the package's ``eval`` tool
+(``tools/eval.py``, its ``main``: VQA JSONL, normalised exact match) on
 
-* by xtuner's model of the run in memory (CONFIG + ``iter_N.pth``, LoRA live), prompted and
-  preprocessed as training does (:mod:`xtuner_llava_swap.training.image_prompt`,
-  :func:`~xtuner_llava_swap.data.pixels.image_pixels`);
-* by the ``hf`` export, loaded with transformers' ``LlavaForConditionalGeneration`` and its
-  processor and chat template;
-* by the ``llava`` export, loaded by LLaVA-NeXT's own ``load_pretrained_model`` (the pinned
-  checkout in ../shared/fixtures/upstream; skipped with the reason where it is absent).
+* the run: CONFIG + ``iter_N.pth`` in memory, LoRA live, prompted and preprocessed as training
+  does;
+* the ``hf`` export, loaded with transformers' ``LlavaForConditionalGeneration``, and the
+  ``llava`` export, loaded with the package's loader classes (``--compare``);
+* and the ``llava`` export loaded by LLaVA-NeXT's own ``load_pretrained_model`` (the pinned
+  checkout in ../shared/fixtures/upstream; skipped with the reason where it is absent), which
+  the eval tool does not run: scored here with the same normalised match.
 
 Each must reach :data:`REQUIRED` accuracy. The controls score the same items with every
 picture blank, and centre-cropped instead of padded (the shape lies in the outer quarters, so
 the crop cuts it away): they must fall to chance, which shows that the accuracy comes from
 the pixels, through the padding, and not from the questions.
-
-The scoring here is this test's own (exact match of the normalised reply); the package's
-``eval`` tool is to replace it.
 """
 from __future__ import annotations
 
@@ -35,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 from support import FIXTURES, REPO, run_train
 from xtuner_llava_swap.testing.tiny import build_tiny_clip
@@ -101,88 +98,6 @@ def learned_run(tmp_path_factory) -> LearnedRun:
     return LearnedRun(task, checkpoint, {**keep, "pretrained_pth": None, **model_options})
 
 
-# ------------------------------------------------------------------ scoring (this test's)
-def normalised(text: str) -> str:
-    return text.strip().strip(".!").strip().lower()
-
-
-def items_of(jsonl: Path) -> list:
-    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-
-
-def accuracy(items: list, replies: list) -> dict:
-    """``{category: share right, ..., "all": share right}``."""
-    right: dict = {}
-    for item, reply in zip(items, replies, strict=True):
-        right.setdefault(item["category"], []).append(normalised(reply) == item["answer"])
-    scores = {kind: sum(marks) / len(marks) for kind, marks in right.items()}
-    scores["all"] = sum(sum(marks) for marks in right.values()) / len(items)
-    return scores
-
-
-def picture(jsonl: Path, item: dict):
-    from PIL import Image
-
-    return Image.open(jsonl.parent / item["image"]).convert("RGB")
-
-
-class RunModel:
-    """xtuner's model of the run (CONFIG + checkpoint, fp32, LoRA live) answering greedily,
-    prompted and preprocessed as training does."""
-
-    def __init__(self, run: LearnedRun):
-        from xtuner.registry import BUILDER
-
-        from xtuner_llava_swap.export.run_config import load_training_run
-
-        self.run = load_training_run(CONFIG, run.cfg_options)
-        model_cfg = self.run.cfg.model.copy()
-        model_cfg.llm = model_cfg.llm.copy()
-        model_cfg.llm.pop("quantization_config", None)
-        model_cfg.llm.torch_dtype = torch.float32
-        self.model = BUILDER.build(model_cfg).float().eval()
-        state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        assert not self.model.load_state_dict(state, strict=False).unexpected_keys
-        self.tokenizer = BUILDER.build(self.run.cfg.tokenizer)
-        self.image_processor = BUILDER.build(self.run.cfg.image_processor)
-        self.stop_ids = self.run.profile.stop_token_ids(self.tokenizer)
-
-    @torch.no_grad()
-    def answer(self, image, question: str, pad_image_to_square: bool = True) -> str:
-        from xtuner.model.utils import prepare_inputs_labels_for_multimodal
-
-        from xtuner_llava_swap.data.pixels import image_pixels
-        from xtuner_llava_swap.training.image_prompt import prompt_ids, prompt_text, user_text
-        from xtuner_llava_swap.training.llava_model import visual_features
-
-        pixels = image_pixels([image], self.image_processor, pad_image_to_square)
-        text = prompt_text(self.run.profile.template, self.run.system, user_text(question, 1))
-        features = visual_features(self.model, pixels, self.run.drops_first_position)
-        data = prepare_inputs_labels_for_multimodal(
-            llm=self.model.llm, input_ids=torch.tensor([prompt_ids(self.tokenizer, text)]),
-            pixel_values=features)
-        tokens = self.model.llm.generate(
-            inputs_embeds=data["inputs_embeds"], do_sample=False, num_beams=1, max_new_tokens=4,
-            eos_token_id=self.stop_ids, pad_token_id=self.stop_ids[0])[0]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
-
-    def score(self, jsonl: Path, pad_image_to_square: bool = True) -> dict:
-        items = items_of(jsonl)
-        return accuracy(items, [self.answer(picture(jsonl, item), item["question"],
-                                            pad_image_to_square) for item in items])
-
-
-@pytest.fixture(scope="module")
-def run_model(learned_run) -> RunModel:
-    return RunModel(learned_run)
-
-
-def user_message(question: str) -> list:
-    from xtuner_llava_swap.training.image_prompt import user_text
-
-    return [{"role": "user", "content": user_text(question, 1)}]
-
-
 def export(run: LearnedRun, out: Path, fmt: str) -> Path:
     from xtuner_llava_swap.export import convert
 
@@ -191,77 +106,133 @@ def export(run: LearnedRun, out: Path, fmt: str) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def exports(learned_run, tmp_path_factory) -> dict:
+    """``{"hf": folder, "llava": folder}`` of the run (the llava folder's name holds "llava"
+    and "qwen": LLaVA-NeXT's loader picks ``llava_qwen`` from it)."""
+    root = tmp_path_factory.mktemp("learns-exports")
+    return {"hf": export(learned_run, root / "hf", "hf"),
+            "llava": export(learned_run, root / "llava-qwen-task", "llava")}
+
+
+def evaluate(run: LearnedRun, data: Path, out: Path, *compare: Path, **options) -> dict:
+    """``tools/eval.py`` of the run (CONFIG + checkpoint) on ``data``; its ``result.json``."""
+    from xtuner_llava_swap.inference.eval_cli import main as eval_main
+
+    settings = {**run.cfg_options, **options}
+    argv = [str(run.checkpoint), "--config", str(CONFIG), "--data", str(data), "--work-dir",
+            str(out), "--max-new-tokens", "4", "--no-progress",
+            *(["--compare", *map(str, compare)] if compare else []),
+            "--cfg-options", *(f"{k}={v}" for k, v in settings.items())]
+    assert eval_main(argv) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["n_scored"] == result["n_items"] and not result["unscored"], result
+    result["by_kind"] = by_kind(data, out / "predictions.jsonl")
+    return result
+
+
+def by_kind(data: Path, predictions: Path) -> dict:
+    """Accuracy per question kind (the items' ``category``, which the eval tool's VQA reader
+    does not keep) from the tool's predictions (``index``: the item's line number)."""
+    items = items_of(data)
+    right: dict = {}
+    for line in predictions.read_text().splitlines():
+        record = json.loads(line)
+        item = items[record["index"] - 1]
+        assert record["answer"] == item["answer"]
+        right.setdefault(item["category"], []).append(
+            normalised(record["prediction"]) == item["answer"])
+    return {kind: sum(marks) / len(marks) for kind, marks in right.items()}
+
+
+@pytest.fixture(scope="module")
+def heldout_result(learned_run, exports, tmp_path_factory) -> dict:
+    """The held-out items on the run, compared with its hf and llava exports."""
+    return evaluate(learned_run, learned_run.task.heldout,
+                    tmp_path_factory.mktemp("eval") / "heldout", exports["hf"], exports["llava"])
+
+
 def assert_learned(scores: dict) -> None:
-    assert scores["all"] >= REQUIRED, scores
+    assert scores["accuracy"] >= REQUIRED, scores
 
 
-def assert_chance(task: VisualTask, scores: dict) -> None:
+def assert_chance(task: VisualTask, result: dict) -> None:
     for kind in KINDS:
-        assert scores[kind] <= task.chance(kind) + MARGIN, (kind, scores)
+        assert result["by_kind"][kind] <= task.chance(kind) + MARGIN, (kind, result)
 
 
-# ------------------------------------------------------------------ the run
-def test_run_answers_held_out_items(learned_run, run_model):
-    assert_learned(run_model.score(learned_run.task.heldout))
+# ------------------------------------------------------------------ the run and its exports
+def test_run_answers_held_out_items(heldout_result):
+    assert_learned(heldout_result)
+    assert set(heldout_result["by_kind"]) == set(KINDS)
 
 
-def test_run_falls_to_chance_with_the_image_withheld(learned_run, run_model):
+def test_hf_export_answers_held_out_items(heldout_result, exports):
+    hf = heldout_result["compare"][0]
+    assert hf["model"] == str(exports["hf"])
+    assert_learned(hf)
+
+
+def test_llava_export_answers_held_out_items(heldout_result, exports):
+    """With the package's loader classes (plain transformers)."""
+    llava = heldout_result["compare"][1]
+    assert llava["model"] == str(exports["llava"])
+    assert_learned(llava)
+
+
+# ------------------------------------------------------------------ the controls
+def test_run_falls_to_chance_with_the_image_withheld(learned_run, tmp_path):
     """Control: every picture blank (same size), the questions unchanged."""
-    assert_chance(learned_run.task, run_model.score(learned_run.task.heldout_blank))
+    assert_chance(learned_run.task,
+                  evaluate(learned_run, learned_run.task.heldout_blank, tmp_path / "blank"))
 
 
-def test_run_falls_to_chance_with_centre_cropped_images(learned_run, run_model):
+def test_run_falls_to_chance_with_centre_cropped_images(learned_run, tmp_path):
     """Control: the pictures centre-cropped (what the image processor keeps without
     pad-to-square) instead of padded, both as files cropped beforehand and as the run's own
     preprocessing with padding off."""
     task = learned_run.task
-    assert_chance(task, run_model.score(task.heldout_centre_crop))
-    assert_chance(task, run_model.score(task.heldout, pad_image_to_square=False))
+    assert_chance(task, evaluate(learned_run, task.heldout_centre_crop, tmp_path / "crop"))
+    assert_chance(task, evaluate(learned_run, task.heldout, tmp_path / "no-pad",
+                                 **{"llava_dataset.pad_image_to_square": False}))
 
 
-# ------------------------------------------------------------------ the exports
-def test_hf_export_answers_held_out_items(learned_run, tmp_path):
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+# ------------------------------------------------------------------ LLaVA-NeXT's own loader
+def normalised(text: str) -> str:
+    return text.strip().strip(".!").strip().lower()
 
-    folder = export(learned_run, tmp_path / "hf", "hf")
-    processor = AutoProcessor.from_pretrained(folder)
-    model = LlavaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32)
-    stop_ids = model.generation_config.eos_token_id
-    items = items_of(learned_run.task.heldout)
-    replies = []
-    for item in items:
-        text = processor.tokenizer.apply_chat_template(user_message(item["question"]),
-                                                       tokenize=False, add_generation_prompt=True)
-        inputs = processor(images=picture(learned_run.task.heldout, item), text=text,
-                           return_tensors="pt", add_special_tokens=False)
-        with torch.no_grad():
-            tokens = model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=4,
-                                    eos_token_id=stop_ids)
-        replies.append(processor.decode(tokens[0, inputs["input_ids"].shape[1]:],
-                                        skip_special_tokens=True))
-    assert_learned(accuracy(items, replies))
+
+def items_of(jsonl: Path) -> list:
+    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
 
 
 @requires_upstream
-def test_llava_export_answers_held_out_items_with_llava_next(learned_run, tmp_path):
+def test_llava_export_answers_held_out_items_with_llava_next(learned_run, exports):
     """The official layout, loaded by LLaVA-NeXT's ``load_pretrained_model`` in a process of
-    its own (``llava_qwen``: the folder's name holds "llava" and "qwen"), its tower from the
-    folder's own tower sub-folder."""
+    its own, its tower from the folder's own tower sub-folder; prompted with the export's chat
+    template, scored by normalised exact match as the eval tool scores."""
+    from PIL import Image
     from transformers import AutoTokenizer
 
     from xtuner_llava_swap.export import upstream
+    from xtuner_llava_swap.inference.prompt import user_text
     from xtuner_llava_swap.profiles import get_profile
 
-    folder = export(learned_run, tmp_path / "llava-qwen-task", "llava")
+    folder = exports["llava"]
     (checkout,) = [c for c in upstream.checkouts(UPSTREAM) if upstream.is_llava_next(c)]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     items = items_of(learned_run.task.heldout)
-    cases = [(tokenizer.apply_chat_template(user_message(item["question"]), tokenize=False,
-                                            add_generation_prompt=True),
-              picture(learned_run.task.heldout, item), []) for item in items]
+    cases = [(tokenizer.apply_chat_template(
+                  [{"role": "user", "content": user_text(item["question"], 1)}],
+                  tokenize=False, add_generation_prompt=True),
+              Image.open(learned_run.task.heldout.parent / item["image"]).convert("RGB"), [])
+             for item in items]
     stop_ids = get_profile(PROFILE).stop_token_ids(tokenizer)
     _, results = upstream.probe_cases(checkout, folder, cases, stop_ids, 4,
                                       vision_tower=upstream.tower_override(folder))
-    replies = [tokenizer.decode(result["tokens"], skip_special_tokens=True)
-               for result in results]
-    assert_learned(accuracy(items, replies))
+    right = [normalised(tokenizer.decode(result["tokens"], skip_special_tokens=True))
+             == item["answer"] for item, result in zip(items, results, strict=True)]
+    assert sum(right) / len(items) >= REQUIRED, right
+
+
+
