@@ -171,6 +171,7 @@ def test_hf_export_answers_held_out_items(heldout_result, exports):
     hf = heldout_result["compare"][0]
     assert hf["model"] == str(exports["hf"])
     assert_learned(hf)
+    assert hf["identical_share"] == 1.0, hf  # fp32: the run's answers, every one
 
 
 def test_llava_export_answers_held_out_items(heldout_result, exports):
@@ -178,6 +179,7 @@ def test_llava_export_answers_held_out_items(heldout_result, exports):
     llava = heldout_result["compare"][1]
     assert llava["model"] == str(exports["llava"])
     assert_learned(llava)
+    assert llava["identical_share"] == 1.0, llava
 
 
 # ------------------------------------------------------------------ the controls

@@ -1,10 +1,11 @@
 """A small synthetic visual task that a tiny LLaVA can learn on a CPU, and the tiny LLM for it.
 
 The task (:func:`build_visual_task`): WIDE pictures (twice as wide as high) of one coloured
-shape near the left or the right edge, and three kinds of question about it: its colour, its
-shape, its side. The shape always lies in the outer quarter of the picture, so a centre crop
-(the image processor's own shortest-edge resize and centre crop, what the run sees without
-``pad_image_to_square``) cuts it away: only a model fed the padded picture can answer.
+shape near the left or the right edge, and up to three kinds of question about it: its colour,
+its shape, its side (the kinds asked and the colours drawn are parameters). The shape always
+lies in the outer quarter of the picture, so a centre crop (the image processor's own
+shortest-edge resize and centre crop, what the run sees without ``pad_image_to_square``)
+cuts it away: only a model fed the padded picture can answer.
 
 Written in the formats users bring: the training set as LLaVA JSON (each picture once, the
 three questions as the turns of one conversation, in a shuffled order), held-out items as
