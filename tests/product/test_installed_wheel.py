@@ -181,25 +181,21 @@ def test_copy_cfg_train_convert_chat_eval(product, tiny_parts):
     assert proc.stdout.strip().splitlines()[-1] == (
         "xtuner_llava_swap.training.tokenizers.build_tokenizer")
 
-    if (REPO / "xtuner_llava_swap" / "inference" / "chat_cli.py").is_file():
-        # chat one-shot and eval on a small VQA set, on the export
-        image = next(p for p in sorted(images.rglob("*")) if p.is_file())
-        product.run("xtuner-llava-swap", "chat", out, "--prompt", "What is in the image?",
-                    "--image", image, "--max-new-tokens", "4")
-        vqa = home / "vqa.jsonl"
-        vqa.write_text("".join(json.dumps({"image": str(image), "question": q, "answer": a}) + "\n"
-                               for q, a in (("What colour is it?", "red"), ("Is it a cat?", "no"))))
-        product.run("xtuner-llava-swap", "eval", out, "--data", vqa, "--work-dir", "eval_out",
-                    "--max-new-tokens", "4", "--no-progress")
-        assert json.loads((home / "eval_out" / "result.json").read_text())["n_items"] == 2
-    else:  # the inference room is not in this version
-        for name in ("chat", "eval"):
-            proc = product.run("xtuner-llava-swap", name, out, check=False)
-            assert proc.returncode == 2
-            assert proc.stderr.strip() == (
-                f"xtuner-llava-swap {name}: not available in this version (it needs "
-                f"xtuner_llava_swap.inference.{name}_cli, which this installation does not "
-                "have)")
+    # chat one-shot with the run itself, and eval of the run on a small VQA set compared with
+    # its export (the README's steps 3 and 4)
+    image = next(p for p in sorted(images.rglob("*")) if p.is_file())
+    run = ("--config", f"my_run/{CONFIG}.py", "--cfg-options", *options_args(convert_options))
+    product.run("xtuner-llava-swap", "chat", checkpoint, *run, "--image", image,
+                "--prompt", "What is in the picture?", "--max-new-tokens", "4")
+    vqa = home / "vqa.jsonl"
+    vqa.write_text("".join(json.dumps({"image": str(image), "question": q, "answer": a}) + "\n"
+                           for q, a in (("What colour is it?", "red"), ("Is it a cat?", "no"))))
+    product.run("xtuner-llava-swap", "eval", checkpoint, *run, "--data", vqa,
+                "--work-dir", "eval_out", "--max-new-tokens", "4", "--no-progress",
+                "--compare", out)
+    result = json.loads((home / "eval_out" / "result.json").read_text())
+    assert result["n_items"] == 2 and result["n_scored"] == 2
+    assert result["compare"][0]["identical_share"] == 1.0
 
     # nothing any of these processes imported came from the checkout
     site = product.site_packages()
