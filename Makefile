@@ -1,7 +1,7 @@
 # make setup : .venv with the pinned CPU stack (re-runs only when setup.cfg, setup.py or the constraints
 #              change), .venv-tf457 with the newer stack and .venv-tf5 with transformers 5
 #              (each re-runs only when its script changes)
-# make demo  : tiny Qwen-7B LLaVA on the CPU: pretrain, finetune, export, caption
+# make demo  : a tiny LLaVA learns a visual task on the CPU: copy-cfg, train, chat, eval, export
 # make test  : the test suite (end-to-end xtuner training included)
 PYTHON ?= python3
 VENV   := .venv

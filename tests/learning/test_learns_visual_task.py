@@ -4,8 +4,9 @@ One real ``xtuner train`` of the shipped finetune config
 ``configs/llava_qwen2_5_7b_instruct_qlora.py`` (LoRA on the LLM and on CLIP, projector
 trained, images padded to square) on the synthetic task of
 :mod:`xtuner_llava_swap.testing.visual_task` (wide pictures, a coloured shape near the left
-or right edge; colour, shape and side questions), with the tiny parts put in by
-``--cfg-options`` and nothing else of the config changed but what docs/learning_test.md
+or right edge; colour, shape and side questions), with the recipe of
+:mod:`xtuner_llava_swap.testing.visual_recipe` (which ``make demo`` trains too): the tiny
+parts put in by ``--cfg-options`` and nothing else of the config changed but what docs/learning_test.md
 lists (CPU switches, paths, no pretrain projector, batch size, learning rate, schedule
 length, activation checkpointing off).
 
@@ -35,10 +36,11 @@ from pathlib import Path
 import pytest
 
 from support import FIXTURES, REPO, run_train
-from xtuner_llava_swap.testing.tiny import build_tiny_clip
-from xtuner_llava_swap.testing.visual_task import VisualTask, build_task_llm, build_visual_task
+from xtuner_llava_swap.testing.visual_recipe import (CONFIG_NAME, KINDS, LAST_ITERATION,
+                                                      TRAIN_ENV, build_recipe)
+from xtuner_llava_swap.testing.visual_task import VisualTask
 
-CONFIG = REPO / "configs" / "llava_qwen2_5_7b_instruct_qlora.py"
+CONFIG = REPO / "configs" / f"{CONFIG_NAME}.py"
 PROFILE = "qwen2.5"  # CONFIG's
 REQUIRED = 0.9  # accuracy on the held-out items, overall
 MARGIN = 0.1  # a control may exceed chance by at most this much, in every category
@@ -46,15 +48,6 @@ UPSTREAM = FIXTURES / "upstream" if FIXTURES is not None else None
 requires_upstream = pytest.mark.skipif(
     UPSTREAM is None or not UPSTREAM.is_dir(),
     reason="../shared/fixtures/upstream (the pinned LLaVA-NeXT code) is absent")
-
-# The recipe (docs/learning_test.md has what else was tried, with its accuracy and time)
-KINDS = ("colour", "side")  # the question kinds asked
-COLOURS = ("red", "blue")
-PICTURE = (64, 32)  # width, height of the task's pictures
-LM_HEAD_STD = 0.3
-IMAGE_SIZE = 28  # the tiny CLIP's input: 2 x 2 patches of 14
-N_TRAIN, N_HELDOUT = 8000, 24  # training pictures (one epoch); held-out items per kind
-BATCH_SIZE, LR = 4, 1e-3
 
 
 @dataclass(frozen=True)
@@ -66,36 +59,19 @@ class LearnedRun:
 
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory) -> LearnedRun:
-    from xtuner_llava_swap.training.cpu_options import cpu_cfg_options
-
     root = tmp_path_factory.mktemp("learns")
-    task = build_visual_task(root / "task", n_train=N_TRAIN, n_heldout=N_HELDOUT,
-                             size=PICTURE, kinds=KINDS, colours=COLOURS)
-    llm = build_task_llm("qwen2", root / "llm", lm_head_std=LM_HEAD_STD)
-    clip = build_tiny_clip(root / "clip", image_size=IMAGE_SIZE)
-    model_options = {"model.use_activation_checkpointing": False}
-    options = {**cpu_cfg_options(), "llm_name_or_path": llm, "visual_encoder_name_or_path": clip,
-               "data_path": task.train_json, "image_folder": task.image_folder,
-               "pretrained_pth": None, "evaluation_images": task.image_folder / "blank/blank.png",
-               "custom_hooks.1.evaluation_inputs": [],
-               "train_dataloader.batch_size": BATCH_SIZE,
-               "train_dataloader.sampler.per_device_batch_size": BATCH_SIZE,
-               "optim_wrapper.optimizer.lr": LR, "param_scheduler.0.end": 0.1,
-               "param_scheduler.1.begin": 0.1, "default_hooks.logger.interval": 10,
-               "randomness.seed": 0, **model_options}
+    recipe = build_recipe(root)
     work_dir = root / "run"
-    with pytest.MonkeyPatch.context() as patch:  # tiny matrices: one thread is the fastest
-        patch.setenv("OMP_NUM_THREADS", "1")
-        proc = run_train(CONFIG, work_dir, options)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in TRAIN_ENV.items():
+            patch.setenv(name, value)
+        proc = run_train(CONFIG, work_dir, recipe.train_options)
     log = (work_dir / "test_stdout.log").read_text()
-    last = N_TRAIN // BATCH_SIZE
-    checkpoint = work_dir / f"iter_{last}.pth"
+    checkpoint = work_dir / f"iter_{LAST_ITERATION}.pth"
     assert proc.returncode == 0 and checkpoint.is_file(), log[-4000:]
     losses = [float(x) for x in re.findall(r"loss: ([0-9.]+)", log)]
     assert losses[-1] < losses[0] / 4, losses
-    keep = {k: str(v) for k, v in options.items()
-            if k in ("llm_name_or_path", "visual_encoder_name_or_path")}
-    return LearnedRun(task, checkpoint, {**keep, "pretrained_pth": None, **model_options})
+    return LearnedRun(recipe.task, checkpoint, recipe.model_options)
 
 
 def export(run: LearnedRun, out: Path, fmt: str) -> Path:
