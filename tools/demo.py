@@ -18,7 +18,7 @@ LLaVA that really learns, on a CPU, with no downloads.
    and where everything is.
 
 The recipe overrides the config's path variables by ``--cfg-options``, so the demo opts in
-to their re-binding (``export XTUNER_LLAVA_SWAP_REBIND=1``, README's "Train on a CPU"); a
+to their re-binding (``export XTUNER_LLAVA_SWAP_REBIND=1``, docs/training.md "Train on a CPU"); a
 user who edits the paths in the copied config needs neither.
 Every step is the installed command (the console scripts beside this Python), printed as a
 user types it, with paths relative to OUT (the commands run in OUT), followed by its output

@@ -1,4 +1,5 @@
-"""tools/check_data.py: problem table, length percentiles, max_length drops, PNG, HTML."""
+"""check-data (`tools/check_data.py`, `xtuner-llava-swap check-data`): problem table, length
+percentiles, max_length drops, PNG, HTML."""
 from __future__ import annotations
 
 import importlib.util
@@ -7,6 +8,8 @@ import re
 import pytest
 from data_helpers import BAD_SAMPLES, QWEN2_TOKENIZER, write_bad_corpus
 from support import REPO, requires_fixtures
+
+from xtuner_llava_swap.commands.main import main as command
 
 pytestmark = requires_fixtures
 
@@ -44,11 +47,12 @@ def test_data_file_with_a_profile(check_data_tool, tmp_path, capsys):
     assert "over max_length" in html
 
 
-def test_training_config_with_overrides(check_data_tool, tiny_parts, tmp_path, capsys):
+def test_training_config_with_overrides(tiny_parts, tmp_path, capsys):
+    """Through the installed command, as the README shows it."""
     _, finetune, images = tiny_parts("data")
     config = REPO / "tests" / "data" / "configs" / "tiny_llava_swap_dataset.py"
-    assert check_data_tool.main([
-        str(config), "--cfg-options", f"llm_name_or_path={tiny_parts('qwen2')}",
+    assert command([
+        "check-data", str(config), "--cfg-options", f"llm_name_or_path={tiny_parts('qwen2')}",
         f"visual_encoder_name_or_path={tiny_parts('clip')}", f"data_path={finetune}",
         f"image_folder={images}", "--max-length", "60", "--policy", "truncate",
         "--out", str(tmp_path), "--no-progress"]) == 0

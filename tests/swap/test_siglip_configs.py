@@ -5,7 +5,7 @@ two images, then the export of the finetuned checkpoint.
 The tiny SigLIP has the real tower's input geometry (384 px, patch 14: 729 positions, no class
 token), so its export is what LLaVA-NeXT's loader (which asserts 729) takes. The runs take the
 REAL config files with one line appended (``max_images=2``; the shipped stage bases already
-collate with ``llava_collate_fn``, README "Several images per sample") and the CPU switches of
+collate with ``llava_collate_fn``, docs/models.md "Several images per sample") and the CPU switches of
 ``xtuner_llava_swap.cpu_options`` (as tests/swap/test_configs.py explains, the LLM is then
 unquantized where bitsandbytes cannot quantize; everything else runs as configured).
 EvaluateChatHook generates nothing here (no evaluation inputs): its own tests cover it, and
