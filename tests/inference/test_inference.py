@@ -82,6 +82,25 @@ def test_circular_scoring_counts_a_question_only_when_every_rotation_is_right():
     assert result["n_scored"] == 2 and result["unscored"] == [{"index": 3, "reason": "bad image"}]
 
 
+
+def test_submission_keeps_a_reply_with_a_control_character(tmp_path):
+    """A model can generate a control character (a random one did: '\\x15AAA'); the
+    submission file is written anyway, the character shown as U+FFFD."""
+    import openpyxl
+
+    from xtuner_llava_swap.inference.benchmarks import Item
+    from xtuner_llava_swap.inference.evaluation import write_submission
+
+    items = [Item(index=7, text="q", answer="A", options={"A": "x", "B": "y"}, category="c",
+                  l2_category="l2", question="Which?")]
+    path = write_submission(items, {"7": {"index": 7, "prediction": "\x15AAA"}}, tmp_path)
+    sheet = openpyxl.load_workbook(path).active
+    header = [cell.value for cell in sheet[1]]
+    row = dict(zip(header, [cell.value for cell in sheet[2]]))
+    assert row["prediction"] == "\ufffdAAA" and row["question"] == "Which?"
+    assert (row["A"], row["B"], row["index"], row["answer"]) == ("x", "y", 7, "A")
+
+
 # --------------------------------------------------------------------------- chat
 def _chat(model, run, *argv, stdin=""):
     out = io.StringIO()

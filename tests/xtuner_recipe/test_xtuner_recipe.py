@@ -272,6 +272,7 @@ def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
     swapped to Qwen2.5): ``huggingface`` is the plugin's ``hf`` export of the same ``.pth``;
     ``xtuner`` writes xtuner's folder and the line that names the plugin's tools."""
     from export.conftest import QLORA_CONFIG, swap_options, tower_options
+    from mmengine.logging import MMLogger
     from xtuner.registry import BUILDER
 
     from xtuner_llava_swap.export import convert
@@ -294,6 +295,9 @@ def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
     theirs, ours = tensors(tmp_path / "theirs"), tensors(tmp_path / "ours")
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
     capsys.readouterr()
+    # mmengine's current logger writes to the stdout of the moment it was made (an earlier
+    # test's capture, in a whole run): a new one, made now, writes into this test's
+    MMLogger.get_instance(f"to_hf_{tmp_path.name}")
     model.to_hf(cfg=cfg, save_dir=str(tmp_path / "xtuner"), save_format="xtuner")
     assert (tmp_path / "xtuner" / "projector").is_dir()
     printed = capsys.readouterr()

@@ -191,6 +191,10 @@ def write_submission(items: list, records: dict, out_dir: Path) -> Path:
         path = out_dir / "submission.tsv"
         frame.to_csv(path, sep="\t", index=False)
         return path
+    from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+
+    # a control character in a reply (a model may generate one) is no worksheet text
+    frame = frame.map(lambda v: ILLEGAL_CHARACTERS_RE.sub("\ufffd", v) if isinstance(v, str) else v)
     path = out_dir / "submission.xlsx"
     frame.to_excel(path, index=False, engine="openpyxl")
     return path
