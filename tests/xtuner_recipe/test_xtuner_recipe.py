@@ -3,7 +3,8 @@ Qwen2.5 QLoRA config on tiny parts over the real Qwen2 tokenizer; its ``iter_N.p
 in-process as the export tests build theirs): ``xtuner convert pth_to_hf`` in its three ``--save-format``s, ``xtuner convert
 merge`` of the LLM adapter, ``xtuner chat`` and ``xtuner mmbench`` with the profile's
 template registered under its name (``--prompt-template qwen2.5``), and the one line that
-stops them on a SigLIP tower.
+stops them on a SigLIP tower; ``to_hf`` (what ``pth_to_hf`` calls) on SigLIP runs, in
+``huggingface`` and, at LLaVA-NeXT's SigLIP geometry, ``official``.
 
 Numbers: the ``xtuner`` folder holds the checkpoint's trained tensors; ``huggingface`` and
 ``official`` equal the plugin's own ``hf`` and ``llava`` exports tensor for tensor; the
