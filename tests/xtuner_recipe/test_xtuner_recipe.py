@@ -16,7 +16,9 @@ model on the training-format prompt; ``xtuner mmbench`` writes its result files.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -268,11 +270,12 @@ def test_registered_template_gives_the_training_ids(name, folder):
 
 
 # ------------------------------------- LLaVASwapModel.to_hf on a SigLIP run, in-process
-def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
+def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path):
     """What ``pth_to_hf`` calls, on a SigLIP run of another config (Qwen-7B's QLoRA config
     swapped to Qwen2.5): ``huggingface`` is the plugin's ``hf`` export of the same ``.pth``;
     ``xtuner`` writes xtuner's folder and the line that names the plugin's tools."""
     from export.conftest import QLORA_CONFIG, swap_options, tower_options
+    from mmengine.logging import MMLogger
     from xtuner.registry import BUILDER
 
     from xtuner_llava_swap.export import convert
@@ -294,12 +297,19 @@ def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
             progress=False)
     theirs, ours = tensors(tmp_path / "theirs"), tensors(tmp_path / "ours")
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
-    capsys.readouterr()
-    model.to_hf(cfg=cfg, save_dir=str(tmp_path / "xtuner"), save_format="xtuner")
+    # the line goes to mmengine's current logger, whose stream handler holds the stdout of
+    # the test that created it: read the logger itself
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        model.to_hf(cfg=cfg, save_dir=str(tmp_path / "xtuner"), save_format="xtuner")
+    finally:
+        logger.removeHandler(handler)
     assert (tmp_path / "xtuner" / "projector").is_dir()
-    printed = capsys.readouterr()
     assert (f"this run's tower is {tower} (SiglipVisionModel): use `xtuner-llava-swap chat` / "
-            "`xtuner-llava-swap eval`") in printed.out + printed.err
+            "`xtuner-llava-swap eval`") in logged.getvalue()
 
 
 def test_to_hf_official_on_a_siglip_run(tiny_parts, tmp_path):
