@@ -3,7 +3,8 @@ Qwen2.5 QLoRA config on tiny parts over the real Qwen2 tokenizer; its ``iter_N.p
 in-process as the export tests build theirs): ``xtuner convert pth_to_hf`` in its three ``--save-format``s, ``xtuner convert
 merge`` of the LLM adapter, ``xtuner chat`` and ``xtuner mmbench`` with the profile's
 template registered under its name (``--prompt-template qwen2.5``), and the one line that
-stops them on a SigLIP tower.
+stops them on a SigLIP tower; ``to_hf`` (what ``pth_to_hf`` calls) on SigLIP runs, in
+``huggingface`` and, at LLaVA-NeXT's SigLIP geometry, ``official``.
 
 Numbers: the ``xtuner`` folder holds the checkpoint's trained tensors; ``huggingface`` and
 ``official`` equal the plugin's own ``hf`` and ``llava`` exports tensor for tensor; the
@@ -15,7 +16,9 @@ model on the training-format prompt; ``xtuner mmbench`` writes its result files.
 from __future__ import annotations
 
 import base64
+import io
 import json
+import logging
 import re
 import subprocess
 from pathlib import Path
@@ -267,7 +270,7 @@ def test_registered_template_gives_the_training_ids(name, folder):
 
 
 # ------------------------------------- LLaVASwapModel.to_hf on a SigLIP run, in-process
-def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
+def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path):
     """What ``pth_to_hf`` calls, on a SigLIP run of another config (Qwen-7B's QLoRA config
     swapped to Qwen2.5): ``huggingface`` is the plugin's ``hf`` export of the same ``.pth``;
     ``xtuner`` writes xtuner's folder and the line that names the plugin's tools."""
@@ -294,12 +297,57 @@ def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path, capsys):
             progress=False)
     theirs, ours = tensors(tmp_path / "theirs"), tensors(tmp_path / "ours")
     assert theirs.keys() == ours.keys() and all(torch.equal(theirs[k], ours[k]) for k in ours)
-    capsys.readouterr()
-    # mmengine's current logger writes to the stdout of the moment it was made (an earlier
-    # test's capture, in a whole run): a new one, made now, writes into this test's
-    MMLogger.get_instance(f"to_hf_{tmp_path.name}")
-    model.to_hf(cfg=cfg, save_dir=str(tmp_path / "xtuner"), save_format="xtuner")
+    # the line goes to mmengine's current logger, whose stream handler holds the stdout of
+    # the test that created it: read the logger itself
+    logged = io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logger = MMLogger.get_current_instance()
+    logger.addHandler(handler)
+    try:
+        model.to_hf(cfg=cfg, save_dir=str(tmp_path / "xtuner"), save_format="xtuner")
+    finally:
+        logger.removeHandler(handler)
     assert (tmp_path / "xtuner" / "projector").is_dir()
-    printed = capsys.readouterr()
     assert (f"this run's tower is {tower} (SiglipVisionModel): use `xtuner-llava-swap chat` / "
-            "`xtuner-llava-swap eval`") in printed.out + printed.err
+            "`xtuner-llava-swap eval`") in logged.getvalue()
+
+
+def test_to_hf_official_on_a_siglip_run(tiny_parts, tmp_path):
+    """``--save-format official`` on a SigLIP run at the geometry LLaVA-NeXT's
+    SigLipVisionTower asserts (384 px, patch 14: 729 positions; select layer -2). xtuner's
+    pth_to_hf has no option for the tower's hub id: the exporter reads it from the base
+    tower's ``config.json`` (``_name_or_path``, as a downloaded tower records it). The folder
+    equals the plugin's ``--format llava --vision-tower-id`` export of the same ``.pth``."""
+    from export.conftest import QLORA_CONFIG, swap_options, tower_options
+    from xtuner.registry import BUILDER
+
+    from xtuner_llava_swap.export import convert
+    from xtuner_llava_swap.export.run_config import load_training_run
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    tower, hub_id = "siglip-so400m-384", "google/siglip-so400m-patch14-384"
+    siglip = build_tiny_tower(tower, tmp_path / "siglip", image_size=384)
+    config_file = siglip / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
+                                       "_name_or_path": hub_id}))
+    options = {**swap_options("qwen2.5", tiny_parts("qwen2"), siglip), **tower_options(tower)}
+    (tmp_path / "run").mkdir()
+    checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, tmp_path / "run" / "iter_1.pth")
+    cfg = load_training_run(QLORA_CONFIG, options).cfg
+    cfg.model.llm.pop("quantization_config", None)
+    model = BUILDER.build(cfg.model)
+    assert model.visual_select_layer == -2
+    state = torch.load(checkpoint, weights_only=False)["state_dict"]
+    assert not model.load_state_dict(state, strict=False).unexpected_keys
+    theirs, ours = tmp_path / "theirs-llava-qwen", tmp_path / "ours-llava-qwen"
+    model.to_hf(cfg=cfg, save_dir=str(theirs), fp32=True, save_format="official")
+    convert(QLORA_CONFIG, checkpoint, ours, fmt="llava", dtype="float32", cfg_options=options,
+            vision_tower_id=hub_id, progress=False)
+    written, expected = tensors(theirs), tensors(ours)
+    assert written.keys() == expected.keys() and len(expected) > 10
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    config = json.loads((theirs / "config.json").read_text())
+    assert config == json.loads((ours / "config.json").read_text())
+    assert (config["mm_vision_tower"], config["mm_vision_select_layer"]) == (hub_id, -2)
+    assert config["vision_config"]["model_type"] == "siglip_vision_model"
+    assert not (theirs / "clip_vision_tower").exists()  # LLaVA-NeXT reads SigLIP by hub id
