@@ -115,7 +115,8 @@ class LLaVASwapDataset(Dataset):
                              "samples above)")
         self.pack_plan: PackPlan | None = None
         if pack_to_max_length:
-            self.pack_plan = plan_packs(prepared.positions(), max_length, pack_seed)
+            self._sample_positions = prepared.positions()  # read per pack: computed once
+            self.pack_plan = plan_packs(self._sample_positions, max_length, pack_seed)
             print_log(f"LLaVASwapDataset {data_path} packed: {self.pack_plan.summary()}",
                       logger="current")
 
@@ -176,7 +177,7 @@ class LLaVASwapDataset(Dataset):
                 except _UnloadableImage as failure:
                     self._record_failure(sample, failure, "left out of its pack")
             if items:
-                positions = self.prepared.positions()[members].tolist()
+                positions = self._sample_positions[members].tolist()
                 counts = [len(self.prepared.images[m]) for m in members]
                 return pack_item(items, positions, counts, self._placeholder())
             index = self._rng.randrange(len(self.pack_plan))
