@@ -270,21 +270,17 @@ def test_registered_template_gives_the_training_ids(name, folder):
 
 
 # ------------------------------------- LLaVASwapModel.to_hf on a SigLIP run, in-process
-def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path):
-    """What ``pth_to_hf`` calls, on a SigLIP run of another config (Qwen-7B's QLoRA config
-    swapped to Qwen2.5): ``huggingface`` is the plugin's ``hf`` export of the same ``.pth``;
-    ``xtuner`` writes xtuner's folder and the line that names the plugin's tools."""
+def siglip_run(tiny_parts, tmp_path, siglip):
+    """A SigLIP run of another config (Qwen-7B's QLoRA config swapped to Qwen2.5, tower
+    ``siglip``): its cfg-options, ``.pth`` and the model xtuner's pth_to_hf builds for it
+    (the ``.pth`` loaded; the LLM unquantized)."""
     from export.conftest import QLORA_CONFIG, swap_options, tower_options
-    from mmengine.logging import MMLogger
     from xtuner.registry import BUILDER
 
-    from xtuner_llava_swap.export import convert
     from xtuner_llava_swap.export.run_config import load_training_run
-    from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
-    tower = "siglip-so400m-384"
-    siglip = build_tiny_tower(tower, tmp_path / "siglip")
-    options = {**swap_options("qwen2.5", tiny_parts("qwen2"), siglip), **tower_options(tower)}
+    options = {**swap_options("qwen2.5", tiny_parts("qwen2"), siglip),
+               **tower_options("siglip-so400m-384")}
     (tmp_path / "run").mkdir()
     checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, tmp_path / "run" / "iter_1.pth")
     cfg = load_training_run(QLORA_CONFIG, options).cfg
@@ -292,6 +288,22 @@ def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path):
     model = BUILDER.build(cfg.model)
     state = torch.load(checkpoint, weights_only=False)["state_dict"]
     assert not model.load_state_dict(state, strict=False).unexpected_keys
+    return options, checkpoint, cfg, model
+
+
+def test_to_hf_on_a_siglip_run(tiny_parts, tmp_path):
+    """What ``pth_to_hf`` calls, on a SigLIP run: ``huggingface`` is the plugin's ``hf``
+    export of the same ``.pth``; ``xtuner`` writes xtuner's folder and the line that names
+    the plugin's tools."""
+    from export.conftest import QLORA_CONFIG
+    from mmengine.logging import MMLogger
+
+    from xtuner_llava_swap.export import convert
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    tower = "siglip-so400m-384"
+    options, checkpoint, cfg, model = siglip_run(tiny_parts, tmp_path,
+                                                 build_tiny_tower(tower, tmp_path / "siglip"))
     model.to_hf(cfg=cfg, save_dir=str(tmp_path / "theirs"), fp32=True, save_format="huggingface")
     convert(QLORA_CONFIG, checkpoint, tmp_path / "ours", dtype="float32", cfg_options=options,
             progress=False)
@@ -318,11 +330,9 @@ def test_to_hf_official_on_a_siglip_run(tiny_parts, tmp_path):
     pth_to_hf has no option for the tower's hub id: the exporter reads it from the base
     tower's ``config.json`` (``_name_or_path``, as a downloaded tower records it). The folder
     equals the plugin's ``--format llava --vision-tower-id`` export of the same ``.pth``."""
-    from export.conftest import QLORA_CONFIG, swap_options, tower_options
-    from xtuner.registry import BUILDER
+    from export.conftest import QLORA_CONFIG
 
     from xtuner_llava_swap.export import convert
-    from xtuner_llava_swap.export.run_config import load_training_run
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
     tower, hub_id = "siglip-so400m-384", "google/siglip-so400m-patch14-384"
@@ -330,15 +340,8 @@ def test_to_hf_official_on_a_siglip_run(tiny_parts, tmp_path):
     config_file = siglip / "config.json"
     config_file.write_text(json.dumps({**json.loads(config_file.read_text()),
                                        "_name_or_path": hub_id}))
-    options = {**swap_options("qwen2.5", tiny_parts("qwen2"), siglip), **tower_options(tower)}
-    (tmp_path / "run").mkdir()
-    checkpoint = build_inprocess_checkpoint(QLORA_CONFIG, options, tmp_path / "run" / "iter_1.pth")
-    cfg = load_training_run(QLORA_CONFIG, options).cfg
-    cfg.model.llm.pop("quantization_config", None)
-    model = BUILDER.build(cfg.model)
+    options, checkpoint, cfg, model = siglip_run(tiny_parts, tmp_path, siglip)
     assert model.visual_select_layer == -2
-    state = torch.load(checkpoint, weights_only=False)["state_dict"]
-    assert not model.load_state_dict(state, strict=False).unexpected_keys
     theirs, ours = tmp_path / "theirs-llava-qwen", tmp_path / "ours-llava-qwen"
     model.to_hf(cfg=cfg, save_dir=str(theirs), fp32=True, save_format="official")
     convert(QLORA_CONFIG, checkpoint, ours, fmt="llava", dtype="float32", cfg_options=options,
