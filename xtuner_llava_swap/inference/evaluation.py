@@ -2,8 +2,9 @@
 
 :func:`predict` appends one JSON line per finished item to ``predictions.jsonl`` (``index``,
 ``prediction``, ``answer``, ``category`` when the item has one; for MMBench also
-``choice``, the option read from the reply, options and ``l2-category``; ``error`` for an item that could not be scored), batch by batch,
-so a killed evaluation continues where it stopped: items already in the file are skipped.
+``choice``, the option read from the reply, options and ``l2-category``; ``error`` for an
+item that could not be scored), batch by batch, so a killed evaluation continues where it
+stopped: items already in the file are skipped.
 An item whose image or prompt cannot be used, or whose generation fails, is written with
 its ``error`` and the run goes on.
 
