@@ -19,6 +19,7 @@ import json
 import re
 
 import pytest
+from PIL import Image
 from support import FIXTURES, REPO, TF457_PYTHON, requires_fixtures, requires_tf457, run_train
 from test_qlora_4bit import export_options, run_tf457
 
@@ -158,6 +159,24 @@ def test_qwen3_trains_in_4bit_and_the_hook_stops_at_im_end(qwen3_run):
         assert ("<image>\n" in prompt) == (index % 2 == 0)
 
 
+# In the newer environment: the `hf` export argv[1] loaded by chat's loader with
+# --load-in-4bit on the CPU; its bitsandbytes 4-bit layers and a reply about image argv[2].
+EXPORT_4BIT = """
+import json, sys
+import bitsandbytes as bnb
+from PIL import Image
+from xtuner_llava_swap.inference.loading import load_generator
+from xtuner_llava_swap.inference.prompt import one_turn
+
+generator = load_generator(sys.argv[1], device="cpu", load_in_4bit=True)
+four_bit = [name for name, module in generator.model.named_modules()
+            if isinstance(module, bnb.nn.Linear4bit)]
+prompt = generator.render(one_turn("What is it?", Image.open(sys.argv[2]).convert("RGB")))
+reply = generator.generate([prompt], max_new_tokens=4)[0]
+print(json.dumps({"linear4bit": four_bit, "reply": list(reply.token_ids)}))
+"""
+
+
 @requires_tf457
 def test_qwen3_exports_to_hf_verified_and_loads_in_plain_transformers(qwen3_run, tmp_path):
     work_dir, options = qwen3_run
@@ -186,6 +205,13 @@ def test_qwen3_exports_to_hf_verified_and_loads_in_plain_transformers(qwen3_run,
     assert trained.count(-200) == 1
     assert tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True
                                          ).endswith("<|im_start|>assistant\n" + THINK_EMPTY)
+    # chat's loader on the export with --load-in-4bit on the CPU: the LLM's projections only
+    image = tmp_path / "red.png"
+    Image.new("RGB", (60, 40), (200, 20, 20)).save(image)
+    loaded = json.loads(run_tf457("-c", EXPORT_4BIT, out, image).stdout.strip().splitlines()[-1])
+    assert len(loaded["linear4bit"]) == 7 * LAYERS, loaded
+    assert all(".language_model." in name for name in loaded["linear4bit"]), loaded
+    assert 0 < len(loaded["reply"]) <= 4
 
 
 def _stops_only_at_a_stop_id(ids: list, stop_ids: list, max_new_tokens: int) -> bool:

@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the modules of an export that --load-in-4bit leaves unquantized (names in both layouts:
+# hf ``vision_tower`` / ``multi_modal_projector``, official ``vision_tower`` / ``mm_projector``)
+EXPORT_UNQUANTIZED = ("vision_tower", "multi_modal_projector", "mm_projector", "lm_head")
 
 
 class InferenceError(ValueError):
@@ -192,8 +195,10 @@ def _load_export(folder: Path, dtype, device, quantization, system, profile_name
     model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
     profile, recorded_system = export_profile_and_system(folder, profile_name)
     system = recorded_system if system is None else system
-    placement = ({"quantization_config": quantization, "device_map": {"": device}}
-                 if quantization is not None else {})
+    placement = {}
+    if quantization is not None:  # the LLM only, as a run's: tower and projector in dtype
+        quantization.llm_int8_skip_modules = list(EXPORT_UNQUANTIZED)
+        placement = {"quantization_config": quantization, "device_map": {"": device}}
     if model_type == "llava":
         processor, model = load_hf_folder(folder, dtype, **placement)
         generator = HFGenerator(model if placement else model.to(device), processor,
