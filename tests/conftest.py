@@ -37,3 +37,13 @@ def tiny_parts(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def zero2_2rank_run(tiny_parts, tmp_path_factory):
+    """`xtuner train` of the export tests' QLoRA config on 2 ranks, ZeRO-2 -> iter_2.pth/ and
+    iter_4.pth/ (2 optimizer files): trained once for the export and the inference tests."""
+    from export.conftest import multirank_run
+
+    return multirank_run(tiny_parts, tmp_path_factory.mktemp("train-zero2-2rank"),
+                         "deepspeed_zero2", 2)

@@ -2,7 +2,8 @@
 
 Real ``xtuner train`` runs (the lead's Qwen-7B QLoRA config on the tiny parts): a plain
 ``iter_N.pth``, a DeepSpeed ZeRO-2 and a ZeRO-3 directory, and multi-rank DeepSpeed
-directories (2-rank ZeRO-2 and ZeRO-3, 3-rank ZeRO-3). Every other family/setting is
+directories (2-rank ZeRO-2 and ZeRO-3, 3-rank ZeRO-3; the ZeRO-2 one, which the inference
+tests also read, is tests/conftest.py's ``zero2_2rank_run``). Every other family/setting is
 built in-process with xtuner's ``LLaVAModel`` from the same CONFIG (paths, profile and LoRA
 targets swapped with ``--cfg-options``), its trainable weights moved off their init, and
 saved in exactly the ``iter_N.pth`` layout xtuner writes.
@@ -69,7 +70,7 @@ def qwen_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     return _trained(QLORA_CONFIG, tmp_path_factory.mktemp("train-qlora"), _train_options(tiny_parts))
 
 
-def _multirank(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedRun:
+def multirank_run(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedRun:
     """The QLoRA config on ``nproc`` ranks, a checkpoint every 2 iterations (two are kept).
 
     These runs are here for their checkpoints: EvaluateChatHook generates nothing (its
@@ -80,23 +81,16 @@ def _multirank(tiny_parts, folder: Path, deepspeed: str, nproc: int) -> TrainedR
 
 
 @pytest.fixture(scope="session")
-def zero2_2rank_run(tiny_parts, tmp_path_factory) -> TrainedRun:
-    """`xtuner train` on 2 ranks, ZeRO-2 -> iter_2.pth/ and iter_4.pth/ (2 optimizer files)."""
-    return _multirank(tiny_parts, tmp_path_factory.mktemp("train-zero2-2rank"),
-                      "deepspeed_zero2", 2)
-
-
-@pytest.fixture(scope="session")
 def zero3_2rank_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     """`xtuner train` on 2 ranks, ZeRO-3 -> iter_2.pth/ and iter_4.pth/."""
-    return _multirank(tiny_parts, tmp_path_factory.mktemp("train-zero3-2rank"),
+    return multirank_run(tiny_parts, tmp_path_factory.mktemp("train-zero3-2rank"),
                       "deepspeed_zero3", 2)
 
 
 @pytest.fixture(scope="session")
 def zero3_3rank_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     """`xtuner train` on 3 ranks, ZeRO-3 (uneven partitions, padded) -> iter_2.pth/, iter_3.pth/."""
-    return _multirank(tiny_parts, tmp_path_factory.mktemp("train-zero3-3rank"),
+    return multirank_run(tiny_parts, tmp_path_factory.mktemp("train-zero3-3rank"),
                       "deepspeed_zero3", 3)
 
 

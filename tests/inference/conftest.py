@@ -2,7 +2,8 @@
 xtuner's model of the shipped QLoRA config on tiny parts (another profile, family and
 tower swapped in with ``--cfg-options``), its trained weights moved off their init and
 saved as xtuner saves ``iter_N.pth`` (the export tests' builder), then exported to ``hf``
-and, where the tower's official layout allows it, ``llava``."""
+and ``llava``. The SigLIP run's tower has the real SigLIP-so400m geometry (384 px, patch 14:
+729 positions, what the official layout's loaders assert), built as tests/swap builds it."""
 from __future__ import annotations
 
 import base64
@@ -20,8 +21,8 @@ from export.conftest import (QLORA_CONFIG, build_inprocess_checkpoint, swap_opti
 RUNS = {
     "qwen2.5": ("qwen2.5", "qwen2", None, ("hf", "llava")),
     "llama3": ("llama3-instruct", "llama3", None, ("hf", "llava")),
-    # the official layout needs SigLIP's real geometry (729 positions): hf only on a tiny tower
-    "siglip": ("qwen2.5", "qwen2", "siglip-so400m-384", ("hf",)),
+    # a tiny SigLIP of the real geometry (729 positions), which the official layout needs
+    "siglip": ("qwen2.5", "qwen2", "siglip-so400m-384", ("hf", "llava")),
 }
 
 
@@ -94,7 +95,8 @@ def llm_of(tiny_parts, llama3_llm, family: str) -> Path:
 def inference_run(tiny_parts, llama3_llm, tmp_path_factory):
     """``inference_run(name) -> InferenceRun`` for a name of :data:`RUNS`."""
     from xtuner_llava_swap.export.convert import convert
-    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower_of_real_geometry
+    from xtuner_llava_swap.towers import get_tower
 
     cache = {}
 
@@ -102,7 +104,8 @@ def inference_run(tiny_parts, llama3_llm, tmp_path_factory):
         if name not in cache:
             profile, family, tower, formats = RUNS[name]
             folder = tmp_path_factory.mktemp(f"infer-{name}")
-            vision = build_tiny_tower(tower, folder / "tower") if tower else tiny_parts("clip")
+            vision = (build_tiny_tower_of_real_geometry(tower, folder / "tower") if tower
+                      else tiny_parts("clip"))
             options = {**swap_options(profile, llm_of(tiny_parts, llama3_llm, family), vision),
                        **(tower_options(tower) if tower else {})}
             (folder / "work").mkdir()
@@ -110,10 +113,12 @@ def inference_run(tiny_parts, llama3_llm, tmp_path_factory):
                                                     folder / "work" / "iter_1.pth")
             config = dumped_config(options, folder / "work" / "llava_qwen7b_qlora.py")
             exports = {}
-            for fmt in formats:
-                exports[fmt] = folder / f"{fmt}-llava-{name}"  # the loaders read the name
+            for fmt in formats:  # the official loaders read the family from the name
+                exports[fmt] = folder / f"{fmt}-llava-{family}-{name}"
+                # SigLIP's official tower class loads it by its hub id (a tiny one here)
+                hub_id = get_tower(tower).hf_example if tower and fmt == "llava" else None
                 convert(config, checkpoint, exports[fmt], fmt=fmt, dtype="float32",
-                        progress=False)
+                        vision_tower_id=hub_id, progress=False)
             cache[name] = InferenceRun(config, checkpoint, options, exports)
         return cache[name]
 

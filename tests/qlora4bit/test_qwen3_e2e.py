@@ -7,8 +7,11 @@ end with ``<|im_end|>`` after K tokens and must stop there, after the non-thinki
 The checkpoint exports to ``hf`` with ``--verify``, which loads the folder with plain
 transformers 4.57 (``AutoProcessor``, ``LlavaForConditionalGeneration``) and checks its
 prompt ids, logits and greedy tokens against xtuner's model of the run; the export's chat
-template renders the ids training makes of a multi-turn conversation. On xtuner's pins the
-same config stops while it is read, saying why.
+template renders the ids training makes of a multi-turn conversation. The chat tool on the
+same run (``qwen3_chat_check.py``, in that environment): ``--profile qwen3`` / ``qwen3-thinking``
+render what the tokenizer's own chat template renders with ``enable_thinking`` off / on and
+stop on the profile's stop ids; ``--load-in-4bit`` loads the LLM as bitsandbytes nf4 layers
+on the CPU and answers. On xtuner's pins the same config stops while it is read, saying why.
 """
 from __future__ import annotations
 
@@ -16,15 +19,18 @@ import json
 import re
 
 import pytest
-from support import FIXTURES, REPO, TF457_PYTHON, requires_tf457, run_train
+from PIL import Image
+from support import FIXTURES, REPO, TF457_PYTHON, requires_fixtures, requires_tf457, run_train
 from test_qlora_4bit import export_options, run_tf457
 
 from xtuner_llava_swap.testing.tiny import TinyLLaVA
+from xtuner_llava_swap.testing.tiny_recipe import LAYERS
 
 CONFIG = REPO / "configs" / "llava_qwen3_8b_qlora.py"
 K = 3  # EvaluateChatHook's replies end with <|im_end|> at this step
 N_ITERS = 2
 THINK_EMPTY = "<think>\n\n</think>\n\n"
+HERE = REPO / "tests" / "qlora4bit"
 CONVERSATION = {"image": "x.jpg", "conversations": [
     {"from": "human", "value": "<image>\nWhat is in the picture?"},
     {"from": "gpt", "value": "A red square and a blue circle."},
@@ -153,6 +159,24 @@ def test_qwen3_trains_in_4bit_and_the_hook_stops_at_im_end(qwen3_run):
         assert ("<image>\n" in prompt) == (index % 2 == 0)
 
 
+# In the newer environment: the `hf` export argv[1] loaded by chat's loader with
+# --load-in-4bit on the CPU; its bitsandbytes 4-bit layers and a reply about image argv[2].
+EXPORT_4BIT = """
+import json, sys
+import bitsandbytes as bnb
+from PIL import Image
+from xtuner_llava_swap.inference.loading import load_generator
+from xtuner_llava_swap.inference.prompt import one_turn
+
+generator = load_generator(sys.argv[1], device="cpu", load_in_4bit=True)
+four_bit = [name for name, module in generator.model.named_modules()
+            if isinstance(module, bnb.nn.Linear4bit)]
+prompt = generator.render(one_turn("What is it?", Image.open(sys.argv[2]).convert("RGB")))
+reply = generator.generate([prompt], max_new_tokens=4)[0]
+print(json.dumps({"linear4bit": four_bit, "reply": list(reply.token_ids)}))
+"""
+
+
 @requires_tf457
 def test_qwen3_exports_to_hf_verified_and_loads_in_plain_transformers(qwen3_run, tmp_path):
     work_dir, options = qwen3_run
@@ -181,3 +205,53 @@ def test_qwen3_exports_to_hf_verified_and_loads_in_plain_transformers(qwen3_run,
     assert trained.count(-200) == 1
     assert tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True
                                          ).endswith("<|im_start|>assistant\n" + THINK_EMPTY)
+    # chat's loader on the export with --load-in-4bit on the CPU: the LLM's projections only
+    image = tmp_path / "red.png"
+    Image.new("RGB", (60, 40), (200, 20, 20)).save(image)
+    loaded = json.loads(run_tf457("-c", EXPORT_4BIT, out, image).stdout.strip().splitlines()[-1])
+    assert len(loaded["linear4bit"]) == 7 * LAYERS, loaded
+    assert all(".language_model." in name for name in loaded["linear4bit"]), loaded
+    assert 0 < len(loaded["reply"]) <= 4
+
+
+def _stops_only_at_a_stop_id(ids: list, stop_ids: list, max_new_tokens: int) -> bool:
+    """Generation ran and ended on a stop id, or at ``max_new_tokens`` without one."""
+    body = ids[:-1] if ids and ids[-1] in stop_ids else ids
+    return 0 < len(ids) <= max_new_tokens and not set(body) & set(stop_ids) and (
+        len(body) < len(ids) or len(ids) == max_new_tokens)
+
+
+@requires_fixtures  # the real Qwen3 tokenizer and its own chat template
+@requires_tf457
+def test_qwen3_chat_thinks_as_its_profile_says_and_loads_in_4bit(qwen3_run, tiny_parts):
+    from xtuner_llava_swap.profiles import get_profile
+
+    work_dir, options = qwen3_run
+    image = next(p for p in sorted(tiny_parts("data")[2].rglob("*")) if p.is_file())
+    proc = run_tf457(HERE / "qwen3_chat_check.py", image, K, work_dir / f"iter_{N_ITERS}.pth",
+                     "--config", CONFIG, "--cfg-options", *export_options(options))
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    im_end = facts["im_end"]
+    assert facts["chat_template_thinks"]
+    for name in ("qwen3", "qwen3-thinking"):
+        fact = facts[name]
+        stop_words = get_profile(name).template["STOP_WORDS"]
+        assert fact["profile"] == name and len(fact["stop_ids"]) == len(stop_words) == 2
+        assert fact["stop_ids"][0] == im_end
+        assert fact["ids"] == fact["template_ids"], name  # the tokenizer's own template
+        assert fact["text"] == fact["template_text"] and fact["image_places"] == 1, name
+        assert (len(fact["forced_ids"]), fact["forced_ids"][-1], fact["forced_stop"]) == (
+            K, im_end, "<|im_end|>")
+        assert "<|im_end|>" not in fact["forced_answer"]
+        assert _stops_only_at_a_stop_id(fact["free_ids"], fact["stop_ids"], 4), fact["free_ids"]
+        assert fact["cli"][0] == 0, fact["cli"]
+    assert facts["qwen3"]["text"].endswith("<|im_start|>assistant\n" + THINK_EMPTY)
+    assert facts["qwen3-thinking"]["text"].endswith("<|im_start|>assistant\n")
+    assert THINK_EMPTY not in facts["qwen3-thinking"]["text"]
+    four_bit = facts["4bit"]
+    assert len(four_bit["linear4bit"]) == 7 * LAYERS, four_bit  # every projection of every layer
+    assert four_bit["quant_types"] == ["nf4"]
+    assert [name.rsplit(".", 1)[-1] for name in four_bit["other_linears"]] == ["lm_head"]
+    assert (len(four_bit["forced_ids"]), four_bit["forced_ids"][-1]) == (K, im_end)
+    assert _stops_only_at_a_stop_id(four_bit["free_ids"], facts["qwen3"]["stop_ids"], 4)
+    assert four_bit["cli"][0] == 0 and four_bit["cli"][1].strip(), four_bit["cli"]

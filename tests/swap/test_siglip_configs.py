@@ -26,7 +26,7 @@ import torch
 from mmengine.config import Config
 
 from support import FIXTURES, REPO, config_with_lines, hub_cache, run_train
-from xtuner_llava_swap.testing.tiny import TinyLLaVA, build_tiny_tower
+from xtuner_llava_swap.testing.tiny import TinyLLaVA, build_tiny_tower_of_real_geometry
 
 CONFIGS = REPO / "configs"
 PRETRAIN = CONFIGS / "llava_qwen2_5_7b_siglip_so400m_pretrain.py"
@@ -153,8 +153,7 @@ def siglip_qlora_run(tiny_parts, tmp_path_factory) -> TrainedRun:
     real tokenizer through these configs is covered by the bad-sample config tests and by the
     CLIP qwen2.5 end-to-end run (tests/swap/test_configs.py)."""
     root = tmp_path_factory.mktemp("siglip-e2e")
-    siglip = build_tiny_tower(TOWER, root / "siglip-384", image_size=IMAGE_SIZE,
-                              patch_size=PATCH_SIZE)
+    siglip = build_tiny_tower_of_real_geometry(TOWER, root / "siglip-384")
     pretrain_data, finetune_data = two_image_data(tiny_parts("data")[0], root)
     tiny = TinyLLaVA("qwen2", tiny_parts("qwen2", real_tokenizer=False), siglip, pretrain_data,
                      finetune_data, tiny_parts("data")[2], uses_real_tokenizer=False)

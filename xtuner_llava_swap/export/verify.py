@@ -74,8 +74,8 @@ def default_image(number: int = 0):
 def trained_model(run, checkpoint, trust_remote_code: bool = False, quantization=None):
     """xtuner's model of ``run`` (fp32, unquantized base, LoRA adapters live, not merged)
     with ``checkpoint`` (a :class:`~xtuner_llava_swap.checkpoint.TrainedCheckpoint`) loaded.
-    ``quantization``: a ``BitsAndBytesConfig`` for the base LLM instead (the chat tool's
-    ``--load-in-4bit``, CUDA only)."""
+    ``quantization``: a ``BitsAndBytesConfig`` for the base LLM instead (chat's and eval's
+    ``--load-in-4bit``)."""
     from xtuner.registry import BUILDER
 
     from .tokenizer import remote_code_allowed

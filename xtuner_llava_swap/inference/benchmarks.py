@@ -9,7 +9,8 @@
   through the run's profile like every prompt (:mod:`.prompt`). Circular evaluation groups
   rows by ``index % 1_000_000`` (MMBench's convention for the rotated copies).
 * VQA (``.jsonl``): one ``{"image": path (relative to the file), "question": str,
-  "answer": str | [str]}`` per line (``"id"`` optional, else the line number).
+  "answer": str | [str]}`` per line (``"id"`` optional, else the line number;
+  ``"category"`` optional, a text: accuracy is then also reported per category).
 
 A row that cannot be read (no question, an image reference that does not resolve, an image
 that is not an image) becomes an item with ``error`` set: it is counted and listed as
@@ -182,7 +183,8 @@ def read_vqa(path: Path) -> list:
                 raise ValueError(f"{where}: image {full} cannot be read "
                                  f"({type(err).__name__}); fix the path") from None
 
+        category = record.get("category")
         items.append(Item(index=index, text=record["question"], answer=record["answer"],
-                          load_image=load if image_path else None,
-                          question=record["question"]))
+                          load_image=load if image_path else None, question=record["question"],
+                          category=None if category is None else str(category)))
     return items

@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--device", default=None, help="default: cuda when present, else cpu")
     parser.add_argument("--load-in-4bit", action="store_true",
-                        help="load the LLM in 4-bit (bitsandbytes nf4; CUDA only)")
+                        help="load the LLM in 4-bit (bitsandbytes nf4), where bitsandbytes "
+                             "quantizes on --device (CUDA; also a CPU with e.g. "
+                             "bitsandbytes 0.50); refused in one line elsewhere")
     parser.add_argument("--trust-remote-code", action="store_true")
     return parser
 

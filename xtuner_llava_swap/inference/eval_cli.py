@@ -2,6 +2,7 @@
 
     xtuner-llava-swap eval MODEL [--config CONFIG] --data FILE --work-dir OUT
                               [--batch-size N] [--max-new-tokens N] [--force] [--compare MODEL2 ...]
+                              [--load-in-4bit]
 
 MODEL is a checkpoint with ``--config`` (the run, no export needed) or an export folder
 (``hf`` or ``llava``). FILE is an MMBench TSV or a VQA JSONL (:mod:`.benchmarks`). OUT gets
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="prompt profile override (same family as the run's)")
     parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None, help="cuda when present, else cpu")
+    parser.add_argument("--load-in-4bit", action="store_true",
+                        help="load each model's LLM in 4-bit (bitsandbytes nf4), as chat does")
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -73,7 +76,8 @@ def _load(args, model):
 
     config = None if (Path(model) / "config.json").is_file() else args.config  # an export
     return load_generator(model, config, cfg_options=args.cfg_options, dtype=args.dtype,
-                          device=args.device, trust_remote_code=args.trust_remote_code,
+                          device=args.device, load_in_4bit=args.load_in_4bit,
+                          trust_remote_code=args.trust_remote_code,
                           system=args.system, profile=args.profile)
 
 

@@ -1,16 +1,18 @@
 """Running a generator over evaluation items, resumably, and scoring what it answered.
 
 :func:`predict` appends one JSON line per finished item to ``predictions.jsonl`` (``index``,
-``prediction``, ``answer``; for MMBench also ``choice``, the option read from the reply,
-options and categories; ``error`` for an item that could not be scored), batch by batch,
-so a killed evaluation continues where it stopped: items already in the file are skipped.
+``prediction``, ``answer``, ``category`` when the item has one; for MMBench also
+``choice``, the option read from the reply, options and ``l2-category``; ``error`` for an
+item that could not be scored), batch by batch, so a killed evaluation continues where it
+stopped: items already in the file are skipped.
 An item whose image or prompt cannot be used, or whose generation fails, is written with
 its ``error`` and the run goes on.
 
 :func:`score` turns the predictions into the result: MMBench's circular accuracy (a
 question counts only when every rotation of its options, the rows of one
 ``index % 1_000_000`` group, is answered right), overall and per category; VQA's exact and
-normalised match. :func:`agreement` is the share of identical answers of two models.
+normalised match, overall and per category when the items have categories.
+:func:`agreement` is the share of identical answers of two models.
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ def _record(kind: str, item, reply_text=None, error=None) -> dict:
         record.update(choice=None if reply_text is None else read_option(reply_text, item.options),
                       options=item.options, category=item.category,
                       **{"l2-category": item.l2_category})
+    elif item.category is not None:
+        record["category"] = item.category
     if error is not None:
         record["error"] = error
     return record
@@ -146,7 +150,7 @@ def _score_mmbench(items: list, records: dict) -> dict:
 
 
 def _score_vqa(items: list, records: dict) -> dict:
-    unscored, exact, normal = [], 0, 0
+    unscored, exact, normal, per_category = [], 0, 0, {}
     for item in items:
         record = records.get(str(item.index), {})
         if record.get("error"):
@@ -155,10 +159,17 @@ def _score_vqa(items: list, records: dict) -> dict:
         is_exact, is_normal = vqa_match(record.get("prediction"), item.answer)
         exact += is_exact
         normal += is_normal
+        tally = per_category.setdefault(item.category or "(none)", [0, 0])
+        tally[0] += is_normal
+        tally[1] += 1
     scored = len(items) - len(unscored)
+    if all(item.category is None for item in items):
+        per_category = {}  # a file without categories: the overall accuracy only
     return {"kind": "vqa", "accuracy": normal / scored if scored else None,
             "exact_accuracy": exact / scored if scored else None, "n_items": len(items),
-            "n_scored": scored, "n_correct": normal, "unscored": unscored, "per_category": {}}
+            "n_scored": scored, "n_correct": normal, "unscored": unscored,
+            "per_category": {name: right / total for name, (right, total)
+                             in sorted(per_category.items())}}
 
 
 def agreement(first: dict, second: dict) -> dict:

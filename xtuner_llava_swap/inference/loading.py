@@ -24,6 +24,9 @@ from pathlib import Path
 import torch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the modules of an export that --load-in-4bit leaves unquantized (names in both layouts:
+# hf ``vision_tower`` / ``multi_modal_projector``, official ``vision_tower`` / ``mm_projector``)
+EXPORT_UNQUANTIZED = ("vision_tower", "multi_modal_projector", "mm_projector", "lm_head")
 
 
 class InferenceError(ValueError):
@@ -42,16 +45,36 @@ def _dtype(name: str | None, device: str):
 
 
 def _four_bit(load_in_4bit: bool, device: str, dtype):
-    """The ``BitsAndBytesConfig`` of ``--load-in-4bit`` (CUDA only), else ``None``."""
+    """The ``BitsAndBytesConfig`` of ``--load-in-4bit`` (nf4, double quantization), else
+    ``None``. Allowed wherever the installed bitsandbytes quantizes nf4 on ``device``
+    (CUDA; a CPU with a bitsandbytes of CPU kernels, e.g. 0.50); refused in one line
+    where it cannot (e.g. 0.45 on a CPU)."""
     if not load_in_4bit:
         return None
-    if not device.startswith("cuda"):
-        raise InferenceError(f"--load-in-4bit needs a CUDA device (bitsandbytes 4-bit), and "
-                             f"--device is {device}: leave --load-in-4bit out on a CPU")
+    refusal = four_bit_refusal(device)
+    if refusal:
+        raise InferenceError(f"--load-in-4bit: {refusal}; leave --load-in-4bit out on this "
+                             "machine (or use a CUDA device)")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)
+
+
+def four_bit_refusal(device: str) -> str | None:
+    """Why bitsandbytes cannot quantize nf4 on ``device`` here (it is asked to, on a few
+    numbers), or ``None`` when it can."""
+    try:
+        import bitsandbytes
+        from bitsandbytes.functional import quantize_4bit
+    except ImportError:
+        return "bitsandbytes is not installed (pip install bitsandbytes)"
+    try:
+        quantize_4bit(torch.ones(64, device=device), quant_type="nf4")
+    except Exception as err:  # noqa: BLE001  (each backend refuses in its own way)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"bitsandbytes {bitsandbytes.__version__} cannot quantize nf4 on {device} ({reason})"
+    return None
 
 
 def _profile(name):
@@ -172,8 +195,10 @@ def _load_export(folder: Path, dtype, device, quantization, system, profile_name
     model_type = json.loads((folder / "config.json").read_text()).get("model_type", "")
     profile, recorded_system = export_profile_and_system(folder, profile_name)
     system = recorded_system if system is None else system
-    placement = ({"quantization_config": quantization, "device_map": {"": device}}
-                 if quantization is not None else {})
+    placement = {}
+    if quantization is not None:  # the LLM only, as a run's: tower and projector in dtype
+        quantization.llm_int8_skip_modules = list(EXPORT_UNQUANTIZED)
+        placement = {"quantization_config": quantization, "device_map": {"": device}}
     if model_type == "llava":
         processor, model = load_hf_folder(folder, dtype, **placement)
         generator = HFGenerator(model if placement else model.to(device), processor,

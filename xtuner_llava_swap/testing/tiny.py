@@ -115,6 +115,17 @@ def build_tiny_tower(tower: str, out_dir: str | Path, *, image_size: int = 56,
     return out
 
 
+def build_tiny_tower_of_real_geometry(tower: str, out_dir: str | Path, *, seed: int = 0) -> Path:
+    """A tiny ``tower`` (see :func:`build_tiny_tower`) with the real tower's input geometry,
+    its image size and patch (SigLIP-so400m: 384 px, patch 14, 729 positions): what the
+    official layout's loaders assert, at the cost of a long image sequence."""
+    from xtuner_llava_swap.towers import get_tower
+
+    real = get_tower(tower)
+    return build_tiny_tower(tower, out_dir, image_size=real.image_size,
+                            patch_size=real.patch_size, seed=seed)
+
+
 def build_tiny_clip(out_dir: str | Path, *, image_size: int = 56, patch_size: int = 14,
                     seed: int = 0) -> Path:
     """Save a tiny ``CLIPVisionModel`` and a matching ``CLIPImageProcessor``."""
