@@ -4,11 +4,12 @@
   options ``A``, ``B``..., ``answer`` (dev split only), ``category``, ``l2-category``,
   ``image`` (base64, or the ``index`` of another row whose image it shares, as MMBench's
   circular copies do; the last few pictures decoded are kept, so the rotations of a
-  question evaluated together decode it once). The prompt is xtuner's (hint, question, ``"A. ..."`` lines, then
-  ``"Answer with the option's letter from the given choices directly."``, or
-  ``"请直接回答选项字母。"`` for Chinese text), the image before it; it is then rendered
-  through the run's profile like every prompt (:mod:`.prompt`). Circular evaluation groups
-  rows by ``index % 1_000_000`` (MMBench's convention for the rotated copies).
+  question evaluated together decode it once). The prompt is xtuner's (hint, question,
+  ``"A. ..."`` lines, then ``"Answer with the option's letter from the given choices
+  directly."``, or ``"请直接回答选项字母。"`` for Chinese text), the image before it; it is
+  then rendered through the run's profile like every prompt (:mod:`.prompt`). Circular
+  evaluation groups rows by ``index % 1_000_000`` (MMBench's convention for the rotated
+  copies).
 * VQA (``.jsonl``): one ``{"image": path (relative to the file), "question": str,
   "answer": str | [str]}`` per line (``"id"`` optional, else the line number).
 
