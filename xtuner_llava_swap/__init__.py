@@ -40,7 +40,8 @@ def _register_save_formats() -> None:
 def _xtuner_tools() -> None:
     from . import xtuner_tools
 
-    xtuner_tools.install()  # templates for xtuner chat / mmbench, their tower check
+    # the profiles' templates for xtuner chat / mmbench (compat patches what they miss)
+    xtuner_tools.register_templates(compat.xtuner_tool())
 
 
 call_after_import("xtuner", _register_data)

@@ -60,6 +60,20 @@ Problems fixed (measured on torch 2.13 CPU, xtuner 0.2.0, mmengine 0.10.6):
   uint8 4-bit weights of QLoRA beside bfloat16 ones. Each parameter is now gathered into a
   buffer of its own and waited for. Only where the accelerator orders nothing (a CPU).
 
+* ``xtuner_tools_clip_only_tower``: ``xtuner chat`` / ``xtuner mmbench`` build any vision
+  encoder as ``CLIPVisionModel`` with ``CLIPImageProcessor`` and drop position 0 of its
+  features; given a tower they cannot load so (SigLIP: the ``--llava`` folder's
+  ``visual_encoder/``, else ``--visual-encoder``), they failed late or ran it wrongly. In
+  those tools' processes only, they now stop at once with one line naming the plugin's tools
+  (:attr:`~xtuner_llava_swap.towers.tower.VisionTower.xtuner_tools_refusal`; a hub id is
+  not checked).
+* ``xtuner_chat_training_system_prompt``: ``xtuner chat`` renders a template's ``SYSTEM``
+  only with ``--system`` / ``--system-template``, so a profile's template
+  (``--prompt-template qwen2.5``, registered by :mod:`xtuner_llava_swap.xtuner_tools`)
+  rendered the first turn without the system prompt training used. Given neither option,
+  ``--system-template <profile>`` is added to the command line before chat reads it (only
+  for a profile whose first turn carries one).
+
 ``python -m xtuner_llava_swap doctor`` shows which patches this machine needed;
 ``python -m xtuner_llava_swap install-startup`` makes every Python of the environment
 apply them on ``import xtuner`` (see ``xtuner_llava_swap_startup``). The switches that run
@@ -502,6 +516,85 @@ def _bnb_linear4bit_keeps_training_layout() -> None:
     Linear4bit.__init__ = __init__
 
 
+# ------------------------------------------------------- xtuner chat / xtuner mmbench
+XTUNER_TOOLS = ("chat", "mmbench")  # xtuner/tools/<name>.py: the tools run after training
+
+
+def xtuner_tool(argv=None) -> str | None:
+    """``"chat"`` or ``"mmbench"`` when this process is that xtuner tool, else None."""
+    import xtuner
+
+    argv = sys.argv if argv is None else argv
+    if not argv or not argv[0]:
+        return None
+    script = Path(argv[0]).resolve()
+    tools = Path(xtuner.__file__).resolve().parent / "tools"
+    return next((tool for tool in XTUNER_TOOLS if script == tools / f"{tool}.py"), None)
+
+
+def argv_option(argv, name: str) -> str | None:
+    """The value of ``name`` (``--name value`` or ``--name=value``) in ``argv``, or None."""
+    for index, arg in enumerate(argv):
+        if arg == name and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def xtuner_tool_tower_refusal(argv) -> str | None:
+    """The line that stops ``xtuner chat`` / ``mmbench`` when its vision encoder folder (the
+    ``--llava`` folder's ``visual_encoder/``, else ``--visual-encoder``) holds a tower these
+    tools cannot load; None otherwise (a hub id or an unknown encoder is left to the tool)."""
+    import json
+
+    from .towers import tower_for
+
+    llava = argv_option(argv, "--llava")
+    folder = (Path(llava) / "visual_encoder" if llava and (Path(llava) / "visual_encoder").is_dir()
+              else Path(argv_option(argv, "--visual-encoder") or ""))
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        tower = tower_for(json.loads(config.read_text()).get("model_type"))
+    except (ValueError, json.JSONDecodeError):
+        return None
+    return tower.xtuner_tools_refusal
+
+
+def _xtuner_tool_cannot_load_the_tower() -> bool:
+    return xtuner_tool() is not None and xtuner_tool_tower_refusal(sys.argv) is not None
+
+
+def _xtuner_tool_stops_on_the_tower() -> None:
+    raise SystemExit(f"xtuner {xtuner_tool()}: {xtuner_tool_tower_refusal(sys.argv)}")
+
+
+def chat_system_template(argv) -> str | None:
+    """The ``--system-template`` that ``xtuner chat`` with ``argv`` lacks: the profile's name
+    when ``--prompt-template`` is a profile's template and neither ``--system`` nor
+    ``--system-template`` is given, and the profile's first turn carries a system prompt."""
+    template = argv_option(argv, "--prompt-template")
+    if (xtuner_tool(argv) != "chat" or template is None or argv_option(argv, "--system")
+            is not None or argv_option(argv, "--system-template") is not None):
+        return None
+    from xtuner.utils import SYSTEM_TEMPLATE
+
+    from . import xtuner_tools
+
+    xtuner_tools.register_templates("chat")  # before the package's own call: a no-op then
+    return template if template in xtuner_tools.ADDED and template in SYSTEM_TEMPLATE else None
+
+
+def _xtuner_chat_drops_the_training_system() -> bool:
+    return chat_system_template(sys.argv) is not None
+
+
+def _xtuner_chat_gets_the_training_system() -> None:
+    sys.argv += ["--system-template", chat_system_template(sys.argv)]
+
+
 PATCHES = [
     Patch("torch_cpu_bf16_query", _bf16_query_missing, _add_cpu_bf16_query, "torch"),
     # before xtuner.dataset, which xtuner's own __init__ does not import
@@ -526,6 +619,11 @@ PATCHES = [
           _bnb_linear4bit_keeps_training_layout, "bitsandbytes"),
     Patch("zero3_cpu_gathers_complete", _zero3_waits_for_the_last_gather_only,
           _zero3_waits_for_each_gather, "deepspeed.runtime.zero.partition_parameters"),
+    # both before the tool's main() reads its arguments (xtuner's tools import xtuner.utils)
+    Patch("xtuner_tools_clip_only_tower", _xtuner_tool_cannot_load_the_tower,
+          _xtuner_tool_stops_on_the_tower, "xtuner.utils"),
+    Patch("xtuner_chat_training_system_prompt", _xtuner_chat_drops_the_training_system,
+          _xtuner_chat_gets_the_training_system, "xtuner.utils"),
 ]
 
 

@@ -485,3 +485,41 @@ def test_zero3_gather_patch_not_applied_with_an_ordering_accelerator(tmp_path):
               getattr(partition_parameters.Init._allgather_params_coalesced, "_waits_for_each", False))
     """, tmp_path)
     assert "applied False False" in out
+
+
+def test_xtuner_tools_patches_find_their_problem_in_those_tools_only(tmp_path):
+    """``xtuner_chat_training_system_prompt`` and ``xtuner_tools_clip_only_tower``: present
+    only in the processes of ``xtuner chat`` / ``mmbench`` whose command line has the
+    problem (the tools themselves run with both in tests/xtuner_recipe)."""
+    import xtuner
+
+    from xtuner_llava_swap import compat
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    tools = Path(xtuner.__file__).resolve().parent / "tools"
+    chat, mmbench = str(tools / "chat.py"), str(tools / "mmbench.py")
+    assert [compat.xtuner_tool([script]) for script in (chat, mmbench, "train.py", "")] \
+        == ["chat", "mmbench", None, None]
+    assert compat.chat_system_template([chat, "LLM", "--prompt-template", "qwen2.5"]) == "qwen2.5"
+    for argv in ([chat, "LLM", "--prompt-template", "qwen2.5", "--system", "Be brief."],
+                 [chat, "LLM", "--prompt-template=qwen2.5", "--system-template=qwen2.5"],
+                 [chat, "LLM", "--prompt-template", "vicuna"],       # xtuner's own template
+                 [chat, "LLM", "--prompt-template", "qwen3"],        # no first-turn system
+                 [chat, "LLM"], [mmbench, "LLM", "--prompt-template", "qwen2.5"],
+                 ["other.py", "--prompt-template", "qwen2.5"]):
+        assert compat.chat_system_template(argv) is None, argv
+    siglip = build_tiny_tower("siglip-so400m-384", tmp_path / "siglip")
+    clip = build_tiny_tower("clip-vit-large-336", tmp_path / "clip")
+    (tmp_path / "llava" / "visual_encoder").mkdir(parents=True)
+    (tmp_path / "llava" / "visual_encoder" / "config.json").write_text(
+        (siglip / "config.json").read_text())
+    line = compat.xtuner_tool_tower_refusal([chat, "LLM", "--visual-encoder", str(siglip)])
+    assert line.startswith("xtuner chat / xtuner mmbench load the vision encoder as CLIP") \
+        and "siglip-so400m-384" in line
+    # the --llava folder's own encoder wins over --visual-encoder
+    assert compat.xtuner_tool_tower_refusal(
+        [mmbench, "LLM", "--visual-encoder", str(clip), "--llava", str(tmp_path / "llava")]) == line
+    for encoder in (str(clip), "openai/clip-vit-large-patch14-336"):  # a hub id: not checked
+        assert compat.xtuner_tool_tower_refusal([chat, "LLM", "--visual-encoder", encoder]) is None
+    assert not compat._xtuner_tool_cannot_load_the_tower()  # this process is pytest
+    assert not compat._xtuner_chat_drops_the_training_system()

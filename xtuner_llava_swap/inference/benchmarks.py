@@ -3,11 +3,13 @@
 * MMBench (``.tsv``), as ``xtuner mmbench`` reads it: ``index``, ``question``, ``hint``,
   options ``A``, ``B``..., ``answer`` (dev split only), ``category``, ``l2-category``,
   ``image`` (base64, or the ``index`` of another row whose image it shares, as MMBench's
-  circular copies do). The prompt is xtuner's (hint, question, ``"A. ..."`` lines, then
-  ``"Answer with the option's letter from the given choices directly."``, or
-  ``"请直接回答选项字母。"`` for Chinese text), the image before it; it is then rendered
-  through the run's profile like every prompt (:mod:`.prompt`). Circular evaluation groups
-  rows by ``index % 1_000_000`` (MMBench's convention for the rotated copies).
+  circular copies do; the last few pictures decoded are kept, so the rotations of a
+  question evaluated together decode it once). The prompt is xtuner's (hint, question,
+  ``"A. ..."`` lines, then ``"Answer with the option's letter from the given choices
+  directly."``, or ``"请直接回答选项字母。"`` for Chinese text), the image before it; it is
+  then rendered through the run's profile like every prompt (:mod:`.prompt`). Circular
+  evaluation groups rows by ``index % 1_000_000`` (MMBench's convention for the rotated
+  copies).
 * VQA (``.jsonl``): one ``{"image": path (relative to the file), "question": str,
   "answer": str | [str]}`` per line (``"id"`` optional, else the line number;
   ``"category"`` optional, a text: accuracy is then also reported per category).
@@ -33,6 +35,7 @@ CIRCULAR_BASE = 1_000_000
 ENGLISH_SUFFIX = "Answer with the option's letter from the given choices directly."
 CHINESE_SUFFIX = "请直接回答选项字母。"
 _CHINESE = re.compile(r"[\u4e00-\u9fff]")
+DECODED_KEPT = 16  # decoded MMBench pictures kept for the rows that share them
 
 
 @dataclass
@@ -118,10 +121,20 @@ def read_mmbench(path: Path) -> list:
             raise InferenceError(f"--data {path}: row {number + 2} has index "
                                  f"{row['index']!r}, not a whole number") from None
 
+    decoded: dict = {}  # the row whose base64 image was decoded -> the picture, the last few
+
+    def picture(row: int, where: str):
+        if row not in decoded:
+            if len(decoded) >= DECODED_KEPT:
+                decoded.pop(next(iter(decoded)))
+            decoded[row] = _decode(images[row], where)
+        return decoded[row]
+
     def loader(index: int, where: str):
         def load():
-            value, seen = images[index], {index}
-            while len(value) < 64:  # a reference to another row's image
+            row, seen = index, {index}
+            while len(images[row]) < 64:  # a reference to another row's image
+                value = images[row]
                 try:
                     target = int(value)
                 except ValueError:
@@ -132,8 +145,8 @@ def read_mmbench(path: Path) -> list:
                                      f"{'is not in the file' if target not in images else 'loops'}; "
                                      "give the row its base64 image or a valid index")
                 seen.add(target)
-                value = images[target]
-            return _decode(value, where)
+                row = target
+            return picture(row, where)
         return load
 
     items = []

@@ -5,6 +5,10 @@
 ``choice``, the option read from the reply, options and ``l2-category``; ``error`` for an
 item that could not be scored), batch by batch, so a killed evaluation continues where it
 stopped: items already in the file are skipped.
+Batches hold items of about the same prompt length (the items in the order of their text's
+length, the rows of one MMBench circular group side by side), so little of a batch is left
+padding, and a group's picture is decoded once for its rotations; the file's lines come in
+that order, each naming its ``index``.
 An item whose image or prompt cannot be used, or whose generation fails, is written with
 its ``error`` and the run goes on.
 
@@ -51,6 +55,11 @@ def _record(kind: str, item, reply_text=None, error=None) -> dict:
     return record
 
 
+def _batch_order(item):
+    """Sort key of the batches: the prompt text's length, then the item's circular group."""
+    return len(item.text), str(item.group)
+
+
 def _prompt(generator, item):
     images = [item.image()] if item.load_image is not None else []
     return generator.render(one_turn(item.text, images), what=f"item {item.index}")
@@ -62,7 +71,7 @@ def predict(generator, kind: str, items: list, path: Path, *, batch_size: int = 
     from tqdm import tqdm
 
     done = read_predictions(path)
-    todo = [item for item in items if str(item.index) not in done]
+    todo = sorted((item for item in items if str(item.index) not in done), key=_batch_order)
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=label, unit="item",
                disable=not progress, dynamic_ncols=True)
     torn = Path(path).is_file() and not Path(path).read_bytes().endswith(b"\n") \

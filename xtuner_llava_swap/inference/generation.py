@@ -42,7 +42,8 @@ class StopOnTokenIds(StoppingCriteria):
     """Stop a sequence when its last tokens equal one of ``stop_sequences`` (lists of ids).
 
     The cost per generated token depends only on the stop sequences, never on the
-    length of what was generated. Returns one flag per batch row.
+    length of what was generated (the sequences are moved to the ids' device once, not at
+    every token). Returns one flag per batch row.
     """
 
     def __init__(self, stop_sequences: Sequence[Sequence[int]]):
@@ -58,11 +59,12 @@ class StopOnTokenIds(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if next(iter(self._by_length.values())).device != input_ids.device:
+            self._by_length = {n: seqs.to(input_ids.device) for n, seqs in self._by_length.items()}
         for length, sequences in self._by_length.items():
             if input_ids.shape[1] < length:
                 continue
             tail = input_ids[:, -length:]
-            sequences = sequences.to(input_ids.device)
             done |= (tail[:, None, :] == sequences[None, :, :]).all(dim=-1).any(dim=-1)
         return done
 
