@@ -5,7 +5,9 @@ shipped finetune config (docs/learning_test.md has the measurements behind each 
 ``xtuner train`` (the shipped config unchanged but for CPU, path and tiny-size switches) and
 those a model of the run needs afterwards (``convert``, ``chat``, ``eval``). The learning
 test and ``tools/demo.py`` both train with it; the training process runs with
-:data:`TRAIN_ENV`.
+:data:`TRAIN_ENV`. :meth:`Recipe.packed_train_options` is the same run with packing on
+(docs/packing.md): one pack of :data:`SAMPLES_PER_PACK` samples per step, as many samples
+per step and as many steps as the unpacked run.
 """
 from __future__ import annotations
 
@@ -24,6 +26,16 @@ IMAGE_SIZE = 28  # the tiny CLIP's input: 2 x 2 patches of 14
 N_TRAIN, N_HELDOUT = 8000, 24  # training pictures (one epoch); held-out items per kind
 BATCH_SIZE, LR = 4, 1e-3
 LAST_ITERATION = N_TRAIN // BATCH_SIZE  # the run's last checkpoint is iter_{this}.pth
+# Packing: every sample of the task takes SAMPLE_POSITIONS positions (its 4 image tokens
+# counted), so packs of PACK_MAX_LENGTH hold exactly SAMPLES_PER_PACK samples (efficiency
+# 100 %); one pack per step is BATCH_SIZE samples per step, LAST_ITERATION steps again.
+SAMPLE_POSITIONS = 130
+SAMPLES_PER_PACK = BATCH_SIZE
+PACK_MAX_LENGTH = SAMPLES_PER_PACK * SAMPLE_POSITIONS
+PACKED_OPTIONS = {"train_dataloader.dataset.pack_to_max_length": True,
+                  "train_dataloader.dataset.max_length": PACK_MAX_LENGTH,
+                  "train_dataloader.batch_size": 1,
+                  "train_dataloader.sampler.per_device_batch_size": 1}
 TRAIN_ENV = {"OMP_NUM_THREADS": "1"}  # tiny matrices: one thread is the fastest
 MODEL_OPTIONS = {"model.use_activation_checkpointing": False}
 
@@ -35,6 +47,10 @@ class Recipe:
     clip: Path
     train_options: dict  # ``xtuner train --cfg-options`` (CPU options first)
     model_options: dict  # what a conversion or a model of the run needs
+
+    def packed_train_options(self) -> dict:
+        """``train_options`` with packing on (:data:`PACKED_OPTIONS`)."""
+        return {**self.train_options, **PACKED_OPTIONS}
 
 
 def build_recipe(root: str | Path, *, seed: int = 0) -> Recipe:
