@@ -25,6 +25,13 @@ Each must reach :data:`REQUIRED` accuracy. The controls score the same items wit
 picture blank, and centre-cropped instead of padded (the shape lies in the outer quarters, so
 the crop cuts it away): they must fall to chance, which shows that the accuracy comes from
 the pixels, through the padding, and not from the questions.
+
+A second training of the same config on the same task has packing on
+(``train_dataloader.dataset.pack_to_max_length=True``, docs/packing.md) with the recipe's
+packing numbers: one pack of 4 whole samples per step, as many samples per step as the
+first, for two epochs (at one, the first's step count, it learned at one seed of three).
+Its held-out items are scored on the run and on its ``hf`` export, and
+with every picture blank.
 """
 from __future__ import annotations
 
@@ -37,7 +44,9 @@ import pytest
 
 from support import FIXTURES, REPO, run_train
 from xtuner_llava_swap.testing.visual_recipe import (CONFIG_NAME, KINDS, LAST_ITERATION,
-                                                      TRAIN_ENV, build_recipe)
+                                                      N_TRAIN, PACK_MAX_LENGTH,
+                                                      PACKED_LAST_ITERATION, SAMPLES_PER_PACK,
+                                                      TRAIN_ENV, Recipe, build_recipe)
 from xtuner_llava_swap.testing.visual_task import VisualTask
 
 CONFIG = REPO / "configs" / f"{CONFIG_NAME}.py"
@@ -55,23 +64,39 @@ class LearnedRun:
     task: VisualTask
     checkpoint: Path
     cfg_options: dict  # what a conversion or a model of the run needs
+    log: str  # the training's output
 
 
 @pytest.fixture(scope="module")
-def learned_run(tmp_path_factory) -> LearnedRun:
-    root = tmp_path_factory.mktemp("learns")
-    recipe = build_recipe(root)
-    work_dir = root / "run"
+def recipe(tmp_path_factory) -> Recipe:
+    """The task and the tiny parts, once for both trainings."""
+    return build_recipe(tmp_path_factory.mktemp("learns"))
+
+
+def train(recipe: Recipe, train_options: dict, work_dir: Path, last: int) -> LearnedRun:
+    """``xtuner train`` of CONFIG with ``train_options``; the run at its ``iter_{last}.pth``."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in TRAIN_ENV.items():
             patch.setenv(name, value)
-        proc = run_train(CONFIG, work_dir, recipe.train_options)
+        proc = run_train(CONFIG, work_dir, train_options)
     log = (work_dir / "test_stdout.log").read_text()
-    checkpoint = work_dir / f"iter_{LAST_ITERATION}.pth"
+    checkpoint = work_dir / f"iter_{last}.pth"
     assert proc.returncode == 0 and checkpoint.is_file(), log[-4000:]
     losses = [float(x) for x in re.findall(r"loss: ([0-9.]+)", log)]
     assert losses[-1] < losses[0] / 4, losses
-    return LearnedRun(recipe.task, checkpoint, recipe.model_options)
+    return LearnedRun(recipe.task, checkpoint, recipe.model_options, log)
+
+
+@pytest.fixture(scope="module")
+def learned_run(recipe, tmp_path_factory) -> LearnedRun:
+    return train(recipe, recipe.train_options, tmp_path_factory.mktemp("run"), LAST_ITERATION)
+
+
+@pytest.fixture(scope="module")
+def packed_run(recipe, tmp_path_factory) -> LearnedRun:
+    """The same recipe with packing on: one pack of SAMPLES_PER_PACK samples per step."""
+    return train(recipe, recipe.packed_train_options(), tmp_path_factory.mktemp("packed-run"),
+                 PACKED_LAST_ITERATION)
 
 
 def export(run: LearnedRun, out: Path, fmt: str) -> Path:
@@ -173,6 +198,29 @@ def test_run_falls_to_chance_with_centre_cropped_images(learned_run, tmp_path):
     assert_chance(task, evaluate(learned_run, task.heldout_centre_crop, tmp_path / "crop"))
     assert_chance(task, evaluate(learned_run, task.heldout, tmp_path / "no-pad",
                                  **{"llava_dataset.pad_image_to_square": False}))
+
+
+# ------------------------------------------------------------------ the same run packed
+def test_packed_run_steps_through_full_packs(packed_run):
+    """Each step one pack of SAMPLES_PER_PACK whole samples, no padding (the unpacked run's
+    samples per step), for PACK_EPOCHS epochs."""
+    assert (f"packed: {N_TRAIN} samples in {N_TRAIN // SAMPLES_PER_PACK} packs of max_length "
+            f"{PACK_MAX_LENGTH}: {SAMPLES_PER_PACK:.2f} samples per pack, packing efficiency "
+            "100.0%") in packed_run.log
+    assert f"Iter(train) [{PACKED_LAST_ITERATION}/{PACKED_LAST_ITERATION}]" in packed_run.log
+
+
+def test_packed_run_and_hf_export_answer_held_out_items(packed_run, tmp_path):
+    hf = export(packed_run, tmp_path / "hf", "hf")
+    result = evaluate(packed_run, packed_run.task.heldout, tmp_path / "heldout", hf)
+    assert_learned(result)
+    assert_learned(result["compare"][0])
+    assert result["compare"][0]["identical_share"] == 1.0, result
+
+
+def test_packed_run_falls_to_chance_with_the_image_withheld(packed_run, tmp_path):
+    assert_chance(packed_run.task,
+                  evaluate(packed_run, packed_run.task.heldout_blank, tmp_path / "blank"))
 
 
 # ------------------------------------------------------------------ LLaVA-NeXT's own loader
