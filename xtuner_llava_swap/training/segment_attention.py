@@ -71,24 +71,33 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)
-    batch, heads, length, dim = query.shape
+    batch, heads, length, _ = query.shape
     if bounds[-1] != batch * length or key.shape[2] != length:
         raise ValueError(f"packed attention: segments end at {bounds[-1]} but the batch holds "
                          f"{batch} x {length} positions (keys: {key.shape[2]})")
     groups = heads // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    pieces = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        row, first = divmod(start, length)
-        last = end - row * length
-        if last > length:
-            raise ValueError(f"packed attention: a segment ({start}, {end}) crosses row {row}")
-        pieces.append(torch.nn.functional.scaled_dot_product_attention(
-            query[row:row + 1, :, first:last], key[row:row + 1, :, first:last],
-            value[row:row + 1, :, first:last], dropout_p=dropout, scale=scaling,
-            is_causal=True))
-    out = torch.cat(pieces, dim=2)  # (1, H, B*L, D): the rows one after the other
-    return out.view(heads, batch, length, dim).permute(1, 2, 0, 3).contiguous(), None
+    # unbind and split, not slicing: their backward joins the gradients once, where a slice's
+    # backward fills a zero gradient of the whole row for every segment
+    rows = []
+    for row, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
+        lengths = _row_lengths(bounds, row, length)
+        rows.append(torch.cat([
+            torch.nn.functional.scaled_dot_product_attention(
+                qs[None], ks[None], vs[None], dropout_p=dropout, scale=scaling,
+                is_causal=True)[0]
+            for qs, ks, vs in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1))],
+            dim=1))
+    return torch.stack(rows).transpose(1, 2).contiguous(), None
+
+
+def _row_lengths(bounds: list[int], row: int, length: int) -> list[int]:
+    """The segment lengths of ``row`` from the batch's flattened segment bounds."""
+    start, end = row * length, (row + 1) * length
+    inside = [b for b in bounds if start <= b <= end]
+    if not inside or inside[0] != start or inside[-1] != end:
+        raise ValueError(f"packed attention: a segment crosses the start or end of row {row}")
+    return [b - a for a, b in zip(inside[:-1], inside[1:])]
 
 
 def register() -> None:
