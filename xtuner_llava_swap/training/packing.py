@@ -2,19 +2,26 @@
 
 A packed sequence (``pack_to_max_length=True``, :mod:`xtuner_llava_swap.data.packing`)
 reaches ``LLaVASwapModel`` with ``sample_lengths``: the positions of each of its samples
-once the images are expanded. :func:`isolate_samples` turns xtuner's merged inputs into
-what the LLM needs to keep them apart: position ids that restart at 0 for every sample,
-and a 4D additive attention mask ``(batch, 1, L, L)`` (0 where a position may attend,
-the dtype's minimum elsewhere) that is causal inside each sample and blocks attention
-across samples. The padding after the last sample of a shorter sequence is one more
-block, so no row of the mask is empty. Transformers hands such a mask to SDPA or the
-eager attention as it is (Llama, Qwen2, Qwen3, Phi-3 on 4.48 and 4.57).
+once the images are expanded. :func:`isolate_samples` adds to xtuner's merged inputs what
+the LLM needs to keep them apart (:func:`packed_inputs`): position ids that restart at 0
+for every sample, and one of
 
-Flash attention's varlen path (cumulative lengths) is not built: the model refuses an
-LLM loaded with ``attn_implementation="flash_attention_2"`` and says to load it with
-``sdpa``. :func:`check_isolation` runs once, at the first packed batch, and stops the
-run in one line when the LLM does not isolate samples under that mask (an LLM whose
-remote code flattens the mask, such as Qwen-7B's, fails here).
+* ``"segments"``: the sample boundaries for :mod:`.segment_attention` (attention per
+  sample, ``sum(len²)`` per row), as ``cu_seq_lens_q/k`` and ``max_length_q/k`` plus the
+  zero-stride marker mask;
+* ``"flash_attention_2"``: the same boundaries and no mask, transformers' varlen path of
+  flash attention (what it reads: the keyword arguments, or the restarted position ids
+  where a checkpointed layer drops those);
+* ``"dense"``: a 4D additive mask ``(batch, 1, L, L)``, causal inside each sample and
+  closed across samples (``L²`` per row), which SDPA and eager attention take as it is.
+
+The padding after the last sample of a shorter row is one more segment (block), so no row
+of attention is empty. :func:`choose_attention` runs once, at the first packed batch: flash
+for an LLM loaded with it, else the segments where switching the LLM's
+``config._attn_implementation`` to the segment attention keeps samples apart (the switch is
+permanent), else the dense mask; :func:`check_isolation` is the probe behind each choice,
+and stops the run in one line when nothing isolates samples (an LLM whose remote code
+flattens the mask, such as Qwen-7B's).
 """
 from __future__ import annotations
 
