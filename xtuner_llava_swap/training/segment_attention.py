@@ -4,7 +4,9 @@ A packed row holds several samples; attending over the whole row and masking the
 cross-sample blocks costs ``L²`` per row. :func:`segment_attention` is an attention
 function of transformers' interface (``ALL_ATTENTION_FUNCTIONS``, registered under
 :data:`SEGMENT_ATTENTION` by :func:`register`) that runs torch SDPA with ``is_causal=True``
-on each sample's segment, so a row costs the sum of its samples' squares.
+on the samples' segments, so a row costs about the sum of its samples' squares: the
+segments of the batch, grouped by length into buckets, go through one SDPA call per bucket
+(:class:`_Plan`), not one per sample.
 
 The segments come, flattened over the batch as flash attention's varlen path takes them,
 from ``cu_seq_lens_q`` (transformers' ``FlashAttentionKwargs``) where the LLM's code passes
@@ -25,7 +27,8 @@ from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_f
 
 SEGMENT_ATTENTION = "xtuner_llava_swap_segments"
 
-_last_bounds: list = [None, None, None]  # (key, held tensor, bounds): one .tolist() per batch
+_last_plan: list = [None, None, None]  # (key, held tensor, _Plan): one .tolist() per batch
+BUCKET_RATIO = 0.8  # a bucket's shortest segment is at least this share of its longest
 
 
 def segment_marker(batch: int, length: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -46,15 +49,47 @@ def cumulative_lengths(position_ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([starts, starts.new_tensor([flat.numel()])])
 
 
-def _bounds(source: torch.Tensor, derive) -> list[int]:
-    """``derive(source).tolist()``, reused while the same tensor comes back (every layer of
-    a forward, and the recomputed layers of its backward)."""
+class _Plan:
+    """The segments of a batch (``bounds``: cumulative, over its rows laid end to end) in
+    buckets of similar length, each run as one SDPA call on its segments padded at the end
+    to the bucket's longest: at most ``1 - BUCKET_RATIO²`` of a bucket's attention is
+    padding, and few calls serve many samples. Under the causal mask a segment's real
+    positions never see the padding after them, and the padding's outputs are dropped.
+    ``buckets``: per bucket, the flattened positions it gathers ``(n, M)`` (the padding
+    repeats the segment's last position) and which of its ``n * M`` outputs are real;
+    ``order``: where each position's output lies in the real outputs laid end to end."""
+
+    def __init__(self, bounds: list[int], length: int, device):
+        segments = [(a, b - a) for a, b in zip(bounds[:-1], bounds[1:])]
+        for start, size in segments:
+            if start // length != (start + size - 1) // length:
+                raise ValueError(f"packed attention: a segment at {start} of {size} positions "
+                                 f"crosses the end of a row of {length}")
+        segments.sort(key=lambda seg: -seg[1])
+        self.buckets, placed = [], []
+        while segments:
+            longest = segments[0][1]
+            count = next((i for i, seg in enumerate(segments)
+                          if seg[1] < BUCKET_RATIO * longest), len(segments))
+            group, segments = segments[:count], segments[count:]
+            steps = torch.arange(longest)
+            index = torch.stack([start + steps.clamp(max=size - 1) for start, size in group])
+            real = torch.cat([i * longest + torch.arange(size)
+                              for i, (_, size) in enumerate(group)])
+            placed.append(index.reshape(-1)[real])
+            self.buckets.append((index.to(device), real.to(device)))
+        self.order = torch.argsort(torch.cat(placed)).to(device)
+
+
+def _plan(source: torch.Tensor, derive, length: int) -> _Plan:
+    """The plan of ``derive(source)``, reused while the same tensor comes back (every layer
+    of a forward, and the recomputed layers of its backward)."""
     key = (source.data_ptr(), tuple(source.shape), tuple(source.stride()), source.dtype,
-           source.device)
-    if _last_bounds[0] != key:
+           source.device, length)
+    if _last_plan[0] != key:
         # holding the tensor keeps its memory from being reused by another batch's tensor
-        _last_bounds[:] = [key, source, derive(source).tolist()]
-    return _last_bounds[2]
+        _last_plan[:] = [key, source, _Plan(derive(source).tolist(), length, source.device)]
+    return _last_plan[2]
 
 
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -63,41 +98,28 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     ``(B, H_kv, L, D)``; returns ``((B, L, H, D), None)``."""
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     position_ids = kwargs.get("position_ids")
+    batch, heads, length, dim = query.shape
     if cu_seq_lens is not None:
-        bounds = _bounds(cu_seq_lens, lambda t: t)
+        plan = _plan(cu_seq_lens, lambda t: t, length)
     elif is_segment_marker(attention_mask) and position_ids is not None:
-        bounds = _bounds(position_ids, cumulative_lengths)
+        plan = _plan(position_ids, cumulative_lengths, length)
     else:
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)
-    batch, heads, length, _ = query.shape
-    if bounds[-1] != batch * length or key.shape[2] != length:
-        raise ValueError(f"packed attention: segments end at {bounds[-1]} but the batch holds "
-                         f"{batch} x {length} positions (keys: {key.shape[2]})")
+    if len(plan.order) != batch * length or key.shape[2] != length:
+        raise ValueError(f"packed attention: the segments cover {len(plan.order)} positions "
+                         f"but the batch holds {batch} x {length} (keys: {key.shape[2]})")
     groups = heads // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
-    # unbind and split, not slicing: their backward joins the gradients once, where a slice's
-    # backward fills a zero gradient of the whole row for every segment
-    rows = []
-    for row, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):
-        lengths = _row_lengths(bounds, row, length)
-        rows.append(torch.cat([
-            torch.nn.functional.scaled_dot_product_attention(
-                qs[None], ks[None], vs[None], dropout_p=dropout, scale=scaling,
-                is_causal=True)[0]
-            for qs, ks, vs in zip(q.split(lengths, 1), k.split(lengths, 1), v.split(lengths, 1))],
-            dim=1))
-    return torch.stack(rows).transpose(1, 2).contiguous(), None
-
-
-def _row_lengths(bounds: list[int], row: int, length: int) -> list[int]:
-    """The segment lengths of ``row`` from the batch's flattened segment bounds."""
-    start, end = row * length, (row + 1) * length
-    inside = [b for b in bounds if start <= b <= end]
-    if not inside or inside[0] != start or inside[-1] != end:
-        raise ValueError(f"packed attention: a segment crosses the start or end of row {row}")
-    return [b - a for a, b in zip(inside[:-1], inside[1:])]
+    flat = [t.transpose(1, 2).reshape(batch * length, heads, dim) for t in (query, key, value)]
+    outputs = []
+    for index, real in plan.buckets:
+        q, k, v = (t[index].transpose(1, 2) for t in flat)  # (segments, H, longest, D)
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+        outputs.append(out.transpose(1, 2).reshape(-1, heads, dim)[real])
+    return torch.cat(outputs)[plan.order].view(batch, length, heads, dim), None
 
 
 def register() -> None:
