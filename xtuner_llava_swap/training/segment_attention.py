@@ -24,10 +24,14 @@ from __future__ import annotations
 import torch
 import transformers
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.modeling_attn_mask_utils import AttentionMaskConverter
 
 SEGMENT_ATTENTION = "xtuner_llava_swap_segments"
 
 _last_plan: list = [None, None, None]  # (key, held tensor, _Plan): one .tolist() per batch
+# transformers < 4.50 (no AttentionInterface) builds the mask of a custom attention name
+# without SDPA's care for fully masked rows; later versions use the registered sdpa_mask
+_UNMASK_ON_CUDA = not hasattr(transformers, "AttentionInterface")
 BUCKET_RATIO = 0.8  # a bucket's shortest segment is at least this share of its longest
 
 
@@ -104,6 +108,12 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     elif is_segment_marker(attention_mask) and position_ids is not None:
         plan = _plan(position_ids, cumulative_lengths, length)
     else:
+        if _UNMASK_ON_CUDA and query.device.type == "cuda" and attention_mask is not None \
+                and attention_mask.is_floating_point():
+            # what 4.48 does for "sdpa" only: rows with every key masked (left padding)
+            # attend to all, or SDPA's memory-efficient kernel gives NaN
+            attention_mask = AttentionMaskConverter._unmask_unattended(
+                attention_mask, torch.finfo(attention_mask.dtype).min)
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, is_causal=is_causal,
                                       **kwargs)
