@@ -1,4 +1,4 @@
-"""Attention over the samples of packed rows, one segment at a time.
+"""Attention over the samples of packed rows, segment by segment.
 
 A packed row holds several samples; attending over the whole row and masking the
 cross-sample blocks costs ``L²`` per row. :func:`segment_attention` is an attention
