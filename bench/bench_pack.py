@@ -16,18 +16,24 @@ ViT-L/14-336, for a GPU) with LoRA r=16 on the LLM and the projector, AdamW, see
   ``LLaVAModel`` (the shipped finetune recipe's sampler);
 * ``padded, length-grouped``: ``LLaVASwapDataset``, ``LengthGroupedSampler``,
   ``llava_collate_fn``, ``LLaVASwapModel`` (this project's finetune configs);
-* ``packed``: the same with ``pack_to_max_length=True``; the batch holds
-  ``--pack-batch`` packs (default: as many positions per step as a padded batch holds on
-  average).
+* ``padded, random order``: the same with mmengine's ``DefaultSampler`` (shuffle, seed 0),
+  the sampler of xtuner's LLaVA pretrain configs;
+* ``packed``: the same with ``pack_to_max_length=True`` (attention per sample segment,
+  docs/packing.md); the batch holds ``--pack-batch`` packs (default: as many positions per
+  step as a padded batch holds on average).
 
 ``padding share`` is over the whole epoch the sampler yields: positions the LLM computes
 (rows x the longest row of each batch) that hold no token of a sample. ``samples/s`` is
-the epoch's samples over its estimated time: the mean time of ``--steps`` batches spread
-evenly over the epoch (data loading, images, forward, backward, optimizer step; after 2
-warm-up steps) times the epoch's number of batches; the median of ``--repeats``
-alternating runs. Runs:
+the epoch's samples over its time (data loading, images, forward, backward, optimizer step;
+after 2 warm-up steps), the median of ``--repeats`` alternating runs. With ``--epoch`` every
+batch of the epoch is timed; otherwise the time is a stratified estimate: the epoch's
+batches sorted by computed positions are cut into ``--steps`` strata of equal count, the
+middle batch of each is timed, and the epoch's time is the sum of each stratum's count
+times its batch's time (padded batches vary in length several-fold, so batches taken at
+even steps through the epoch missed or overweighted the long ones). Runs:
 
     python bench/bench_pack.py                              # CPU, tiny
+    python bench/bench_pack.py --samples 1000 --epoch       # CPU, tiny, every batch timed
     python bench/bench_pack.py --shape 7b --batch 16 --steps 20 --repeats 1   # GPU
 """
 from __future__ import annotations
@@ -136,22 +142,38 @@ def build_variants(llm: Path, clip: Path, data: Path, images: Path, max_length: 
                 pad_image_to_square=True, image_token_count=image_tokens, cache=False)
     padded = LLaVASwapDataset(**swap)
     packed = LLaVASwapDataset(**swap, pack_to_max_length=True)
+    padded_parts = (padded, llava_collate_fn, model(LLaVASwapModel), np.asarray(padded.length))
     return {
         "xtuner stock": (stock, default_collate_fn, model(LLaVAModel), stock_positions),
-        "padded, length-grouped": (padded, llava_collate_fn, model(LLaVASwapModel),
-                                   np.asarray(padded.length)),
+        "padded, length-grouped": padded_parts,
+        "padded, random order": padded_parts,
         "packed": (packed, llava_collate_fn, model(LLaVASwapModel), np.asarray(packed.length)),
     }
 
 
-def epoch_batches(dataset, batch: int, seed: int = 0) -> list[list[int]]:
-    """The epoch's batches as xtuner's ``LengthGroupedSampler`` yields them (one rank)."""
+def epoch_batches(dataset, batch: int, random_order: bool = False,
+                  seed: int = 0) -> list[list[int]]:
+    """The epoch's batches as xtuner's ``LengthGroupedSampler`` (or, ``random_order``,
+    mmengine's shuffling ``DefaultSampler``) yields them (one rank)."""
+    from mmengine.dataset import DefaultSampler
     from xtuner.dataset.samplers import LengthGroupedSampler
 
-    sampler = LengthGroupedSampler(dataset, per_device_batch_size=batch,
-                                   length_property="modality_length", seed=seed)
+    sampler = (DefaultSampler(dataset, shuffle=True, seed=seed) if random_order else
+               LengthGroupedSampler(dataset, per_device_batch_size=batch,
+                                    length_property="modality_length", seed=seed))
     order = list(iter(sampler))
     return [order[i:i + batch] for i in range(0, len(order), batch)]
+
+
+def timed_batches(batches, positions, steps: int | None) -> tuple[list[int], list[int]]:
+    """``(batches to time, how many of the epoch's batches each stands for)``: all of them
+    (``steps`` None), or the middle batch of each of ``steps`` equal-count strata of the
+    batches sorted by computed positions."""
+    if steps is None or steps >= len(batches):
+        return list(range(len(batches))), [1] * len(batches)
+    computed = [len(b) * int(positions[b].max()) for b in batches]
+    strata = np.array_split(np.argsort(computed, kind="stable"), steps)
+    return [int(s[len(s) // 2]) for s in strata], [len(s) for s in strata]
 
 
 def padding_share(batches, positions) -> tuple[float, int]:
@@ -166,9 +188,10 @@ def samples_in(dataset, indices) -> int:
     return sum(len(plan.packs[i]) for i in indices) if plan is not None else len(indices)
 
 
-def measure(name, dataset, collate, model_cfg, batches, steps: int) -> float:
-    """The epoch's samples per second, estimated from ``steps`` batches spread evenly over
-    ``batches`` (the epoch), after the warm-up steps."""
+def measure(name, dataset, collate, model_cfg, batches, positions, steps: int | None) -> float:
+    """The epoch's samples per second over ``batches`` (the epoch): every batch timed
+    (``steps`` None) or the stratified estimate of :func:`timed_batches`; after the
+    warm-up steps."""
     import torch
     from xtuner.registry import BUILDER
 
@@ -177,8 +200,8 @@ def measure(name, dataset, collate, model_cfg, batches, steps: int) -> float:
     model = BUILDER.build(model_cfg).to(device)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    stride = max(1, len(batches) // steps)
-    chosen = batches[:WARMUP_STEPS] + batches[::stride][:steps]
+    timed, weights = timed_batches(batches, positions, steps)
+    chosen = batches[:WARMUP_STEPS] + [batches[i] for i in timed]
     seconds = []
     for step, indices in enumerate(chosen):
         start = time.perf_counter()
@@ -196,7 +219,8 @@ def measure(name, dataset, collate, model_cfg, batches, steps: int) -> float:
             seconds.append(time.perf_counter() - start)
     if not torch.isfinite(loss):
         raise RuntimeError(f"{name}: loss {loss.item()}")
-    return samples_in(dataset, range(len(dataset))) / (statistics.mean(seconds) * len(batches))
+    epoch = sum(w * t for w, t in zip(weights, seconds))
+    return samples_in(dataset, range(len(dataset))) / epoch
 
 
 def main(argv=None) -> int:
@@ -206,7 +230,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=8, help="samples per padded batch")
     parser.add_argument("--pack-batch", type=int, default=None, help="packs per packed batch")
-    parser.add_argument("--steps", type=int, default=12, help="timed batches per run")
+    parser.add_argument("--steps", type=int, default=24,
+                        help="timed batches per run (strata of the epoch)")
+    parser.add_argument("--epoch", action="store_true", help="time every batch of the epoch")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -226,16 +252,20 @@ def main(argv=None) -> int:
     padded_positions = variants["padded, length-grouped"][3]
     pack_batch = args.pack_batch or max(1, round(args.batch * padded_positions.mean()
                                                  / variants["packed"][3].mean()))
-    batches = {name: epoch_batches(ds, pack_batch if name == "packed" else args.batch)
+    batches = {name: epoch_batches(ds, pack_batch if name == "packed" else args.batch,
+                                   random_order=name == "padded, random order")
                for name, (ds, *_rest) in variants.items()}
+    steps = None if args.epoch else args.steps
     speed = {name: [] for name in variants}
     for repeat in range(args.repeats):
-        for name, (dataset, collate, model_cfg, _) in variants.items():
+        for name, (dataset, collate, model_cfg, positions) in variants.items():
             speed[name].append(measure(name, dataset, collate, model_cfg, batches[name],
-                                       args.steps))
+                                       positions, steps))
             print(f"  {name} run {repeat + 1}: {speed[name][-1]:.1f} samples/s", flush=True)
 
     packed_dataset = variants["packed"][0]
+    timing = ("with every batch timed" if steps is None
+              else f"from {steps} timed batches, stratified by computed positions")
     device = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
               else f"CPU ({os.cpu_count()} cores)")
     llm_config = json.loads((llm / "config.json").read_text())
@@ -244,8 +274,8 @@ def main(argv=None) -> int:
           f"{llm_config['vocab_size']}; CLIP {clip_config['image_size']} px ({image_tokens} "
           f"image tokens); {args.samples} synthetic samples, max_length {args.max_length}; "
           f"padded batch {args.batch} samples, packed batch {pack_batch} packs "
-          f"({packed_dataset.pack_plan.summary()}); samples/s of the epoch from {args.steps} "
-          f"timed batches spread over it, median of {args.repeats} alternating runs\n")
+          f"({packed_dataset.pack_plan.summary()}); samples/s of the epoch {timing}, median "
+          f"of {args.repeats} alternating runs\n")
     print("| variant | samples kept | batches / epoch | padding share of computed positions "
           "| computed positions / epoch | samples/s (median) | each run | x padded |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")

@@ -65,7 +65,8 @@ def dataset(llm: Path, tower: Path, data: Path, images: Path, family: str, tower
         max_images=2, cache=False, **kwargs)
 
 
-def model(llm: Path, tower: Path, tower_name: str):
+def model(llm: Path, tower: Path, tower_name: str, checkpointing: bool = False,
+          attn_implementation: str = "sdpa", dtype=torch.float32):
     from mmengine.config import ConfigDict
     from transformers import AutoModelForCausalLM, CLIPVisionModel, SiglipVisionModel
 
@@ -74,9 +75,10 @@ def model(llm: Path, tower: Path, tower_name: str):
     vision_cls = SiglipVisionModel if tower_name.startswith("siglip") else CLIPVisionModel
     torch.manual_seed(0)
     return LLaVASwapModel(
-        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, torch_dtype=torch.float32,
-                       attn_implementation="sdpa", pretrained_model_name_or_path=str(llm)),
+        llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, torch_dtype=dtype,
+                       attn_implementation=attn_implementation,
+                       pretrained_model_name_or_path=str(llm)),
         visual_encoder=ConfigDict(type=vision_cls.from_pretrained,
                                   pretrained_model_name_or_path=str(tower)),
         vision_tower=tower_name, freeze_llm=False, freeze_visual_encoder=False,
-        use_activation_checkpointing=False)
+        use_activation_checkpointing=checkpointing)

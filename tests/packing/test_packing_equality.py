@@ -1,8 +1,12 @@
 """Packed equals unpacked: the same samples, packed into sequences or padded one per row,
 give the same per-sample losses, the same batch loss and the same gradients of every
 trainable parameter (fp32), for a Qwen2-family and a Llama-family tiny model, CLIP and
-SigLIP towers, samples with one, two and no images in the same packs."""
+SigLIP towers, samples with one, two and no images in the same packs; on the attention per
+sample segment (with activation checkpointing, whose recomputed layers get no keyword
+arguments on transformers 4.48, and without) and once on the dense block-diagonal mask."""
 from __future__ import annotations
+
+import importlib.util
 
 import pytest
 import torch
@@ -11,6 +15,7 @@ from packing_helpers import TOWER_OF, dataset, model, write_mixed_data
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner)
 from xtuner_llava_swap.data.collate import llava_collate_fn
 from xtuner_llava_swap.token_contract import IGNORE_INDEX
+from xtuner_llava_swap.training.segment_attention import SEGMENT_ATTENTION
 
 MAX_LENGTH = 480  # two or three samples per pack (the synthetic tokenizer: 140-250 each)
 
@@ -21,12 +26,14 @@ def data(tmp_path_factory):
 
 
 def llm_calls(net):
-    """Records the LLM's labels and logits of every call (the real forward path)."""
+    """Records the LLM's labels, logits and attention inputs of every call (the real forward
+    path)."""
     calls = []
 
     def hook(_module, _args, kwargs, output):
         if kwargs.get("labels") is not None:  # not the start-up isolation probe
-            calls.append((kwargs["labels"].detach(), output.logits.detach()))
+            calls.append((kwargs["labels"].detach(), output.logits.detach(),
+                          kwargs.get("attention_mask"), kwargs.get("cu_seq_lens_q")))
 
     net.llm.register_forward_hook(hook, with_kwargs=True)
     return calls
@@ -49,10 +56,12 @@ def spans(lengths):
     return list(zip([0] + ends[:-1], ends))
 
 
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
-@pytest.mark.parametrize("tower", ["clip", "siglip"])
+@pytest.mark.parametrize("family, tower, attention, checkpointing", [
+    ("qwen2", "clip", "segments", False), ("qwen2", "siglip", "segments", True),
+    ("llama", "clip", "segments", True), ("llama", "siglip", "segments", False),
+    ("qwen2", "clip", "dense", False)])
 def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, data, family,
-                                                  tower):
+                                                  tower, attention, checkpointing):
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
     llm = tiny_parts(family, real_tokenizer=False)  # a small vocabulary: fast logits
@@ -67,7 +76,10 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     assert any(len({len(plain.prepared.images[i]) for i in m}) > 1 for m in members)  # mixed
     assert all(length <= MAX_LENGTH for length in packed.length)
 
-    net = model(llm, tower_dir, TOWER_OF[tower])
+    net = model(llm, tower_dir, TOWER_OF[tower], checkpointing)
+    assert net.llm.is_gradient_checkpointing == checkpointing
+    if attention == "dense":  # the path an LLM gets when the probe refuses the segments
+        net.packed_attention = "dense"
     calls = llm_calls(net)
     trainable = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
 
@@ -81,14 +93,24 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     # unpacked: the samples in pack order, one per row, padded (xtuner's path)
     order = [i for m in members for i in m]
     loss_plain, grads_plain = run([plain[i] for i in order])
-    labels, logits = calls[-1]
+    labels, logits, *_ = calls[-1]
     lengths = plain.prepared.positions()[order].tolist()
     plain_losses = per_sample_losses(labels, logits, [[(0, n_i)] for n_i in lengths])
 
     pack_items = [packed[i] for i in range(len(packed))]
     loss_packed, grads_packed = run(pack_items)
-    labels, logits = calls[-1]
+    labels, logits, mask, cu = calls[-1]
     assert logits.shape[1] == max(packed.length)  # rows padded to the longest pack only
+    rows, width = len(pack_items), logits.shape[1]
+    assert mask.shape == (rows, 1, width, width)
+    if attention == "segments":  # one-element marker, the segments flattened over the batch
+        assert mask.stride() == (0, 0, 0, 0) and cu[-1] == rows * width
+        assert len(cu) == 1 + n + sum(sum(i["sample_lengths"]) < width for i in pack_items)
+    else:
+        assert cu is None and mask.stride()[-1] == 1
+    assert net.packed_attention == attention
+    assert net.llm.config._attn_implementation == (SEGMENT_ATTENTION if attention == "segments"
+                                                   else "sdpa")
     packed_losses = per_sample_losses(labels, logits,
                                       [spans(item["sample_lengths"]) for item in pack_items])
 
@@ -100,3 +122,45 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     assert grads_packed.keys() == grads_plain.keys() and len(grads_plain) > len(trainable) / 2
     for key, grad in grads_plain.items():
         torch.testing.assert_close(grads_packed[key], grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available()
+                    or importlib.util.find_spec("flash_attn") is None,
+                    reason="needs a CUDA GPU and flash-attn (the varlen path of flash_attention_2)")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_flash_attention_2_packed_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, data,
+                                                              checkpointing):
+    """GPU only: an LLM loaded with flash_attention_2 (bf16) trains packed batches through
+    transformers' varlen path: the per-sample losses equal those of the samples unpacked
+    (flash attention on padded rows) to bf16 tolerance. With activation checkpointing on
+    transformers 4.48 the varlen segments come from the position ids alone."""
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    llm = tiny_parts("qwen2", real_tokenizer=False)
+    tower_dir = build_tiny_tower(TOWER_OF["clip"], tmp_path_factory.mktemp("clip"))
+    plain = dataset(llm, tower_dir, *data, "qwen2", TOWER_OF["clip"])
+    packed = dataset(llm, tower_dir, *data, "qwen2", TOWER_OF["clip"], pack_to_max_length=True,
+                     max_length=MAX_LENGTH)
+    net = model(llm, tower_dir, TOWER_OF["clip"], checkpointing, "flash_attention_2",
+                torch.bfloat16).to("cuda", torch.bfloat16)
+    calls = llm_calls(net)
+
+    def run(items):
+        batch = llava_collate_fn(items)["data"]
+        batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        loss = net(batch, mode="loss")["loss"]
+        loss.backward()
+        return calls[-1]
+
+    members = [p.tolist() for p in packed.pack_plan.packs]
+    order = [i for m in members for i in m]
+    labels, logits, *_ = run([plain[i] for i in order])
+    lengths = plain.prepared.positions()[order].tolist()
+    plain_losses = per_sample_losses(labels, logits.float(), [[(0, n_i)] for n_i in lengths])
+    pack_items = [packed[i] for i in range(len(packed))]
+    labels, logits, mask, cu = run(pack_items)
+    packed_losses = per_sample_losses(labels, logits.float(),
+                                      [spans(item["sample_lengths"]) for item in pack_items])
+    assert net.packed_attention == "flash_attention_2" and mask is None
+    assert cu[-1] == logits.shape[0] * logits.shape[1]
+    assert packed_losses == pytest.approx(plain_losses, rel=2e-2, abs=2e-2)

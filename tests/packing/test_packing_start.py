@@ -18,7 +18,7 @@ from support import FIXTURES, REPO, TF457_PYTHON, requires_fixtures, requires_tf
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner)
 from xtuner_llava_swap.data.packing import PackingError, pack_item, plan_packs
 from xtuner_llava_swap.token_contract import IGNORE_INDEX
-from xtuner_llava_swap.training.packing import PackedAttentionError, check_isolation
+from xtuner_llava_swap.training.packing import isolate_samples
 
 HERE = Path(__file__).parent
 
@@ -62,7 +62,7 @@ def probe_in(python, *extra) -> dict:
 
 def test_every_family_isolates_samples_or_is_refused_in_one_line_on_4_48():
     found = probe_in(sys.executable, *(["qwen"] if FIXTURES else []))
-    assert {found[f] for f in ("qwen2", "llama", "phi3")} == {"isolated"}
+    assert {found[f] for f in ("qwen2", "llama", "phi3")} == {"segments"}
     assert "qwen3" not in found  # its model class needs transformers >= 4.51
     if FIXTURES:
         assert "QWenLMHeadModel does not take a per-sample attention mask" in found["qwen"]
@@ -73,21 +73,55 @@ def test_every_family_isolates_samples_or_is_refused_in_one_line_on_4_48():
 @requires_tf457
 def test_every_family_isolates_samples_on_4_57():  # qwen (Qwen-7B) does not run on 4.57
     found = probe_in(TF457_PYTHON)
-    assert {found[f] for f in ("qwen2", "llama", "phi3", "qwen3")} == {"isolated"}
-
-
-def test_flash_attention_2_is_refused_with_what_to_set(tiny_parts):
-    from transformers import AutoModelForCausalLM
-
-    llm = AutoModelForCausalLM.from_pretrained(tiny_parts("qwen2", real_tokenizer=False))
-    llm.config._attn_implementation = "flash_attention_2"
-    with pytest.raises(PackedAttentionError, match="model.llm.attn_implementation='sdpa'"):
-        check_isolation(llm)
+    assert {found[f] for f in ("qwen2", "llama", "phi3", "qwen3")} == {"segments"}
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_mixed_data(tmp_path_factory.mktemp("pack-start-data"))
+
+
+def test_flash_attention_2_gets_the_varlen_inputs_of_the_packed_batch(tiny_parts, data):
+    """What LLaVASwapModel hands an LLM loaded with flash_attention_2 (flash-attn is not
+    needed to build it): no mask, position ids restarting at every sample and at the padding
+    of the shorter pack, and the same segments as cumulative lengths over the flattened
+    batch, which transformers 4.48 would also derive from those position ids."""
+    from transformers.modeling_flash_attention_utils import prepare_fa2_from_position_ids
+    from xtuner.model.utils import prepare_inputs_labels_for_multimodal
+
+    from xtuner_llava_swap.data.collate import llava_collate_fn
+    from packing_helpers import model
+
+    llm, clip = tiny_parts("qwen2", real_tokenizer=False), tiny_parts("clip")
+    packed = dataset(llm, clip, *data, "qwen2", TOWER_OF["clip"], pack_to_max_length=True,
+                     max_length=480)
+    items = [packed[i] for i in range(len(packed))]
+    batch = llava_collate_fn(items)["data"]
+    net = model(llm, clip, TOWER_OF["clip"])
+    lengths = batch.pop("sample_lengths")
+    merged = prepare_inputs_labels_for_multimodal(
+        llm=net.llm, **{**batch, "pixel_values": net.visual_features(batch["pixel_values"])})
+    given = isolate_samples(merged, lengths, "flash_attention_2")
+
+    rows, width = merged["inputs_embeds"].shape[:2]
+    segments = [[*item["sample_lengths"], *([width - sum(item["sample_lengths"])]
+                                           if sum(item["sample_lengths"]) < width else [])]
+                for item in items]
+    assert rows == len(items) and any(len(s) > len(i["sample_lengths"])
+                                      for s, i in zip(segments, items))  # a padded row
+    assert given["attention_mask"] is None
+    assert given["position_ids"].tolist() == [[p for n in row for p in range(n)]
+                                              for row in segments]
+    flat = [n for row in segments for n in row]
+    assert given["cu_seq_lens_q"].tolist() == np.cumsum([0, *flat]).tolist()
+    assert given["cu_seq_lens_q"].dtype == torch.int32
+    assert given["cu_seq_lens_k"] is given["cu_seq_lens_q"]
+    assert given["max_length_q"] == given["max_length_k"] == max(flat)
+    assert given["inputs_embeds"] is merged["inputs_embeds"] and given["labels"] is merged["labels"]
+    states = torch.zeros(rows, width, 1, 1)
+    *_, (cu, _), (longest, _) = prepare_fa2_from_position_ids(states, states, states,
+                                                              given["position_ids"])
+    assert cu.tolist() == given["cu_seq_lens_q"].tolist() and int(longest) == max(flat)
 
 
 def test_max_length_below_one_image_stops_at_start(tiny_parts, data):

@@ -21,7 +21,9 @@ in :attr:`LLaVASwapModel.save_formats`, which the package's ``__init__`` fills w
 export's (:mod:`xtuner_llava_swap.export.pth_to_hf`; training does not import the export).
 
 Packed batches (``sample_lengths`` from ``llava_collate_fn``) get per-sample position ids
-and a block-diagonal attention mask (:mod:`.packing`), checked once on the LLM first.
+and what keeps the samples apart (:mod:`.packing`): attention per sample segment
+(:mod:`.segment_attention`), flash attention's varlen path, or a block-diagonal mask,
+chosen by probing the LLM at the first packed batch.
 """
 from __future__ import annotations
 
@@ -32,8 +34,11 @@ from xtuner.model import LLaVAModel
 from xtuner.model.utils import prepare_inputs_labels_for_multimodal
 
 from ..towers import tower_for
-from .packing import check_isolation, isolate_samples
+from .packing import choose_attention, isolate_samples
 
+PACKED_PATHS = {"segments": "attention per sample segment (torch SDPA)",
+                "flash_attention_2": "flash attention's varlen path",
+                "dense": "a block-diagonal attention mask (L x L)"}
 MODELS = Registry("model", parent=MMENGINE_MODELS, scope="xtuner_llava_swap")
 
 
@@ -49,7 +54,7 @@ class LLaVASwapModel(LLaVAModel):
         super().__init__(*args, **kwargs)
         self.vision_tower = tower_for(getattr(self.visual_encoder.config, "model_type", None),
                                       vision_tower)
-        self.packing_checked = False  # the LLM's isolation of packed samples, at the first pack
+        self.packed_attention = None  # how the LLM keeps packed samples apart: at the first pack
         self.visual_select_layer = (self.vision_tower.select_layer if visual_select_layer is None
                                     else visual_select_layer)
 
@@ -68,10 +73,11 @@ class LLaVASwapModel(LLaVAModel):
             data = prepare_inputs_labels_for_multimodal(
                 llm=self.llm, **{**data, "pixel_values": features})
         if sample_lengths is not None:
-            if not self.packing_checked:
-                check_isolation(self.llm)
-                self.packing_checked = True
-            data = isolate_samples(data, sample_lengths)
+            if self.packed_attention is None:
+                self.packed_attention = choose_attention(self.llm)
+                print_log(f"packed batches: the LLM keeps samples apart by "
+                          f"{PACKED_PATHS[self.packed_attention]}", "current")
+            data = isolate_samples(data, sample_lengths, self.packed_attention)
         return super().forward(data, data_samples, mode)
 
     def to_hf(self, cfg, save_dir, fp32=False, save_pretrained_kwargs={}, save_format="xtuner",

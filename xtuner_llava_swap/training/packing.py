@@ -2,23 +2,32 @@
 
 A packed sequence (``pack_to_max_length=True``, :mod:`xtuner_llava_swap.data.packing`)
 reaches ``LLaVASwapModel`` with ``sample_lengths``: the positions of each of its samples
-once the images are expanded. :func:`isolate_samples` turns xtuner's merged inputs into
-what the LLM needs to keep them apart: position ids that restart at 0 for every sample,
-and a 4D additive attention mask ``(batch, 1, L, L)`` (0 where a position may attend,
-the dtype's minimum elsewhere) that is causal inside each sample and blocks attention
-across samples. The padding after the last sample of a shorter sequence is one more
-block, so no row of the mask is empty. Transformers hands such a mask to SDPA or the
-eager attention as it is (Llama, Qwen2, Qwen3, Phi-3 on 4.48 and 4.57).
+once the images are expanded. :func:`isolate_samples` adds to xtuner's merged inputs what
+the LLM needs to keep them apart (:func:`packed_inputs`): position ids that restart at 0
+for every sample, and one of
 
-Flash attention's varlen path (cumulative lengths) is not built: the model refuses an
-LLM loaded with ``attn_implementation="flash_attention_2"`` and says to load it with
-``sdpa``. :func:`check_isolation` runs once, at the first packed batch, and stops the
-run in one line when the LLM does not isolate samples under that mask (an LLM whose
-remote code flattens the mask, such as Qwen-7B's, fails here).
+* ``"segments"``: the sample boundaries for :mod:`.segment_attention` (attention per
+  sample, ``sum(len²)`` per row), as ``cu_seq_lens_q/k`` and ``max_length_q/k`` plus the
+  zero-stride marker mask;
+* ``"flash_attention_2"``: the same boundaries and no mask, transformers' varlen path of
+  flash attention (what it reads: the keyword arguments, or the restarted position ids
+  where a checkpointed layer drops those);
+* ``"dense"``: a 4D additive mask ``(batch, 1, L, L)``, causal inside each sample and
+  closed across samples (``L²`` per row), which SDPA and eager attention take as it is.
+
+The padding after the last sample of a shorter row is one more segment (block), so no row
+of attention is empty. :func:`choose_attention` runs once, at the first packed batch: flash
+for an LLM loaded with it, else the segments where switching the LLM's
+``config._attn_implementation`` to the segment attention keeps samples apart (the switch is
+permanent), else the dense mask; :func:`check_isolation` is the probe behind each choice,
+and stops the run in one line when nothing isolates samples (an LLM whose remote code
+flattens the mask, such as Qwen-7B's).
 """
 from __future__ import annotations
 
 import torch
+
+from .segment_attention import SEGMENT_ATTENTION, register, segment_marker
 
 
 class PackedAttentionError(RuntimeError):
@@ -54,9 +63,37 @@ def packed_position_ids_and_mask(sample_lengths, total: int, dtype: torch.dtype,
     return torch.stack(positions).to(device), mask
 
 
-def isolate_samples(data: dict, sample_lengths) -> dict:
+def packed_inputs(sample_lengths, total: int, dtype: torch.dtype, device,
+                  attention: str) -> dict:
+    """What the LLM gets, besides the embeddings, to keep the samples of rows of ``total``
+    positions apart (``sample_lengths``: one 1D tensor per row), by ``attention``:
+
+    * ``"segments"`` (:mod:`.segment_attention`): position ids restarting at every sample,
+      the zero-stride marker mask and the segments as ``cu_seq_lens_q/k`` (flattened over
+      the batch, the padding after a shorter row's samples a segment of its own) with
+      ``max_length_q/k``;
+    * ``"flash_attention_2"``: the same without any mask (transformers' varlen path);
+    * ``"dense"``: position ids and the block-diagonal additive mask ``(B, 1, L, L)``.
+    """
+    if attention == "dense":
+        position_ids, mask = packed_position_ids_and_mask(sample_lengths, total, dtype, device)
+        return {"position_ids": position_ids, "attention_mask": mask}
+    segments = [segment_layout(torch.as_tensor(lengths), total) for lengths in sample_lengths]
+    flat = torch.cat(segments)
+    starts = torch.repeat_interleave(torch.cumsum(flat, 0) - flat, flat)
+    position_ids = (torch.arange(flat.sum()) - starts).view(len(segments), total)
+    cu = torch.cat([flat.new_zeros(1), torch.cumsum(flat, 0)]).to(device, torch.int32)
+    longest = int(flat.max())
+    mask = None if attention == "flash_attention_2" else \
+        segment_marker(len(segments), total, dtype, device)
+    return {"position_ids": position_ids.to(device), "attention_mask": mask,
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest,
+            "max_length_k": longest}
+
+
+def isolate_samples(data: dict, sample_lengths, attention: str = "dense") -> dict:
     """xtuner's merged inputs (``prepare_inputs_labels_for_multimodal``'s output, padded
-    to the longest row) with per-sample position ids and the block-diagonal mask."""
+    to the longest row) with what keeps the samples apart (:func:`packed_inputs`)."""
     embeds = data["inputs_embeds"]
     real = data["attention_mask"].sum(dim=1).tolist() if data.get("attention_mask") is not None \
         else [embeds.shape[1]] * embeds.shape[0]
@@ -66,22 +103,41 @@ def isolate_samples(data: dict, sample_lengths) -> dict:
                 f"packed row {row}: its samples add up to {int(torch.as_tensor(lengths).sum())} "
                 f"positions but the row holds {int(held)}: the dataset's image_token_count "
                 "differs from the model's image features")
-    position_ids, mask = packed_position_ids_and_mask(sample_lengths, embeds.shape[1],
-                                                      embeds.dtype, embeds.device)
-    return {**data, "position_ids": position_ids, "attention_mask": mask}
+    return {**data, **packed_inputs(sample_lengths, embeds.shape[1], embeds.dtype,
+                                    embeds.device, attention)}
 
 
-def check_isolation(llm) -> None:
-    """Raise :class:`PackedAttentionError` unless ``llm`` computes the second of two packed
-    samples exactly as it computes that sample alone (mask and position ids honoured)."""
+def choose_attention(llm) -> str:
+    """The packed path for ``llm``, decided once at the first packed batch by probing it:
+    ``"flash_attention_2"`` for an LLM loaded so; else ``"segments"`` where switching its
+    ``config._attn_implementation`` to :data:`SEGMENT_ATTENTION` keeps samples apart (the
+    switch stays: activation checkpointing recomputes layers during the backward); else
+    ``"dense"`` where the block-diagonal mask does. Raises :class:`PackedAttentionError`
+    when none does."""
     config = getattr(llm, "config", None)
     attn = getattr(config, "_attn_implementation", None)
-    name = type(llm.get_base_model() if hasattr(llm, "get_base_model") else llm).__name__
     if attn == "flash_attention_2":
-        raise PackedAttentionError(
-            f"pack_to_max_length=True needs the LLM's attention to take a block-diagonal mask; "
-            f"{name} is loaded with flash_attention_2, whose varlen path is not built here: set "
-            "model.llm.attn_implementation='sdpa' or pack_to_max_length=False")
+        check_isolation(llm, attn)
+        return attn
+    if attn in ("sdpa", "eager"):
+        register()
+        config._attn_implementation = SEGMENT_ATTENTION
+        try:
+            check_isolation(llm, "segments")
+            return "segments"
+        except PackedAttentionError:
+            config._attn_implementation = attn
+    check_isolation(llm, "dense")
+    return "dense"
+
+
+def check_isolation(llm, attention: str = "dense") -> None:
+    """Raise :class:`PackedAttentionError` unless ``llm`` computes the second of two packed
+    samples, given :func:`packed_inputs` for ``attention``, exactly as it computes that
+    sample alone. On the segment path the marker mask is all zeros, so an LLM whose
+    attention does not dispatch to :func:`segment_attention` attends across the whole row
+    and fails here."""
+    name = type(llm.get_base_model() if hasattr(llm, "get_base_model") else llm).__name__
     embeddings = llm.get_input_embeddings()
     n = min(8, embeddings.num_embeddings)
     first, second = embeddings(torch.arange(n, device=embeddings.weight.device)[:4]), \
@@ -92,8 +148,9 @@ def check_isolation(llm) -> None:
     try:
         with torch.no_grad():
             alone = llm(inputs_embeds=second[None]).logits[0]
-            packed = [_packed_logits(llm, head, second)[len(head):] for head in (first, other)]
-    except Exception as exc:  # a mask of a shape its code does not take
+            packed = [_packed_logits(llm, head, second, attention)[len(head):]
+                      for head in (first, other)]
+    except Exception as exc:  # a mask of a shape or arguments its code does not take
         raise PackedAttentionError(
             f"pack_to_max_length=True: {name} does not take a per-sample attention mask "
             f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); set "
@@ -112,9 +169,8 @@ def check_isolation(llm) -> None:
             "train_dataloader.dataset.pack_to_max_length=False")
 
 
-def _packed_logits(llm, head: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+def _packed_logits(llm, head: torch.Tensor, tail: torch.Tensor, attention: str) -> torch.Tensor:
     lengths = torch.tensor([len(head), len(tail)])
     embeds = torch.cat([head, tail])[None]
-    position_ids, mask = packed_position_ids_and_mask([lengths], embeds.shape[1], embeds.dtype,
-                                                      embeds.device)
-    return llm(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids).logits[0]
+    inputs = packed_inputs([lengths], embeds.shape[1], embeds.dtype, embeds.device, attention)
+    return llm(inputs_embeds=embeds, **inputs).logits[0]
