@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-PROFILE_OF = {"qwen2": "qwen2.5", "llama": "vicuna-v1.5"}
+PROFILE_OF = {"qwen2": "qwen2.5", "llama": "vicuna-v1.5", "phi3": "phi3-mini"}
 TOWER_OF = {"clip": "clip-vit-large-336", "siglip": "siglip-so400m-384"}
 
 
@@ -47,6 +47,17 @@ def write_mixed_data(folder: Path) -> tuple[Path, Path]:
     data = folder / "mixed.json"
     data.write_text(json.dumps(samples, indent=1))
     return data, images
+
+
+def with_sliding_window(llm: Path, window: int, out: Path) -> Path:
+    """A copy of the tiny LLM folder whose config attends through a sliding window."""
+    import shutil
+
+    shutil.copytree(llm, out)
+    config = json.loads((out / "config.json").read_text())
+    config.update(sliding_window=window, use_sliding_window=True)
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    return out
 
 
 def dataset(llm: Path, tower: Path, data: Path, images: Path, family: str, tower_name: str,

@@ -3,14 +3,16 @@ give the same per-sample losses, the same batch loss and the same gradients of e
 trainable parameter (fp32), for a Qwen2-family and a Llama-family tiny model, CLIP and
 SigLIP towers, samples with one, two and no images in the same packs; on the attention per
 sample segment (with activation checkpointing, whose recomputed layers get no keyword
-arguments on transformers 4.48, and without) and once on the dense block-diagonal mask."""
+arguments on transformers 4.48, and without), once on the dense block-diagonal mask, and
+for a Phi-3 whose sliding window is shorter than the samples (transformers' own mask
+applies the window to a sample alone; the segments must too)."""
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
 import torch
-from packing_helpers import TOWER_OF, dataset, model, write_mixed_data
+from packing_helpers import TOWER_OF, dataset, model, with_sliding_window, write_mixed_data
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner)
 from xtuner_llava_swap.data.collate import llava_collate_fn
@@ -18,6 +20,7 @@ from xtuner_llava_swap.token_contract import IGNORE_INDEX
 from xtuner_llava_swap.training.segment_attention import SEGMENT_ATTENTION
 
 MAX_LENGTH = 480  # two or three samples per pack (the synthetic tokenizer: 140-250 each)
+WINDOW = 16  # a sliding window shorter than every sample (Phi-3 here: 18-118 positions)
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +59,17 @@ def spans(lengths):
     return list(zip([0] + ends[:-1], ends))
 
 
-@pytest.mark.parametrize("family, tower, attention, checkpointing", [
-    ("qwen2", "clip", "segments", False), ("qwen2", "siglip", "segments", True),
-    ("llama", "clip", "segments", True), ("llama", "siglip", "segments", False),
-    ("qwen2", "clip", "dense", False)])
+@pytest.mark.parametrize("family, tower, attention, checkpointing, window", [
+    ("qwen2", "clip", "segments", False, None), ("qwen2", "siglip", "segments", True, None),
+    ("llama", "clip", "segments", True, None), ("llama", "siglip", "segments", False, None),
+    ("qwen2", "clip", "dense", False, None), ("phi3", "clip", "segments", True, WINDOW)])
 def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, data, family,
-                                                  tower, attention, checkpointing):
+                                                  tower, attention, checkpointing, window):
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
     llm = tiny_parts(family, real_tokenizer=False)  # a small vocabulary: fast logits
+    if window:
+        llm = with_sliding_window(llm, window, tmp_path_factory.mktemp("window") / "llm")
     tower_dir = build_tiny_tower(TOWER_OF[tower], tmp_path_factory.mktemp(tower))
     plain = dataset(llm, tower_dir, *data, family, TOWER_OF[tower])
     packed = dataset(llm, tower_dir, *data, family, TOWER_OF[tower], pack_to_max_length=True,
@@ -96,6 +101,7 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     labels, logits, *_ = calls[-1]
     lengths = plain.prepared.positions()[order].tolist()
     plain_losses = per_sample_losses(labels, logits, [[(0, n_i)] for n_i in lengths])
+    assert window is None or min(lengths) > window  # the window cuts into every sample
 
     pack_items = [packed[i] for i in range(len(packed))]
     loss_packed, grads_packed = run(pack_items)

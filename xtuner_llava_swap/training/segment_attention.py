@@ -18,6 +18,11 @@ mask: an all-zero view with zero strides, which transformers hands to the attent
 is (a 4D mask) and which costs no ``L²`` memory. Without segments (unpacked batches,
 generation with a cache) the function is transformers' own SDPA attention, with the mask
 transformers built (on 4.57 through the SDPA mask function registered under the same name).
+
+A layer with sliding-window attention (its ``sliding_window`` keyword: Phi-3, Qwen2 with
+``use_sliding_window``, Qwen3's sliding layers) keeps it on the segments: a segment longer
+than the window attends through a band mask, each position to itself and the ``window - 1``
+positions before it, as transformers' SDPA mask does for a sample alone.
 """
 from __future__ import annotations
 
@@ -96,6 +101,16 @@ def _plan(source: torch.Tensor, derive, length: int) -> _Plan:
     return _last_plan[2]
 
 
+def _band(length: int, window: int, device):
+    """The sliding-window causal mask of a segment of ``length``: position ``i`` attends to
+    ``j`` when ``0 <= i - j < window`` (``None`` when the window covers the segment)."""
+    if length <= window:
+        return None
+    steps = torch.arange(length, device=device)
+    back = steps[:, None] - steps[None, :]
+    return (back >= 0) & (back < window)
+
+
 def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                       scaling=None, is_causal=None, **kwargs):
     """Transformers' attention interface: ``query`` ``(B, H, L, D)``, ``key`` and ``value``
@@ -120,14 +135,16 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     if len(plan.order) != batch * length or key.shape[2] != length:
         raise ValueError(f"packed attention: the segments cover {len(plan.order)} positions "
                          f"but the batch holds {batch} x {length} (keys: {key.shape[2]})")
+    window = kwargs.get("sliding_window")
     groups = heads // key.shape[1]
     key, value = repeat_kv(key, groups), repeat_kv(value, groups)
     flat = [t.transpose(1, 2).reshape(batch * length, heads, dim) for t in (query, key, value)]
     outputs = []
     for index, real in plan.buckets:
         q, k, v = (t[index].transpose(1, 2) for t in flat)  # (segments, H, longest, D)
+        band = _band(index.shape[1], window, query.device) if window else None
         out = torch.nn.functional.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout, scale=scaling, is_causal=True)
+            q, k, v, attn_mask=band, dropout_p=dropout, scale=scaling, is_causal=band is None)
         outputs.append(out.transpose(1, 2).reshape(-1, heads, dim)[real])
     return torch.cat(outputs)[plan.order].view(batch, length, heads, dim), None
 
