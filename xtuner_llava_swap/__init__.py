@@ -16,10 +16,6 @@ from xtuner_llava_swap_startup import call_after_import
 
 from . import cfg_options_rebind, compat, moved
 
-moved.install()
-compat.apply_all()
-cfg_options_rebind.install_if_asked()
-
 
 def _register_data() -> None:
     from . import data  # noqa: F401  (registers the data map functions in xtuner's MAP_FUNC)
@@ -44,8 +40,12 @@ def _xtuner_tools() -> None:
     xtuner_tools.register_templates(compat.xtuner_tool())
 
 
-call_after_import("xtuner", _register_data)
+moved.install()
+# before compat's patches on xtuner.utils: xtuner chat's system-prompt patch reads them
 call_after_import("xtuner.utils", _xtuner_tools)
+compat.apply_all()
+cfg_options_rebind.install_if_asked()
+call_after_import("xtuner", _register_data)
 call_after_import("transformers", _register_models)
 call_after_import("xtuner_llava_swap.training.llava_model", _register_save_formats)
 

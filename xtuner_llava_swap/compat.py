@@ -581,9 +581,8 @@ def chat_system_template(argv) -> str | None:
         return None
     from xtuner.utils import SYSTEM_TEMPLATE
 
-    from . import xtuner_tools
+    from . import xtuner_tools  # its templates are registered before this patch is checked
 
-    xtuner_tools.register_templates("chat")  # before the package's own call: a no-op then
     return template if template in xtuner_tools.ADDED and template in SYSTEM_TEMPLATE else None
 
 
