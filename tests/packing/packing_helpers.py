@@ -85,7 +85,7 @@ def model(llm: Path, tower: Path, tower_name: str, checkpointing: bool = False,
 
     vision_cls = SiglipVisionModel if tower_name.startswith("siglip") else CLIPVisionModel
     torch.manual_seed(0)
-    return LLaVASwapModel(
+    net = LLaVASwapModel(
         llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, torch_dtype=dtype,
                        attn_implementation=attn_implementation,
                        pretrained_model_name_or_path=str(llm)),
@@ -93,3 +93,45 @@ def model(llm: Path, tower: Path, tower_name: str, checkpointing: bool = False,
                                   pretrained_model_name_or_path=str(tower)),
         vision_tower=tower_name, freeze_llm=False, freeze_visual_encoder=False,
         use_activation_checkpointing=checkpointing)
+    # in training mode, as the runner sets it: from_pretrained leaves the LLM in eval mode,
+    # where transformers skips activation checkpointing
+    return net.train()
+
+
+def install_reference_flash_kernels(monkeypatch) -> list:
+    """Give transformers 4.48's flash-attention path (``modeling_flash_attention_utils``)
+    reference kernels in torch SDPA where flash-attn is not installed (no CUDA here), so
+    that the path runs on a CPU with everything but the kernel real: which kernel
+    transformers calls, with which cumulative lengths. Returns the list that records the
+    ``cu_seqlens_q`` of every varlen call."""
+    import transformers.modeling_flash_attention_utils as flash_utils
+
+    varlen_calls = []
+
+    def attend(q, k, v, scale, causal):  # (L, H, D), (L, H_kv, D) -> (L, H, D)
+        groups = q.shape[1] // k.shape[1]
+        k, v = (t.repeat_interleave(groups, dim=1) for t in (k, v))
+        out = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=scale,
+            is_causal=causal)
+        return out.transpose(0, 1)
+
+    def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+                               dropout_p=0.0, softmax_scale=None, causal=False):
+        assert dropout_p == 0.0 and torch.equal(cu_seqlens_q, cu_seqlens_k)
+        bounds = cu_seqlens_q.tolist()
+        assert bounds[-1] == q.shape[0] and int(max_seqlen_q) == max(
+            b - a for a, b in zip(bounds, bounds[1:]))
+        varlen_calls.append(bounds)
+        return torch.cat([attend(q[a:b], k[a:b], v[a:b], softmax_scale, causal)
+                          for a, b in zip(bounds, bounds[1:])])
+
+    def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False):
+        assert dropout_p == 0.0  # (B, L, H, D): rows attend alone
+        return torch.stack([attend(*row, softmax_scale, causal) for row in zip(q, k, v)])
+
+    monkeypatch.setattr(flash_utils, "flash_attn_varlen_func", flash_attn_varlen_func,
+                        raising=False)
+    monkeypatch.setattr(flash_utils, "flash_attn_func", flash_attn_func, raising=False)
+    monkeypatch.setattr(flash_utils, "_flash_supports_window_size", False, raising=False)
+    return varlen_calls

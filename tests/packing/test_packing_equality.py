@@ -5,14 +5,19 @@ SigLIP towers, samples with one, two and no images in the same packs; on the att
 sample segment (with activation checkpointing, whose recomputed layers get no keyword
 arguments on transformers 4.48, and without), once on the dense block-diagonal mask, and
 for a Phi-3 whose sliding window is shorter than the samples (transformers' own mask
-applies the window to a sample alone; the segments must too)."""
+applies the window to a sample alone; the segments must too); and on flash attention's
+varlen path, through transformers 4.48's flash code with reference kernels on a CPU and
+with flash-attn's own kernels on a CUDA GPU. The models train in training mode, as the
+runner sets them, so that activation checkpointing really recomputes the layers."""
 from __future__ import annotations
 
 import importlib.util
 
 import pytest
 import torch
-from packing_helpers import TOWER_OF, dataset, model, with_sliding_window, write_mixed_data
+import transformers
+from packing_helpers import (TOWER_OF, dataset, install_reference_flash_kernels, model,
+                             with_sliding_window, write_mixed_data)
 
 import xtuner_llava_swap  # noqa: F401  (compat patches before xtuner)
 from xtuner_llava_swap.data.collate import llava_collate_fn
@@ -82,7 +87,7 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     assert all(length <= MAX_LENGTH for length in packed.length)
 
     net = model(llm, tower_dir, TOWER_OF[tower], checkpointing)
-    assert net.llm.is_gradient_checkpointing == checkpointing
+    assert net.llm.is_gradient_checkpointing == checkpointing and net.llm.model.training
     if attention == "dense":  # the path an LLM gets when the probe refuses the segments
         net.packed_attention = "dense"
     calls = llm_calls(net)
@@ -126,6 +131,61 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     assert {k for k, _ in trainable} >= {"projector.model.0.weight"}
     assert any(k.startswith("visual_encoder.") for k, _ in trainable)
     assert grads_packed.keys() == grads_plain.keys() and len(grads_plain) > len(trainable) / 2
+    for key, grad in grads_plain.items():
+        torch.testing.assert_close(grads_packed[key], grad, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None,
+                    reason="flash-attn is installed: the GPU test below runs its real kernels")
+@pytest.mark.skipif(hasattr(transformers, "AttentionInterface"),
+                    reason="the reference kernels stand in for transformers 4.48's flash imports")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_flash_attention_2_path_with_reference_kernels(tiny_parts, tmp_path_factory, data,
+                                                       checkpointing, monkeypatch):
+    """The flash path on a CPU: transformers 4.48's flash-attention code, given reference
+    kernels in SDPA (flash-attn needs CUDA), trains a packed batch through its varlen call
+    with the pack's boundaries (from the keyword arguments, or, in the layers activation
+    checkpointing recomputes, from the position ids) and gives the per-sample losses and
+    gradients of the samples unpacked under SDPA. Only the kernel is not flash-attn's."""
+    from xtuner_llava_swap.testing.tiny import build_tiny_tower
+
+    varlen_calls = install_reference_flash_kernels(monkeypatch)
+    llm = tiny_parts("llama", real_tokenizer=False)
+    tower_dir = build_tiny_tower(TOWER_OF["clip"], tmp_path_factory.mktemp("clip"))
+    plain = dataset(llm, tower_dir, *data, "llama", TOWER_OF["clip"])
+    packed = dataset(llm, tower_dir, *data, "llama", TOWER_OF["clip"], pack_to_max_length=True,
+                     max_length=MAX_LENGTH)
+    net = model(llm, tower_dir, TOWER_OF["clip"], checkpointing)
+    calls = llm_calls(net)
+    trainable = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
+
+    def run(items):
+        net.zero_grad()
+        net(llava_collate_fn(items)["data"], mode="loss")["loss"].backward()
+        return calls[-1], {k: p.grad.clone() for k, p in trainable if p.grad is not None}
+
+    members = [p.tolist() for p in packed.pack_plan.packs]
+    order = [i for m in members for i in m]
+    (labels, logits, *_), grads_plain = run([plain[i] for i in order])  # SDPA, padded rows
+    lengths = plain.prepared.positions()[order].tolist()
+    plain_losses = per_sample_losses(labels, logits, [[(0, n_i)] for n_i in lengths])
+    assert not varlen_calls
+
+    net.llm.config._attn_implementation = "flash_attention_2"  # as loaded with flash-attn
+    pack_items = [packed[i] for i in range(len(packed))]
+    (labels, logits, mask, cu), grads_packed = run(pack_items)
+    packed_losses = per_sample_losses(labels, logits,
+                                      [spans(item["sample_lengths"]) for item in pack_items])
+    assert net.packed_attention == "flash_attention_2" and mask is None
+    layers = net.llm.config.num_hidden_layers
+    probe, batch = varlen_calls[:2 * layers], varlen_calls[2 * layers:]
+    assert probe == [[0, 4, 7]] * 2 * layers  # the start-up probe: two samples packed, twice
+    # the forward's layers, then the recomputed ones: the same boundaries each time
+    assert len(batch) == layers * (2 if checkpointing else 1)
+    assert all(bounds == cu.tolist() for bounds in batch)
+    assert len(cu) - 1 > len(pack_items)  # several samples per row, each its own segment
+    assert packed_losses == pytest.approx(plain_losses, rel=1e-5, abs=1e-6)
+    assert grads_packed.keys() == grads_plain.keys()
     for key, grad in grads_plain.items():
         torch.testing.assert_close(grads_packed[key], grad, rtol=1e-4, atol=1e-6, msg=key)
 
