@@ -105,14 +105,23 @@ def test_internlm2_remote_code_is_probed_onto_the_dense_mask(tiny_parts, load, a
     ``InternLM2ForCausalLM.forward`` takes no keyword arguments beyond its own, so the
     segment path's boundaries are refused; its ``_update_causal_mask`` takes the 4D mask as
     it is."""
+    from importlib.metadata import version
+
     from transformers import AutoModelForCausalLM
 
+    from xtuner_llava_swap.families.internlm2.tiny import REMOTE_FILES, remote_code_folder
     from xtuner_llava_swap.training.packing import (PackedAttentionError, check_isolation,
                                                     choose_attention)
 
+    folder = tiny_parts("internlm2", real_tokenizer=False)
+    assert version("xtuner") == "0.2.0"  # the revision of the remote code docs/packing.md names
+    for name in REMOTE_FILES:  # xtuner's files as they are, named by the folder's auto_map
+        assert (folder / name).read_bytes() == (remote_code_folder() / name).read_bytes()
+    assert json.loads((folder / "config.json").read_text())["auto_map"][
+        "AutoModelForCausalLM"] == "modeling_internlm2.InternLM2ForCausalLM"
     llm = AutoModelForCausalLM.from_pretrained(
-        tiny_parts("internlm2", real_tokenizer=False), torch_dtype=torch.float32,
-        trust_remote_code=True, **({"attn_implementation": load} if load else {}))
+        folder, torch_dtype=torch.float32, trust_remote_code=True,
+        **({"attn_implementation": load} if load else {}))
     assert type(llm).__name__ == "InternLM2ForCausalLM"
     assert {type(layer.attention).__name__ for layer in llm.model.layers} == {attention_class}
     assert llm.config.attn_implementation == (load or "eager")
