@@ -55,13 +55,15 @@ def test_pack_item_ignores_each_first_label_and_keeps_image_order():
 
 # InternLM2's remote code (xtuner 0.2.0's copy) loaded as from_pretrained does by default
 # (what xtuner's LLaVAModel does on a machine without flash-attn) and with each
-# attn_implementation; flash_attention_2 here is asked on a machine without flash-attn
+# attn_implementation (flash_attention_2: what xtuner's LLaVAModel asks where flash-attn is
+# installed; its remote config takes it here too)
 INTERNLM2_LOADS = ("internlm2", "internlm2:sdpa", "internlm2:eager",
                    "internlm2:flash_attention_2")
-INTERNLM2_FLASH_WITHOUT_FLASH_ATTN = (
-    "pack_to_max_length=True: InternLM2ForCausalLM does not take a per-sample attention mask "
-    "(NameError: name 'flash_attn_func' is not defined); set "
-    "train_dataloader.dataset.pack_to_max_length=False")
+INTERNLM2_FLASH_REFUSED = (  # before any probe, so the same without flash-attn as with it
+    "pack_to_max_length=True: InternLM2ForCausalLM's remote code runs flash attention by its "
+    "own config.attn_implementation, which takes neither transformers' varlen inputs nor a "
+    "per-sample mask; load it with attn_implementation='sdpa' (--cfg-options "
+    "model.llm.attn_implementation=sdpa) or set train_dataloader.dataset.pack_to_max_length=False")
 
 
 def probe_in(python, *extra) -> dict:
@@ -74,7 +76,7 @@ def probe_in(python, *extra) -> dict:
 
 def assert_internlm2_takes_the_dense_mask(found: dict) -> None:
     assert {found[name] for name in INTERNLM2_LOADS[:-1]} == {"dense"}
-    assert found["internlm2:flash_attention_2"] == INTERNLM2_FLASH_WITHOUT_FLASH_ATTN
+    assert found["internlm2:flash_attention_2"] == INTERNLM2_FLASH_REFUSED
 
 
 def test_every_family_isolates_samples_or_is_refused_in_one_line_on_4_48():
