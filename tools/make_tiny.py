@@ -1,7 +1,7 @@
 """Build a tiny random LLaVA (LLM of a real architecture, CLIP, small LLaVA data set) on disk.
 
-    python tools/make_tiny.py OUT_DIR [--family qwen|qwen2|llama|phi3] [--synthetic-tokenizer]
-                                      [--tie-word-embeddings]
+    python tools/make_tiny.py OUT_DIR [--family qwen|qwen2|qwen3|llama|phi3|internlm2]
+                                      [--synthetic-tokenizer] [--tie-word-embeddings]
 
 Prints the paths to pass to a config's path variables (`--cfg-options llm_name_or_path=...`).
 """

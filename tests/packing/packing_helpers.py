@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-PROFILE_OF = {"qwen2": "qwen2.5", "llama": "vicuna-v1.5", "phi3": "phi3-mini"}
+PROFILE_OF = {"qwen2": "qwen2.5", "llama": "vicuna-v1.5", "phi3": "phi3-mini",
+              "internlm2": "internlm2-chat"}
 TOWER_OF = {"clip": "clip-vit-large-336", "siglip": "siglip-so400m-384"}
 
 
@@ -87,7 +88,7 @@ def model(llm: Path, tower: Path, tower_name: str, checkpointing: bool = False,
     torch.manual_seed(0)
     net = LLaVASwapModel(
         llm=ConfigDict(type=AutoModelForCausalLM.from_pretrained, torch_dtype=dtype,
-                       attn_implementation=attn_implementation,
+                       attn_implementation=attn_implementation, trust_remote_code=True,
                        pretrained_model_name_or_path=str(llm)),
         visual_encoder=ConfigDict(type=vision_cls.from_pretrained,
                                   pretrained_model_name_or_path=str(tower)),

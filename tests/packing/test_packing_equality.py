@@ -3,15 +3,18 @@ give the same per-sample losses, the same batch loss and the same gradients of e
 trainable parameter (fp32), for a Qwen2-family and a Llama-family tiny model, CLIP and
 SigLIP towers, samples with one, two and no images in the same packs; on the attention per
 sample segment (with activation checkpointing, whose recomputed layers get no keyword
-arguments on transformers 4.48, and without), once on the dense block-diagonal mask, and
+arguments on transformers 4.48, and without), once on the dense block-diagonal mask forced,
 for a Phi-3 whose sliding window is shorter than the samples (transformers' own mask
-applies the window to a sample alone; the segments must too); and on flash attention's
-varlen path, through transformers 4.48's flash code with reference kernels on a CPU and
-with flash-attn's own kernels on a CUDA GPU. The models train in training mode, as the
-runner sets them, so that activation checkpointing really recomputes the layers."""
+applies the window to a sample alone; the segments must too), on InternLM2's remote code
+(xtuner's copy, loaded with ``trust_remote_code``), whose start-up probe picks the dense
+mask by itself (loaded with sdpa and with eager); and on flash attention's varlen path,
+through transformers 4.48's flash code with reference kernels on a CPU and with
+flash-attn's own kernels on a CUDA GPU. The models train in training mode, as the runner
+sets them, so that activation checkpointing really recomputes the layers."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import pytest
 import torch
@@ -24,6 +27,8 @@ from xtuner_llava_swap.data.collate import llava_collate_fn
 from xtuner_llava_swap.token_contract import IGNORE_INDEX
 from xtuner_llava_swap.training.segment_attention import SEGMENT_ATTENTION
 
+LOGGED = {"segments": "attention per sample segment (torch SDPA)",
+          "dense": "a block-diagonal attention mask (L x L)"}
 MAX_LENGTH = 480  # two or three samples per pack (the synthetic tokenizer: 140-250 each)
 WINDOW = 16  # a sliding window shorter than every sample (Phi-3 here: 18-118 positions)
 
@@ -64,12 +69,33 @@ def spans(lengths):
     return list(zip([0] + ends[:-1], ends))
 
 
-@pytest.mark.parametrize("family, tower, attention, checkpointing, window", [
-    ("qwen2", "clip", "segments", False, None), ("qwen2", "siglip", "segments", True, None),
-    ("llama", "clip", "segments", True, None), ("llama", "siglip", "segments", False, None),
-    ("qwen2", "clip", "dense", False, None), ("phi3", "clip", "segments", True, WINDOW)])
-def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, data, family,
-                                                  tower, attention, checkpointing, window):
+@pytest.fixture
+def logged():
+    """The lines mmengine's current logger logs during the test."""
+    from mmengine.logging import MMLogger
+
+    lines, logger, handler = [], MMLogger.get_current_instance(), logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger.addHandler(handler)
+    yield lines
+    logger.removeHandler(handler)
+
+
+# attention: the path the model takes, chosen by its start-up probe ("forced dense": set
+# instead of probed, the path of an LLM whose probe refuses the segments); load: the LLM's
+# attn_implementation
+@pytest.mark.parametrize("family, tower, attention, checkpointing, window, load", [
+    ("qwen2", "clip", "segments", False, None, "sdpa"),
+    ("qwen2", "siglip", "segments", True, None, "sdpa"),
+    ("llama", "clip", "segments", True, None, "sdpa"),
+    ("llama", "siglip", "segments", False, None, "sdpa"),
+    ("qwen2", "clip", "forced dense", False, None, "sdpa"),
+    ("phi3", "clip", "segments", True, WINDOW, "sdpa"),
+    ("internlm2", "clip", "dense", True, None, "sdpa"),
+    ("internlm2", "clip", "dense", False, None, "eager")])
+def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, data, logged,
+                                                  family, tower, attention, checkpointing,
+                                                  window, load):
     from xtuner_llava_swap.testing.tiny import build_tiny_tower
 
     llm = tiny_parts(family, real_tokenizer=False)  # a small vocabulary: fast logits
@@ -86,10 +112,12 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
     assert any(len({len(plain.prepared.images[i]) for i in m}) > 1 for m in members)  # mixed
     assert all(length <= MAX_LENGTH for length in packed.length)
 
-    net = model(llm, tower_dir, TOWER_OF[tower], checkpointing)
+    net = model(llm, tower_dir, TOWER_OF[tower], checkpointing, load)
     assert net.llm.is_gradient_checkpointing == checkpointing and net.llm.model.training
-    if attention == "dense":  # the path an LLM gets when the probe refuses the segments
-        net.packed_attention = "dense"
+    loaded = net.llm.config._attn_implementation
+    forced = attention == "forced dense"
+    if forced:
+        net.packed_attention = attention = "dense"
     calls = llm_calls(net)
     trainable = [(k, p) for k, p in net.named_parameters() if p.requires_grad]
 
@@ -121,7 +149,9 @@ def test_packed_batch_equals_the_samples_unpacked(tiny_parts, tmp_path_factory, 
         assert cu is None and mask.stride()[-1] == 1
     assert net.packed_attention == attention
     assert net.llm.config._attn_implementation == (SEGMENT_ATTENTION if attention == "segments"
-                                                   else "sdpa")
+                                                   else loaded)
+    assert [line for line in logged if line.startswith("packed batches:")] == (
+        [] if forced else [f"packed batches: the LLM keeps samples apart by {LOGGED[attention]}"])
     packed_losses = per_sample_losses(labels, logits,
                                       [spans(item["sample_lengths"]) for item in pack_items])
 

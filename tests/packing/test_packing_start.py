@@ -1,7 +1,8 @@
 """Packing at start: the plan (whole samples, deterministic for a seed, full packs), the
-labels at sample boundaries, the isolation probe of every family on both stacks,
-sliding-window layers kept on the segments, and the one-line refusals (max_length below one
-image, a family or attention that cannot keep samples apart)."""
+labels at sample boundaries, the isolation probe of every family on both stacks (InternLM2's
+remote code under each load), sliding-window layers kept on the segments, and the one-line
+refusals (max_length below one image, a family or attention that cannot keep samples
+apart)."""
 from __future__ import annotations
 
 import json
@@ -52,18 +53,37 @@ def test_pack_item_ignores_each_first_label_and_keeps_image_order():
     assert packed["sample_lengths"] == [3, 2, 36]  # sample's placeholder is left out
 
 
+# InternLM2's remote code (xtuner 0.2.0's copy) loaded as from_pretrained does by default
+# (what xtuner's LLaVAModel does on a machine without flash-attn) and with each
+# attn_implementation (flash_attention_2: what xtuner's LLaVAModel asks where flash-attn is
+# installed; its remote config takes it here too)
+INTERNLM2_LOADS = ("internlm2", "internlm2:sdpa", "internlm2:eager",
+                   "internlm2:flash_attention_2")
+INTERNLM2_FLASH_REFUSED = (  # before any probe, so the same without flash-attn as with it
+    "pack_to_max_length=True: InternLM2ForCausalLM's remote code runs flash attention by its "
+    "own config.attn_implementation, which takes neither transformers' varlen inputs nor a "
+    "per-sample mask; load it with attn_implementation='sdpa' (--cfg-options "
+    "model.llm.attn_implementation=sdpa) or set train_dataloader.dataset.pack_to_max_length=False")
+
+
 def probe_in(python, *extra) -> dict:
     proc = subprocess.run([str(python), str(HERE / "probe_families.py"), "qwen2", "llama",
-                           "phi3", "qwen3", *extra],
+                           "phi3", "qwen3", *INTERNLM2_LOADS, *extra],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def assert_internlm2_takes_the_dense_mask(found: dict) -> None:
+    assert {found[name] for name in INTERNLM2_LOADS[:-1]} == {"dense"}
+    assert found["internlm2:flash_attention_2"] == INTERNLM2_FLASH_REFUSED
 
 
 def test_every_family_isolates_samples_or_is_refused_in_one_line_on_4_48():
     found = probe_in(sys.executable, *(["qwen"] if FIXTURES else []))
     assert {found[f] for f in ("qwen2", "llama", "phi3")} == {"segments"}
     assert "qwen3" not in found  # its model class needs transformers >= 4.51
+    assert_internlm2_takes_the_dense_mask(found)
     if FIXTURES:
         assert "QWenLMHeadModel does not take a per-sample attention mask" in found["qwen"]
         assert found["qwen"].endswith("set train_dataloader.dataset.pack_to_max_length=False")
@@ -74,6 +94,48 @@ def test_every_family_isolates_samples_or_is_refused_in_one_line_on_4_48():
 def test_every_family_isolates_samples_on_4_57():  # qwen (Qwen-7B) does not run on 4.57
     found = probe_in(TF457_PYTHON)
     assert {found[f] for f in ("qwen2", "llama", "phi3", "qwen3")} == {"segments"}
+    assert_internlm2_takes_the_dense_mask(found)
+
+
+@pytest.mark.parametrize("load, attention_class", [
+    (None, "InternLM2Attention"), ("sdpa", "InternLM2SdpaAttention"),
+    ("eager", "InternLM2Attention")])
+def test_internlm2_remote_code_is_probed_onto_the_dense_mask(tiny_parts, load, attention_class):
+    """Why the probe picks the dense mask for InternLM2's remote code: its attention class
+    follows ``config.attn_implementation`` (what ``attn_implementation=`` sets), never
+    transformers' ``_attn_implementation`` (which says sdpa, whatever the load), and
+    ``InternLM2ForCausalLM.forward`` takes no keyword arguments beyond its own, so the
+    segment path's boundaries are refused; its ``_update_causal_mask`` takes the 4D mask as
+    it is."""
+    from importlib.metadata import version
+
+    from transformers import AutoModelForCausalLM
+
+    from xtuner_llava_swap.families.internlm2.tiny import REMOTE_FILES, remote_code_folder
+    from xtuner_llava_swap.training.packing import (PackedAttentionError, check_isolation,
+                                                    choose_attention)
+
+    folder = tiny_parts("internlm2", real_tokenizer=False)
+    assert version("xtuner") == "0.2.0"  # the revision of the remote code docs/packing.md names
+    for name in REMOTE_FILES:  # xtuner's files as they are, named by the folder's auto_map
+        assert (folder / name).read_bytes() == (remote_code_folder() / name).read_bytes()
+    assert json.loads((folder / "config.json").read_text())["auto_map"][
+        "AutoModelForCausalLM"] == "modeling_internlm2.InternLM2ForCausalLM"
+    llm = AutoModelForCausalLM.from_pretrained(
+        folder, torch_dtype=torch.float32, trust_remote_code=True,
+        **({"attn_implementation": load} if load else {}))
+    assert type(llm).__name__ == "InternLM2ForCausalLM"
+    assert {type(layer.attention).__name__ for layer in llm.model.layers} == {attention_class}
+    assert llm.config.attn_implementation == (load or "eager")
+    assert llm.config._attn_implementation == "sdpa"
+    with pytest.raises(PackedAttentionError) as refused:
+        check_isolation(llm, "segments")
+    assert str(refused.value) == (
+        "pack_to_max_length=True: InternLM2ForCausalLM does not take a per-sample attention "
+        "mask (TypeError: InternLM2ForCausalLM.forward() got an unexpected keyword argument "
+        "'cu_seq_lens_q'); set train_dataloader.dataset.pack_to_max_length=False")
+    assert choose_attention(llm) == "dense"
+    assert llm.config._attn_implementation == "sdpa"  # the segment switch was put back
 
 
 def window_differences(python, *families) -> dict:

@@ -8,7 +8,8 @@ by the same configs users run, so the tiny run takes the real code paths.
   sizes and helpers in :mod:`.tiny_recipe`), the real architecture class at a tiny size.
   The tokenizer is the family's REAL one from ``../shared/fixtures`` when present (the
   embedding then has the real model's row count), otherwise a small synthetic tokenizer
-  with the same special-token contract (bos/eos/pad and chat tokens).
+  with the same special-token contract (bos/eos/pad and chat tokens); a family whose
+  tokenizer the fixtures lack (InternLM2) always gets the synthetic one.
 * Vision (:func:`build_tiny_tower`, :func:`build_tiny_clip`): each tower's own recipe
   (``towers/<family>/tiny.py``), the real model and image processor classes.
 * Data (:func:`build_tiny_dataset`): LLaVA-format json (pretrain captions, and

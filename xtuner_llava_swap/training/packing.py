@@ -21,7 +21,9 @@ for an LLM loaded with it, else the segments where switching the LLM's
 ``config._attn_implementation`` to the segment attention keeps samples apart (the switch is
 permanent), else the dense mask; :func:`check_isolation` is the probe behind each choice,
 and stops the run in one line when nothing isolates samples (an LLM whose remote code
-flattens the mask, such as Qwen-7B's).
+flattens the mask, such as Qwen-7B's). Remote code that runs flash attention by a setting of
+its own (``config.attn_implementation``, InternLM2's), unknown to transformers, is refused
+before any probe: neither transformers' varlen inputs nor a 4D mask reach it as such.
 """
 from __future__ import annotations
 
@@ -113,9 +115,19 @@ def choose_attention(llm) -> str:
     ``config._attn_implementation`` to :data:`SEGMENT_ATTENTION` keeps samples apart (the
     switch stays: activation checkpointing recomputes layers during the backward); else
     ``"dense"`` where the block-diagonal mask does. Raises :class:`PackedAttentionError`
-    when none does."""
+    when none does, or when the LLM's remote code runs flash attention by its own
+    ``config.attn_implementation`` while transformers' ``_attn_implementation`` says
+    otherwise."""
     config = getattr(llm, "config", None)
     attn = getattr(config, "_attn_implementation", None)
+    own = getattr(config, "attn_implementation", None)  # remote code's own setting
+    if own == "flash_attention_2" and attn != own:
+        raise PackedAttentionError(
+            f"pack_to_max_length=True: {_model_name(llm)}'s remote code runs flash attention "
+            "by its own config.attn_implementation, which takes neither transformers' varlen "
+            "inputs nor a per-sample mask; load it with attn_implementation='sdpa' "
+            "(--cfg-options model.llm.attn_implementation=sdpa) or set "
+            "train_dataloader.dataset.pack_to_max_length=False")
     if attn == "flash_attention_2":
         check_isolation(llm, attn)
         return attn
@@ -137,7 +149,7 @@ def check_isolation(llm, attention: str = "dense") -> None:
     sample alone. On the segment path the marker mask is all zeros, so an LLM whose
     attention does not dispatch to :func:`segment_attention` attends across the whole row
     and fails here."""
-    name = type(llm.get_base_model() if hasattr(llm, "get_base_model") else llm).__name__
+    name = _model_name(llm)
     embeddings = llm.get_input_embeddings()
     n = min(8, embeddings.num_embeddings)
     first, second = embeddings(torch.arange(n, device=embeddings.weight.device)[:4]), \
@@ -167,6 +179,10 @@ def check_isolation(llm, attention: str = "dense") -> None:
             f"block-diagonal mask with restarted position ids (relative difference "
             f"{max(crossed, moved):.2g} from the sample alone); set "
             "train_dataloader.dataset.pack_to_max_length=False")
+
+
+def _model_name(llm) -> str:
+    return type(llm.get_base_model() if hasattr(llm, "get_base_model") else llm).__name__
 
 
 def _packed_logits(llm, head: torch.Tensor, tail: torch.Tensor, attention: str) -> torch.Tensor:
