@@ -112,10 +112,14 @@ def test_internlm2_remote_code_is_probed_onto_the_dense_mask(tiny_parts, load, a
     from transformers import AutoModelForCausalLM
 
     from xtuner_llava_swap.families.internlm2.tiny import REMOTE_FILES, remote_code_folder
+    from xtuner_llava_swap.testing.tiny import uses_real_tokenizer
     from xtuner_llava_swap.training.packing import (PackedAttentionError, check_isolation,
                                                     choose_attention)
 
     folder = tiny_parts("internlm2", real_tokenizer=False)
+    assert not uses_real_tokenizer("internlm2")  # the fixtures hold no InternLM2 tokenizer
+    with pytest.raises(FileNotFoundError, match="no real internlm2 tokenizer: ../shared/"):
+        uses_real_tokenizer("internlm2", True)
     assert version("xtuner") == "0.2.0"  # the revision of the remote code docs/packing.md names
     for name in REMOTE_FILES:  # xtuner's files as they are, named by the folder's auto_map
         assert (folder / name).read_bytes() == (remote_code_folder() / name).read_bytes()

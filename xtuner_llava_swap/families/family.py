@@ -32,6 +32,8 @@ class LLMFamily:
         weight_signatures: ``{regex: label}``; a key matching one shows this family's weights.
         build_tiny: ``(out folder, fixtures folder or None, tie embeddings)`` saves a tiny
             random model and its tokenizer; None when the family has no tiny recipe.
+        tiny_real_tokenizer: whether ``../shared/fixtures`` hold the family's real
+            tokenizer for its tiny recipe (else the recipe's tokenizer is always synthetic).
         min_transformers: the lowest transformers version with the model class, where
             xtuner's pin (4.48) lacks it: the family runs on the newer stack only
             (``.venv-tf457``); ``""`` when xtuner's stack has it.
@@ -51,6 +53,7 @@ class LLMFamily:
     export_tokenizer: Callable | None = None
     weight_signatures: Mapping = field(default_factory=dict)
     build_tiny: Callable | None = None
+    tiny_real_tokenizer: bool = True
     min_transformers: str = ""
     old_stack_only: str = ""
     packing_refusal: str = ""

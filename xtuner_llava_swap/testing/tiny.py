@@ -77,11 +77,28 @@ def tiny_families() -> tuple:
     return tuple(name for name, family in FAMILIES.items() if family.build_tiny)
 
 
+def uses_real_tokenizer(family: str, real_tokenizer: bool | None = None) -> bool:
+    """Whether a tiny ``family`` LLM gets its real tokenizer from ``../shared/fixtures``:
+    ``real_tokenizer`` when given (True fails where the fixtures lack it), else whenever they
+    have it."""
+    from xtuner_llava_swap.families import FAMILIES
+
+    fixtures, in_fixtures = fixtures_dir(), FAMILIES[family].tiny_real_tokenizer
+    if real_tokenizer is None:
+        return fixtures is not None and in_fixtures
+    if real_tokenizer and (fixtures is None or not in_fixtures):
+        raise FileNotFoundError(f"no real {family} tokenizer: ../shared/fixtures "
+                                f"{'hold none' if fixtures else 'is absent'}; build it with "
+                                "real_tokenizer=False")
+    return real_tokenizer
+
+
 def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | None = None,
                    tie_word_embeddings: bool = False, seed: int = 0) -> Path:
     """Build, save and return the folder of a tiny random LLM of ``family``.
 
-    ``real_tokenizer=None`` uses the fixture tokenizer when the fixtures exist.
+    ``real_tokenizer=None`` uses the fixture tokenizer when the fixtures exist and hold
+    the family's (:func:`uses_real_tokenizer`).
     """
     import torch
 
@@ -93,9 +110,7 @@ def build_tiny_llm(family: str, out_dir: str | Path, *, real_tokenizer: bool | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     fixtures = fixtures_dir()
-    use_real = (fixtures is not None) if real_tokenizer is None else real_tokenizer
-    if use_real and fixtures is None:
-        raise FileNotFoundError("real tokenizers need ../shared/fixtures, which is absent")
+    use_real = uses_real_tokenizer(family, real_tokenizer)
     torch.manual_seed(seed)
     recipe(out, fixtures if use_real else None, tie_word_embeddings)
     return out
@@ -199,6 +214,5 @@ def build_tiny_llava(family: str, out_dir: str | Path, **llm_kwargs) -> TinyLLaV
     llm = build_tiny_llm(family, out / f"llm-{family}", **llm_kwargs)
     vision = build_tiny_clip(out / "clip")
     pretrain, finetune, images = build_tiny_dataset(out / "data")
-    real = llm_kwargs.get("real_tokenizer")
     return TinyLLaVA(family, llm, vision, pretrain, finetune, images,
-                     uses_real_tokenizer=(fixtures_dir() is not None) if real is None else real)
+                     uses_real_tokenizer(family, llm_kwargs.get("real_tokenizer")))

@@ -9,4 +9,5 @@ FAMILY = register_family(LLMFamily(
     no_official_llava="the official LLaVA loaders (LLaVA, LLaVA-NeXT) have no InternLM2 class",
     weight_signatures={r"(^|\.)layers\.\d+\.attention\.wqkv": "internlm2"},
     build_tiny=tiny.build,
+    tiny_real_tokenizer=False,  # the fixtures hold no InternLM2 tokenizer
 ))

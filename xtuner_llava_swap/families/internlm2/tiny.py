@@ -49,7 +49,8 @@ def synthetic_tokenizer():
 
 
 def build(out: Path, fixtures: Path | None, tie: bool) -> None:
-    """``fixtures`` is not read: they hold no InternLM2 tokenizer."""
+    """``fixtures`` is always None: they hold no InternLM2 tokenizer (the family's
+    ``tiny_real_tokenizer=False``)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     source = remote_code_folder()
