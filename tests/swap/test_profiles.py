@@ -45,7 +45,7 @@ def test_registry_names_and_unknown_name():
     ("qwen-base", "qwen", "qwen2", "LlavaQwenForCausalLM", True, True, "w2"),
     ("qwen1.5", "qwen2", "qwen2", "LlavaQwenForCausalLM", False, False, "q_proj"),
     ("qwen2.5", "qwen2", "qwen2", "LlavaQwenForCausalLM", False, False, "down_proj"),
-    ("internlm2-chat", "internlm2", "internlm2", None, False, True, "wqkv"),
+    ("internlm2-chat", "internlm2", "llama", None, True, True, "wqkv"),
     ("llama3-instruct", "llama", "llama", "LlavaLlamaForCausalLM", False, False, "o_proj"),
     ("vicuna-v1.5", "llama", "llama", "LlavaLlamaForCausalLM", False, False, "gate_proj"),
     ("phi3-mini", "phi3", "phi3", None, False, False, "qkv_proj"),

@@ -1,8 +1,8 @@
 """Key renaming, as data used in both directions (the tests check the round trip).
 
 * :class:`KeyTable`: a family's ``weight_table`` (``{source pattern: target}``, ``{n}`` a
-  layer index; a tuple target splits the tensor into equal parts along dim 0, the inverse
-  concatenates them), see :func:`text_table`.
+  layer index; a tuple target splits the tensor into equal parts along dim 0, or as the
+  family's ``split_weight`` says; the inverse names the parts), see :func:`text_table`.
 * :data:`TARGET_PREFIXES`: export format -> component (``llm``, ``visual_encoder``,
   ``projector``) -> ``(source prefix, target prefix)`` pairs.
 """

@@ -6,9 +6,10 @@ written into the exported folder.
   xtuner: the profile's contract check (which runs xtuner's text pipeline) runs only with
   ``--verify``, which imports xtuner anyway; training ran it on the same dict.
 * The export tokenizer needs no remote code: the fast tokenizer when it gives the training
-  ids, else the slow one training used (the folder then loads with ``use_fast=False``). For a remote-code
-  tokenizer with no transformers class the family rebuilds it (``export_tokenizer`` of
-  its :class:`~xtuner_llava_swap.families.LLMFamily`; Qwen-7B's from ``qwen.tiktoken``).
+  ids, else the slow one training used (the folder then loads with ``use_fast=False``). A
+  family whose tokenizer is remote code rebuilds it as a transformers class
+  (``export_tokenizer`` of its :class:`~xtuner_llava_swap.families.LLMFamily`; Qwen-7B's from
+  ``qwen.tiktoken``, InternLM2's over its fast backend as ``LlamaTokenizerFast``).
   :func:`check_same_ids` compares the two on real text before anything is written.
 * :func:`write_chat_template_file` writes the profile's chat template also as
   ``chat_template.jinja``, the file transformers 5 writes and reads (tools that look for
@@ -68,7 +69,9 @@ def export_tokenizer(run, trained, add_image_token: bool = True):
     import transformers
     from transformers import AddedToken, PreTrainedTokenizerFast
 
-    if isinstance(trained, PreTrainedTokenizerFast):
+    if run.profile.family.export_tokenizer is not None:
+        tokenizer = run.profile.family.export_tokenizer(run.llm_path, trained)
+    elif isinstance(trained, PreTrainedTokenizerFast):
         tokenizer = copy.deepcopy(trained)
     elif hasattr(transformers, type(trained).__name__ + "Fast"):
         tokenizer = _fast_twin(run, trained)
@@ -77,8 +80,6 @@ def export_tokenizer(run, trained, add_image_token: bool = True):
             # words differently from sentencepiece itself. Keep the slow tokenizer training
             # used; the folder then loads with use_fast=False.
             tokenizer = copy.deepcopy(trained)
-    elif run.profile.family.export_tokenizer is not None:
-        tokenizer = run.profile.family.export_tokenizer(run.llm_path, trained)
     else:
         raise ExportError(f"{run.llm_path}: tokenizer {type(trained).__name__} needs remote code "
                           "and has no plain-transformers form this export knows")

@@ -4,7 +4,7 @@
 updates of a checkpoint, checks them against each other BEFORE anything is written
 (missing projector, trained weights the base model does not have, shape mismatches), and
 then yields every output tensor: base tensor read lazily -> trained update applied (LoRA
-merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2) -> embedding rows added for
+merged in fp32) -> text layout mapping (Qwen-7B v1 -> Qwen2, InternLM2 -> Llama) -> embedding rows added for
 ``<image>`` when the vocabulary has no spare row -> cast -> target name. One weight's
 tensors are alive at a time: its trained update (replacement or LoRA pair) is read from the
 checkpoint only then (:mod:`.lora` keeps keys), and the memory-mapped pages of its base
@@ -214,7 +214,9 @@ class WeightPlan:
             if targets is None:
                 raise ExportError(f"{self.run.llm_path}: weight {name!r} has no place in the "
                                   f"{family.name} -> {family.hf_text_model_type} key table")
-            parts = tuple(zip(targets, torch.chunk(value, len(targets), dim=0)))
+            pieces = (family.split_weight(value, self.llm.config()) if family.split_weight
+                      and len(targets) > 1 else torch.chunk(value, len(targets), dim=0))
+            parts = tuple(zip(targets, pieces))
         for text_name, tensor in parts:
             if text_name == "lm_head.weight" and self.tie_word_embeddings:
                 continue

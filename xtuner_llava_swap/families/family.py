@@ -25,10 +25,14 @@ class LLMFamily:
             None; then ``no_official_llava`` says why ``--format llava`` is refused.
         weight_table: checkpoint name pattern -> export name(s) (``{n}`` is a layer index,
             a tuple target splits the tensor along dim 0); None keeps the names.
+        split_weight: ``(tensor, base config.json dict) -> parts`` for the tuple targets of
+            ``weight_table`` whose parts are not equal consecutive chunks (a fused
+            projection laid out per head group); None splits into equal chunks.
         text_config: ``(base config.json dict, where) -> text config dict`` for families
             whose config changes type on export; None keeps the base config.
-        export_tokenizer: ``(llm folder, training tokenizer) -> fast tokenizer`` for a
-            remote-code tokenizer with no transformers class; None when there is one.
+        export_tokenizer: ``(llm folder, training tokenizer) -> fast tokenizer`` of a
+            transformers class for a family whose tokenizer is remote code (it replaces
+            every other rule of the export); None when the training tokenizer is one.
         weight_signatures: ``{regex: label}``; a key matching one shows this family's weights.
         build_tiny: ``(out folder, fixtures folder or None, tie embeddings)`` saves a tiny
             random model and its tokenizer; None when the family has no tiny recipe.
@@ -49,6 +53,7 @@ class LLMFamily:
     official_llava_class: str | None = None
     no_official_llava: str = ""
     weight_table: Mapping | None = None
+    split_weight: Callable | None = None
     text_config: Callable[[dict, str], dict] | None = None
     export_tokenizer: Callable | None = None
     weight_signatures: Mapping = field(default_factory=dict)

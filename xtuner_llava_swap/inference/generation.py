@@ -8,7 +8,8 @@ turns the batch into the inputs its model kind takes, left padded, and generates
   trained LoRA live): the images preprocessed as training does
   (:func:`~xtuner_llava_swap.data.pixels.image_pixels`), features selected by the
   ``features`` function it is given, placed by xtuner's
-  ``prepare_inputs_labels_for_multimodal``, generated from the embeddings;
+  ``prepare_inputs_labels_for_multimodal``, generated from the embeddings (with no cache
+  object at the start for a model whose remote code reads the embeddings only then);
 * :class:`HFGenerator`: a ``LlavaForConditionalGeneration`` with its processor (each image
   place expanded to the model's image token, the count the processor writes);
 * :class:`LlavaGenerator`: an official-layout model of :mod:`xtuner_llava_swap.export.loaders`
@@ -274,12 +275,36 @@ class RunGenerator(Generator):
         return {"inputs_embeds": embeds, "attention_mask": mask}
 
     def model_generate(self, inputs: dict, **kwargs):
-        return self.model.llm.generate(**inputs, synced_gpus=self.synced_gpus, **kwargs)
+        llm = self.model.llm
+        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        if "inputs_embeds" not in inputs or _reads_embeds_with_empty_cache(base, inputs):
+            return llm.generate(**inputs, synced_gpus=self.synced_gpus, **kwargs)
+        # Remote code written for transformers < 4.42 (InternLM2's) reads inputs_embeds only
+        # when past_key_values is None, while generate starts with an empty cache object:
+        # start it without one (the model makes its own cache at the first step).
+        base._supports_cache_class = False
+        try:
+            return llm.generate(**inputs, synced_gpus=self.synced_gpus, **kwargs)
+        finally:
+            del base._supports_cache_class
 
     def _forward_logits(self, prompt: Prompt, forced: list) -> torch.Tensor:
         new = self.model.llm.get_input_embeddings()(torch.tensor([forced], device=self.device))
         embeds = torch.cat([self.embeddings(prompt)[None], new], 1)
         return self.model.llm(inputs_embeds=embeds).logits[0]
+
+
+def _reads_embeds_with_empty_cache(model, inputs: dict) -> bool:
+    """Whether ``model`` prepares its first generation step from ``inputs_embeds`` when
+    ``generate`` hands it an empty cache object (what transformers >= 4.42 does)."""
+    from transformers import DynamicCache
+
+    embeds, mask = inputs["inputs_embeds"], inputs["attention_mask"]
+    first = model.prepare_inputs_for_generation(
+        embeds.new_zeros(embeds.shape[:1] + (0,), dtype=torch.long),
+        past_key_values=DynamicCache(), attention_mask=mask, inputs_embeds=embeds,
+        cache_position=torch.arange(embeds.shape[1], device=embeds.device), use_cache=True)
+    return first.get("inputs_embeds") is not None
 
 
 class HFGenerator(Generator):
