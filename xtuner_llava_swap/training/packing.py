@@ -47,48 +47,45 @@ def segment_layout(sample_lengths: torch.Tensor, total: int) -> torch.Tensor:
     return torch.cat([sample_lengths.cpu(), pad]) if total > used else sample_lengths.cpu()
 
 
-def packed_position_ids_and_mask(sample_lengths, total: int, dtype: torch.dtype,
-                                 device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(position_ids (B, L), additive mask (B, 1, L, L))`` for rows of ``total``
-    positions holding samples of ``sample_lengths`` (one 1D tensor per row)."""
-    positions, masks = [], []
+def block_diagonal_mask(segments: list, total: int, dtype: torch.dtype,
+                        device) -> torch.Tensor:
+    """The additive mask ``(B, 1, L, L)`` of rows of ``total`` positions cut into
+    ``segments`` (:func:`segment_layout`, one per row): causal inside a segment, closed
+    across segments."""
     causal = torch.ones(total, total, dtype=torch.bool).tril()
-    for lengths in sample_lengths:
-        segments = segment_layout(torch.as_tensor(lengths), total)
-        starts = torch.repeat_interleave(torch.cumsum(segments, 0) - segments, segments)
-        positions.append(torch.arange(total) - starts)
-        segment = torch.repeat_interleave(torch.arange(len(segments)), segments)
+    masks = []
+    for lengths in segments:
+        segment = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
         masks.append(causal & (segment[:, None] == segment[None, :]))
     allowed = torch.stack(masks)[:, None].to(device)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return torch.stack(positions).to(device), mask
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
 def packed_inputs(sample_lengths, total: int, dtype: torch.dtype, device,
                   attention: str) -> dict:
     """What the LLM gets, besides the embeddings, to keep the samples of rows of ``total``
-    positions apart (``sample_lengths``: one 1D tensor per row), by ``attention``:
+    positions apart (``sample_lengths``: one 1D tensor per row): position ids restarting at
+    every segment (each sample, and the padding after a shorter row's samples) and, by
+    ``attention``:
 
-    * ``"segments"`` (:mod:`.segment_attention`): position ids restarting at every sample,
-      the zero-stride marker mask and the segments as ``cu_seq_lens_q/k`` (flattened over
-      the batch, the padding after a shorter row's samples a segment of its own) with
-      ``max_length_q/k``;
+    * ``"segments"`` (:mod:`.segment_attention`): the zero-stride marker mask and the
+      segments as ``cu_seq_lens_q/k`` (flattened over the batch) with ``max_length_q/k``;
     * ``"flash_attention_2"``: the same without any mask (transformers' varlen path);
-    * ``"dense"``: position ids and the block-diagonal additive mask ``(B, 1, L, L)``.
+    * ``"dense"``: the block-diagonal additive mask ``(B, 1, L, L)``.
     """
-    if attention == "dense":
-        position_ids, mask = packed_position_ids_and_mask(sample_lengths, total, dtype, device)
-        return {"position_ids": position_ids, "attention_mask": mask}
     segments = [segment_layout(torch.as_tensor(lengths), total) for lengths in sample_lengths]
     flat = torch.cat(segments)
     starts = torch.repeat_interleave(torch.cumsum(flat, 0) - flat, flat)
-    position_ids = (torch.arange(flat.sum()) - starts).view(len(segments), total)
+    position_ids = (torch.arange(flat.sum()) - starts).view(len(segments), total).to(device)
+    if attention == "dense":
+        return {"position_ids": position_ids,
+                "attention_mask": block_diagonal_mask(segments, total, dtype, device)}
     cu = torch.cat([flat.new_zeros(1), torch.cumsum(flat, 0)]).to(device, torch.int32)
     longest = int(flat.max())
     mask = None if attention == "flash_attention_2" else \
         segment_marker(len(segments), total, dtype, device)
-    return {"position_ids": position_ids.to(device), "attention_mask": mask,
+    return {"position_ids": position_ids, "attention_mask": mask,
             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest,
             "max_length_k": longest}
 

@@ -88,6 +88,13 @@ class _Plan:
             placed.append(index.reshape(-1)[real])
             self.buckets.append((index.to(device), real.to(device)))
         self.order = torch.argsort(torch.cat(placed)).to(device)
+        self._bands: dict = {}  # (bucket length, window) -> band mask, shared by the layers
+
+    def band(self, length: int, window: int, device):
+        """:func:`_band`, built once per batch for every layer that asks."""
+        if (length, window) not in self._bands:
+            self._bands[length, window] = _band(length, window, device)
+        return self._bands[length, window]
 
 
 def _plan(source: torch.Tensor, derive, length: int) -> _Plan:
@@ -142,7 +149,7 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
     outputs = []
     for index, real in plan.buckets:
         q, k, v = (t[index].transpose(1, 2) for t in flat)  # (segments, H, longest, D)
-        band = _band(index.shape[1], window, query.device) if window else None
+        band = plan.band(index.shape[1], window, query.device) if window else None
         out = torch.nn.functional.scaled_dot_product_attention(
             q, k, v, attn_mask=band, dropout_p=dropout, scale=scaling, is_causal=band is None)
         outputs.append(out.transpose(1, 2).reshape(-1, heads, dim)[real])
