@@ -231,7 +231,6 @@ class RunGenerator(Generator):
         self.pad_image_to_square = pad_image_to_square
         self.features = features
         self.synced_gpus = synced_gpus
-        self._reads_embeds_with_cache = None  # the LLM's answer, asked at the first generate
 
     @property
     def device(self):
@@ -278,9 +277,7 @@ class RunGenerator(Generator):
     def model_generate(self, inputs: dict, **kwargs):
         llm = self.model.llm
         base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-        if self._reads_embeds_with_cache is None:
-            self._reads_embeds_with_cache = _reads_embeds_with_empty_cache(base, inputs)
-        if self._reads_embeds_with_cache:
+        if "inputs_embeds" not in inputs or _reads_embeds_with_empty_cache(base, inputs):
             return llm.generate(**inputs, synced_gpus=self.synced_gpus, **kwargs)
         # Remote code written for transformers < 4.42 (InternLM2's) reads inputs_embeds only
         # when past_key_values is None, while generate starts with an empty cache object:
